@@ -1,0 +1,3 @@
+//! Per-core state, owned by one worker thread and never shared.
+
+pub mod wheel;

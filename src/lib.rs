@@ -1,0 +1,12 @@
+//! ringcast: a thread-per-core io_uring push server.
+//!
+//! Layers, with dependencies pointing downward only:
+//! - [`runtime`]: monoio glue (workers, connections, the cross-core bus, publish ingress).
+//! - [`core`]: per-core, single-threaded state (client registry, topics, history, outboxes).
+//! - [`proto`]: sans-IO protocol code over byte slices (HTTP/1.1, SSE, WebSocket, publish).
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+
+pub mod config;
+pub mod core;
+pub mod proto;
+pub mod runtime;

@@ -1,0 +1,1 @@
+//! RFC 6455 WebSocket: handshake, frame codec and close handshake (sans-IO).

@@ -1,0 +1,1 @@
+//! monoio glue: worker threads, connections, cross-core bus, publish ingress.
