@@ -1,5 +1,11 @@
 //! Sans-IO protocol code: pure functions and state machines over byte slices.
 //! Nothing in here knows about sockets, clocks or monoio.
 
+pub mod cursor;
+pub mod envelope;
 pub mod http;
+pub mod json;
+pub mod publish;
+pub mod sse;
+pub mod topic;
 pub mod ws;
