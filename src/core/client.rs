@@ -1,0 +1,117 @@
+//! What a core knows of one connected subscriber.
+
+use std::os::fd::RawFd;
+use std::task::Waker;
+
+use super::outbox::{Outbox, StreamCursor};
+use super::topics::TopicKey;
+
+/// How the client receives messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Sse,
+    Ws,
+}
+
+impl Transport {
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Sse => "sse",
+            Transport::Ws => "ws",
+        }
+    }
+}
+
+/// Why a client is being closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer closed or reset the connection.
+    PeerGone,
+    /// The outbox passed `--max-outbox-bytes`.
+    SlowConsumer,
+    /// The server is draining.
+    Shutdown,
+}
+
+impl CloseReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::PeerGone => "peer",
+            CloseReason::SlowConsumer => "slow",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// One topic a client listens to.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub topic: TopicKey,
+    /// Position of this client in the topic's subscriber list.
+    pub pos: u32,
+    /// Position in the topic of the newest message queued to the client.
+    pub seq: u64,
+    /// Waiting for the home core's answer (start position, backlog); live
+    /// messages are skipped meanwhile, the answer covers them.
+    pub pending: bool,
+}
+
+/// Write side of the connection, as the core sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteState {
+    /// Flushes write straight to the socket.
+    Ready,
+    /// The socket was full: the connection task waits for writability and flushes.
+    Blocked,
+    /// The client must go; its connection task does the removal.
+    Closing(CloseReason),
+}
+
+pub struct Client {
+    pub transport: Transport,
+    /// The socket, written to directly by flushes on this core. Valid while the
+    /// client is registered: the connection task removes the client before it
+    /// closes the socket.
+    pub fd: RawFd,
+    pub subs: Vec<Subscription>,
+    pub outbox: Outbox,
+    /// SSE streams: the cursor of the `id:` lines.
+    pub cursor: Option<StreamCursor>,
+    /// SSE streams over several topics render their own `id:` lines.
+    pub multi_topic: bool,
+    /// No message or id line has been queued yet (SSE sends its starting cursor).
+    pub fresh: bool,
+    pub write: WriteState,
+    /// Queued for the next flush of dirty clients.
+    pub dirty: bool,
+    /// The connection task, parked until the core has something for it to do.
+    pub waker: Option<Waker>,
+}
+
+impl Client {
+    pub fn new(transport: Transport, fd: RawFd) -> Self {
+        Self {
+            transport,
+            fd,
+            subs: Vec::new(),
+            outbox: Outbox::default(),
+            cursor: None,
+            multi_topic: false,
+            fresh: true,
+            write: WriteState::Ready,
+            dirty: false,
+            waker: None,
+        }
+    }
+
+    pub fn wake(&mut self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Index of the subscription to `topic`, if any.
+    pub fn sub_index(&self, topic: TopicKey) -> Option<usize> {
+        self.subs.iter().position(|s| s.topic == topic)
+    }
+}

@@ -1,0 +1,165 @@
+//! Per-topic history: a ring of the newest messages, bounded by count and bytes,
+//! kept by the topic's home core. Resume cost is O(messages missed): the ring is
+//! indexed by position, never scanned.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::message::Message;
+
+/// What a resume from a position finds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// Every message after the position is still here (maybe none).
+    Complete,
+    /// History no longer reaches back: messages between the position and
+    /// `oldest` (the first one kept, or the next to come when empty) are gone.
+    Trimmed { oldest: u64 },
+    /// The position is ahead of anything this topic issued.
+    Future,
+}
+
+pub struct History {
+    ring: VecDeque<Arc<Message>>,
+    bytes: usize,
+    max_len: usize,
+    max_bytes: usize,
+}
+
+impl History {
+    pub fn new(max_len: usize, max_bytes: usize) -> Self {
+        Self {
+            ring: VecDeque::new(),
+            bytes: 0,
+            max_len,
+            max_bytes,
+        }
+    }
+
+    /// Appends the newest message (positions must be consecutive) and trims the
+    /// oldest ones past either bound. The newest is kept even when it alone is over
+    /// the byte bound, so a resume right after it still works.
+    pub fn push(&mut self, msg: Arc<Message>) {
+        debug_assert!(
+            self.ring.back().is_none_or(|last| last.seq + 1 == msg.seq),
+            "history positions must be consecutive: last {:?}, new {}",
+            self.ring.back().map(|m| m.seq),
+            msg.seq
+        );
+        if self.max_len == 0 {
+            return;
+        }
+        self.bytes += msg.cost();
+        self.ring.push_back(msg);
+        while self.ring.len() > self.max_len
+            || (self.bytes > self.max_bytes && self.ring.len() > 1)
+        {
+            if let Some(old) = self.ring.pop_front() {
+                self.bytes -= old.cost();
+            }
+        }
+    }
+
+    /// The messages after `after`, given the topic's newest position `head`.
+    pub fn since(&self, after: u64, head: u64) -> (Resume, impl Iterator<Item = &Arc<Message>>) {
+        let oldest = self.ring.front().map_or(head + 1, |m| m.seq);
+        let (resume, skip) = if after > head {
+            (Resume::Future, self.ring.len())
+        } else if after + 1 < oldest {
+            (Resume::Trimmed { oldest }, 0)
+        } else {
+            (Resume::Complete, (after + 1 - oldest) as usize)
+        };
+        (resume, self.ring.iter().skip(skip))
+    }
+
+    /// Every message kept, oldest first.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Message>> {
+        self.ring.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ring.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+
+    /// Bytes held (the `ringcast_history_bytes` metric).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::cursor::Epoch;
+
+    fn msg(seq: u64, size: usize) -> Arc<Message> {
+        let data = format!("\"{}\"", "x".repeat(size));
+        Arc::new(Message::encode(Epoch::new(1), "t".into(), seq, None, data.as_bytes()))
+    }
+
+    fn seqs<'a>(it: impl Iterator<Item = &'a Arc<Message>>) -> Vec<u64> {
+        it.map(|m| m.seq).collect()
+    }
+
+    #[test]
+    fn resume_returns_exactly_the_missed_messages() {
+        let mut h = History::new(10, 1 << 20);
+        for seq in 1..=5 {
+            h.push(msg(seq, 1));
+        }
+        let (r, it) = h.since(2, 5);
+        assert_eq!((r, seqs(it)), (Resume::Complete, vec![3, 4, 5]));
+        let (r, it) = h.since(5, 5);
+        assert_eq!((r, seqs(it)), (Resume::Complete, vec![]));
+        let (r, it) = h.since(0, 5);
+        assert_eq!((r, seqs(it)), (Resume::Complete, vec![1, 2, 3, 4, 5]));
+    }
+
+    #[test]
+    fn a_trimmed_ring_reports_the_gap_and_gives_what_it_has() {
+        let mut h = History::new(3, 1 << 20);
+        for seq in 1..=6 {
+            h.push(msg(seq, 1));
+        }
+        let (r, it) = h.since(1, 6);
+        assert_eq!((r, seqs(it)), (Resume::Trimmed { oldest: 4 }, vec![4, 5, 6]));
+        let (r, it) = h.since(3, 6);
+        assert_eq!((r, seqs(it)), (Resume::Complete, vec![4, 5, 6]));
+    }
+
+    #[test]
+    fn a_position_never_issued_is_the_future() {
+        let mut h = History::new(3, 1 << 20);
+        h.push(msg(1, 1));
+        let (r, it) = h.since(9, 1);
+        assert_eq!((r, seqs(it)), (Resume::Future, vec![]));
+    }
+
+    #[test]
+    fn the_byte_bound_trims_but_keeps_the_newest() {
+        let mut h = History::new(100, 1000);
+        for seq in 1..=10 {
+            h.push(msg(seq, 200));
+        }
+        assert!(h.bytes() <= 1000 || h.len() == 1, "bytes {}", h.bytes());
+        assert!(h.len() < 10);
+        h.push(msg(11, 5000));
+        assert_eq!(seqs(h.all()), vec![11]);
+        let (r, _) = h.since(3, 11);
+        assert_eq!(r, Resume::Trimmed { oldest: 11 });
+    }
+
+    #[test]
+    fn an_empty_history_of_a_busy_topic_is_trimmed_to_the_head() {
+        let h = History::new(0, 0);
+        let (r, it) = h.since(3, 7);
+        assert_eq!((r, seqs(it)), (Resume::Trimmed { oldest: 8 }, vec![]));
+        let (r, _) = h.since(7, 7);
+        assert_eq!(r, Resume::Complete);
+    }
+}

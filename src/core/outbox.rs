@@ -1,0 +1,295 @@
+//! A client's outbox: the bytes queued to it, bounded, written in coalesced
+//! vectored writes straight from the shared encoded frames (no per-subscriber copy).
+//!
+//! Streams over several topics put a cursor in each SSE `id:` line; those lines
+//! are queued as [`Item::Cursor`] markers and rendered at write time into a
+//! per-core scratch buffer, so the message path allocates nothing per subscriber.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+
+use bytes::{Buf, Bytes};
+
+use crate::proto::cursor::{self, Epoch};
+
+/// Most iovecs handed to one write.
+pub const MAX_IOV: usize = 64;
+
+/// What a cursor marker counts against the outbox bound.
+const CURSOR_COST: usize = 32;
+
+/// One queued piece of output.
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// Bytes written as they are (usually shared by every subscriber of the core).
+    Bytes(Bytes),
+    /// An SSE `id: <cursor>\n` line, after advancing topic `topic` of the stream's
+    /// cursor to `seq`.
+    Cursor { topic: u16, seq: u64 },
+}
+
+/// The cursor of a multi-topic SSE stream as written to the socket so far.
+#[derive(Debug, Clone)]
+pub struct StreamCursor {
+    pub epoch: Epoch,
+    /// Position per topic of the stream, in the order of the request.
+    pub written: Vec<u64>,
+}
+
+/// Per-core scratch space for rendering cursors during a flush.
+#[derive(Default)]
+pub struct FlushScratch {
+    text: Vec<u8>,
+    ranges: Vec<(usize, usize)>,
+    seqs: Vec<u64>,
+}
+
+/// How a flush ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Everything queued was written.
+    Drained,
+    /// The socket is full; wait for it to become writable and flush again.
+    Blocked,
+    /// The peer is gone (reset, broken pipe): the client must be removed.
+    Failed,
+}
+
+#[derive(Default)]
+pub struct Outbox {
+    items: VecDeque<Item>,
+    bytes: usize,
+}
+
+impl Outbox {
+    pub fn push(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.bytes += bytes.len();
+        self.items.push_back(Item::Bytes(bytes));
+    }
+
+    pub fn push_cursor(&mut self, topic: u16, seq: u64) {
+        self.bytes += CURSOR_COST;
+        self.items.push_back(Item::Cursor { topic, seq });
+    }
+
+    /// Bytes queued (cursor lines counted at a fixed estimate).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Items queued (messages dropped if the client goes now).
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Writes as much as the socket takes through `write` (a vectored, non-blocking
+    /// write). `cursor` must be given when cursor markers are queued.
+    pub fn flush(
+        &mut self,
+        mut cursor: Option<&mut StreamCursor>,
+        scratch: &mut FlushScratch,
+        mut write: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
+    ) -> Flush {
+        loop {
+            if self.items.is_empty() {
+                return Flush::Drained;
+            }
+            let n = self.items.len().min(MAX_IOV);
+            self.render_cursors(n, cursor.as_deref(), scratch);
+            let result = {
+                let empty = IoSlice::new(&[]);
+                let mut iov = [empty; MAX_IOV];
+                let mut ranges = scratch.ranges.iter();
+                for (slot, item) in iov.iter_mut().zip(self.items.iter().take(n)) {
+                    *slot = match item {
+                        Item::Bytes(b) => IoSlice::new(b),
+                        Item::Cursor { .. } => {
+                            let &(start, end) = ranges.next().unwrap_or(&(0, 0));
+                            IoSlice::new(&scratch.text[start..end])
+                        }
+                    };
+                }
+                write(&iov[..n])
+            };
+            match result {
+                Ok(0) => return Flush::Failed,
+                Ok(written) => self.consume(written, cursor.as_deref_mut(), scratch),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flush::Blocked,
+                Err(_) => return Flush::Failed,
+            }
+        }
+    }
+
+    /// Renders the `id:` lines of the cursor markers among the first `n` items.
+    fn render_cursors(&self, n: usize, cursor: Option<&StreamCursor>, scratch: &mut FlushScratch) {
+        scratch.text.clear();
+        scratch.ranges.clear();
+        let Some(cursor) = cursor else { return };
+        scratch.seqs.clear();
+        scratch.seqs.extend_from_slice(&cursor.written);
+        for item in self.items.iter().take(n) {
+            if let Item::Cursor { topic, seq } = *item {
+                if let Some(pos) = scratch.seqs.get_mut(usize::from(topic)) {
+                    *pos = seq;
+                }
+                let start = scratch.text.len();
+                scratch.text.extend_from_slice(b"id: ");
+                cursor::write_cursor(&mut scratch.text, cursor.epoch, scratch.seqs.iter().copied());
+                scratch.text.push(b'\n');
+                scratch.ranges.push((start, scratch.text.len()));
+            }
+        }
+    }
+
+    /// Drops `written` bytes from the front, committing cursor advances that
+    /// reached the socket.
+    fn consume(&mut self, mut written: usize, mut cursor: Option<&mut StreamCursor>, scratch: &FlushScratch) {
+        let mut ranges = scratch.ranges.iter();
+        while written > 0 {
+            let Some(front) = self.items.front_mut() else {
+                debug_assert!(false, "wrote {written:#x} bytes more than queued");
+                return;
+            };
+            match front {
+                Item::Bytes(b) => {
+                    if written < b.len() {
+                        b.advance(written);
+                        self.bytes -= written;
+                        return;
+                    }
+                    written -= b.len();
+                    self.bytes -= b.len();
+                    self.items.pop_front();
+                }
+                Item::Cursor { topic, seq } => {
+                    let (topic, seq) = (*topic, *seq);
+                    if let Some(pos) = cursor.as_deref_mut().and_then(|c| c.written.get_mut(usize::from(topic))) {
+                        *pos = seq;
+                    }
+                    let &(start, end) = ranges.next().unwrap_or(&(0, 0));
+                    let len = end - start;
+                    self.bytes -= CURSOR_COST;
+                    if written < len {
+                        // Part of the line is on the wire: keep the rest as bytes.
+                        let rest = Bytes::copy_from_slice(&scratch.text[start + written..end]);
+                        self.bytes += rest.len();
+                        *front = Item::Bytes(rest);
+                        return;
+                    }
+                    written -= len;
+                    self.items.pop_front();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket that takes at most `room` bytes, then blocks.
+    struct FakeSocket {
+        out: Vec<u8>,
+        room: usize,
+    }
+
+    impl FakeSocket {
+        fn write(&mut self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for s in iov {
+                let take = s.len().min(self.room);
+                self.out.extend_from_slice(&s[..take]);
+                self.room -= take;
+                n += take;
+                if self.room == 0 {
+                    break;
+                }
+            }
+            Ok(n)
+        }
+    }
+
+    fn cursor() -> StreamCursor {
+        StreamCursor {
+            epoch: Epoch::new(0xab),
+            written: vec![0, 0],
+        }
+    }
+
+    fn fill(outbox: &mut Outbox) {
+        outbox.push_cursor(0, 5);
+        outbox.push(Bytes::from_static(b"data: a\n\n"));
+        outbox.push_cursor(1, 9);
+        outbox.push(Bytes::from_static(b"data: b\n\n"));
+    }
+
+    const WANT: &[u8] = b"id: 0000000000ab-5.0\ndata: a\n\nid: 0000000000ab-5.9\ndata: b\n\n";
+
+    #[test]
+    fn a_flush_writes_everything_in_order_with_rendered_cursors() {
+        let mut outbox = Outbox::default();
+        fill(&mut outbox);
+        let mut c = cursor();
+        let mut sock = FakeSocket { out: Vec::new(), room: 1 << 20 };
+        let r = outbox.flush(Some(&mut c), &mut FlushScratch::default(), |iov| sock.write(iov));
+        assert_eq!(r, Flush::Drained);
+        assert_eq!(sock.out, WANT);
+        assert_eq!(c.written, vec![5, 9]);
+        assert_eq!(outbox.bytes(), 0);
+    }
+
+    #[test]
+    fn a_socket_that_takes_any_few_bytes_at_a_time_gets_the_same_stream() {
+        for room in 1..WANT.len() {
+            let mut outbox = Outbox::default();
+            fill(&mut outbox);
+            let mut c = cursor();
+            let mut scratch = FlushScratch::default();
+            let mut sock = FakeSocket { out: Vec::new(), room };
+            let mut rounds = 0;
+            while outbox.flush(Some(&mut c), &mut scratch, |iov| sock.write(iov)) == Flush::Blocked {
+                sock.room = room;
+                rounds += 1;
+                assert!(rounds < 1000, "no progress at room {room}");
+            }
+            assert_eq!(sock.out, WANT, "room {room}");
+            assert_eq!(c.written, vec![5, 9]);
+            assert_eq!(outbox.bytes(), 0, "room {room}");
+        }
+    }
+
+    #[test]
+    fn a_broken_socket_fails_the_flush() {
+        let mut outbox = Outbox::default();
+        outbox.push(Bytes::from_static(b"x"));
+        let r = outbox.flush(None, &mut FlushScratch::default(), |_| {
+            Err(io::ErrorKind::BrokenPipe.into())
+        });
+        assert_eq!(r, Flush::Failed);
+        assert_eq!(outbox.len(), 1);
+    }
+
+    #[test]
+    fn more_items_than_one_writev_takes_are_written_in_rounds() {
+        let mut outbox = Outbox::default();
+        for i in 0..(3 * MAX_IOV as u8) {
+            outbox.push(Bytes::from(vec![i]));
+        }
+        let mut sock = FakeSocket { out: Vec::new(), room: 1 << 20 };
+        let r = outbox.flush(None, &mut FlushScratch::default(), |iov| sock.write(iov));
+        assert_eq!(r, Flush::Drained);
+        assert_eq!(sock.out, (0..(3 * MAX_IOV as u8)).collect::<Vec<_>>());
+    }
+}

@@ -1,0 +1,228 @@
+//! Topic indexes of one core.
+//!
+//! [`LocalTopics`]: who on this core listens to what. Each topic keeps a dense list
+//! of `(client, subscription index)`; a client's subscription remembers its
+//! position in that list, so unsubscribe is an O(1) swap-remove, never a scan.
+//!
+//! [`HomeTopics`]: the topics this core is home to (chosen by a hash of the name).
+//! The home assigns positions, keeps the history and knows which cores listen.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use slab::Slab;
+
+use super::history::History;
+use super::registry::ClientId;
+
+/// Key of a topic in [`LocalTopics`].
+pub type TopicKey = u32;
+
+/// The home core of a topic: a stable hash of its name (FNV-1a), so every core
+/// agrees without asking.
+pub fn home_of(topic: &str, cores: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in topic.as_bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % cores.max(1) as u64) as usize
+}
+
+pub struct LocalTopic {
+    pub name: Arc<str>,
+    /// Every local subscriber: its id and the index of the subscription in its
+    /// client's list.
+    pub subs: Vec<(ClientId, u16)>,
+}
+
+#[derive(Default)]
+pub struct LocalTopics {
+    by_name: HashMap<Arc<str>, TopicKey>,
+    topics: Slab<LocalTopic>,
+    subscriptions: usize,
+}
+
+impl LocalTopics {
+    pub fn key(&self, name: &str) -> Option<TopicKey> {
+        self.by_name.get(name).copied()
+    }
+
+    pub fn get(&self, key: TopicKey) -> Option<&LocalTopic> {
+        self.topics.get(key as usize)
+    }
+
+    /// Adds a subscriber; returns the topic key, its position in the topic's list,
+    /// and whether the topic is new on this core (the home must hear of it).
+    pub fn add(&mut self, name: &str, client: ClientId, sub_index: u16) -> (TopicKey, u32, bool) {
+        let (key, created) = match self.by_name.get(name) {
+            Some(&key) => (key, false),
+            None => {
+                let name: Arc<str> = Arc::from(name);
+                let key = self.topics.insert(LocalTopic {
+                    name: name.clone(),
+                    subs: Vec::new(),
+                }) as TopicKey;
+                self.by_name.insert(name, key);
+                (key, true)
+            }
+        };
+        let subs = &mut self.topics[key as usize].subs;
+        subs.push((client, sub_index));
+        self.subscriptions += 1;
+        (key, (subs.len() - 1) as u32, created)
+    }
+
+    /// Removes the subscriber at `pos`. Returns the entry moved into `pos` (its
+    /// client must update its subscription's position), and the topic's name when
+    /// that was its last local subscriber (the topic is dropped from this core).
+    pub fn remove(&mut self, key: TopicKey, pos: u32) -> (Option<(ClientId, u16)>, Option<Arc<str>>) {
+        let Some(topic) = self.topics.get_mut(key as usize) else {
+            debug_assert!(false, "remove from unknown topic key {key:#x}");
+            return (None, None);
+        };
+        let pos = pos as usize;
+        if pos >= topic.subs.len() {
+            debug_assert!(false, "position {pos:#x} past {:#x} subscribers", topic.subs.len());
+            return (None, None);
+        }
+        topic.subs.swap_remove(pos);
+        self.subscriptions -= 1;
+        let moved = topic.subs.get(pos).copied();
+        if topic.subs.is_empty() {
+            let topic = self.topics.remove(key as usize);
+            self.by_name.remove(&topic.name);
+            return (None, Some(topic.name));
+        }
+        (moved, None)
+    }
+
+    /// Points the list entry at `pos` to the subscription's new index.
+    pub fn set_sub_index(&mut self, key: TopicKey, pos: u32, sub_index: u16) {
+        if let Some(entry) = self
+            .topics
+            .get_mut(key as usize)
+            .and_then(|t| t.subs.get_mut(pos as usize))
+        {
+            entry.1 = sub_index;
+        }
+    }
+
+    /// Topics with at least one subscriber on this core.
+    pub fn len(&self) -> usize {
+        self.topics.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.topics.is_empty()
+    }
+
+    /// Subscriptions on this core.
+    pub fn subscriptions(&self) -> usize {
+        self.subscriptions
+    }
+}
+
+/// A topic as its home core keeps it.
+pub struct HomeTopic {
+    pub name: Arc<str>,
+    /// Position of the newest message (0 before the first).
+    pub seq: u64,
+    pub history: History,
+    /// Cores with local subscribers, to which new messages go.
+    pub cores: Vec<u16>,
+}
+
+pub struct HomeTopics {
+    map: HashMap<Arc<str>, HomeTopic>,
+    history_len: usize,
+    history_bytes: usize,
+    bytes: usize,
+}
+
+impl HomeTopics {
+    pub fn new(history_len: usize, history_bytes: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            history_len,
+            history_bytes,
+            bytes: 0,
+        }
+    }
+
+    pub fn get_or_create(&mut self, name: &str) -> &mut HomeTopic {
+        if !self.map.contains_key(name) {
+            let name: Arc<str> = Arc::from(name);
+            let topic = HomeTopic {
+                name: name.clone(),
+                seq: 0,
+                history: History::new(self.history_len, self.history_bytes),
+                cores: Vec::new(),
+            };
+            self.map.insert(name, topic);
+        }
+        self.map
+            .get_mut(name)
+            .unwrap_or_else(|| unreachable!("topic inserted above"))
+    }
+
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut HomeTopic> {
+        self.map.get_mut(name)
+    }
+
+    /// Records a history size change of one topic (for the bytes gauge).
+    pub fn account(&mut self, before: usize, after: usize) {
+        self.bytes = self.bytes + after - before;
+    }
+
+    /// History bytes over every home topic of this core.
+    pub fn history_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::registry::Registry;
+
+    #[test]
+    fn the_home_of_a_topic_is_the_same_everywhere_and_spreads() {
+        assert_eq!(home_of("news", 4), home_of("news", 4));
+        let homes: std::collections::HashSet<_> =
+            (0..64).map(|i| home_of(&format!("t{i}"), 4)).collect();
+        assert_eq!(homes.len(), 4);
+        assert_eq!(home_of("anything", 1), 0);
+    }
+
+    #[test]
+    fn unsubscribe_swaps_the_last_entry_in_and_reports_it() {
+        let mut reg = Registry::new(0);
+        let ids: Vec<_> = (0..3).map(|i| reg.insert(i)).collect();
+        let mut topics = LocalTopics::default();
+        let (key, p0, created) = topics.add("a", ids[0], 0);
+        assert!(created);
+        let (_, p1, created) = topics.add("a", ids[1], 0);
+        assert!(!created);
+        let (_, p2, _) = topics.add("a", ids[2], 4);
+        assert_eq!((p0, p1, p2), (0, 1, 2));
+        let (moved, gone) = topics.remove(key, 0);
+        assert_eq!(moved, Some((ids[2], 4)));
+        assert_eq!(gone, None);
+        assert_eq!(topics.subscriptions(), 2);
+        topics.remove(key, 1);
+        let (moved, gone) = topics.remove(key, 0);
+        assert_eq!(moved, None);
+        assert_eq!(gone.as_deref(), Some("a"));
+        assert!(topics.is_empty());
+        assert_eq!(topics.key("a"), None);
+    }
+}

@@ -1,0 +1,161 @@
+//! Metrics: one block of counters per core, written only by that core and read by
+//! whichever core answers `GET /metrics`, rendered as Prometheus text.
+//!
+//! Single writer per block, so a counter bump is a relaxed load and store (no
+//! locked instruction on the message path); readers may see a value a few
+//! nanoseconds old, never a torn one. Gauges that mirror core state (connections,
+//! subscriptions, topics) are stored by the code that changes that state, in the
+//! same call, so the metric cannot disagree with the registry.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// A counter or gauge with one writer (its core).
+#[derive(Default, Debug)]
+pub struct Cell(AtomicU64);
+
+impl Cell {
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0
+            .store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// HTTP statuses counted by `ringcast_http_responses_total`; others count as 0.
+pub const STATUSES: [u16; 18] = [
+    0, 101, 200, 202, 204, 400, 401, 403, 404, 405, 408, 411, 413, 426, 431, 500, 501, 503,
+];
+
+/// Close reasons counted by `ringcast_connections_closed_total`.
+pub const CLOSE_REASONS: [&str; 3] = ["peer", "slow", "shutdown"];
+
+/// The counters of one core.
+#[derive(Default, Debug)]
+pub struct CoreMetrics {
+    pub connections_sse: Cell,
+    pub connections_ws: Cell,
+    pub accepted: Cell,
+    pub closed_sse: [Cell; CLOSE_REASONS.len()],
+    pub closed_ws: [Cell; CLOSE_REASONS.len()],
+    pub subscriptions: Cell,
+    pub topics_local: Cell,
+    pub topics_home: Cell,
+    pub history_bytes: Cell,
+    pub published: Cell,
+    pub publish_errors: Cell,
+    pub delivered: Cell,
+    pub dropped: Cell,
+    pub slow_consumers_sse: Cell,
+    pub slow_consumers_ws: Cell,
+    pub http_responses: [Cell; STATUSES.len()],
+    pub bus_overflow: Cell,
+}
+
+impl CoreMetrics {
+    pub fn http_response(&self, status: u16) {
+        let i = STATUSES.iter().position(|&s| s == status).unwrap_or(0);
+        self.http_responses[i].inc();
+    }
+}
+
+/// Process-wide facts shown next to the per-core counters.
+pub struct ProcessInfo<'a> {
+    pub driver: &'a str,
+    pub epoch: &'a str,
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Renders every core's counters as Prometheus text exposition (format 0.0.4).
+pub fn render(cores: &[Arc<CoreMetrics>], info: &ProcessInfo<'_>) -> String {
+    let mut out = String::with_capacity(4096);
+    let per_core = |out: &mut String, name: &str, kind: &str, help: &str, get: &dyn Fn(&CoreMetrics) -> u64| {
+        family(out, name, kind, help);
+        for (core, m) in cores.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{core=\"{core}\"}} {}", get(m));
+        }
+    };
+
+    family(&mut out, "ringcast_connections", "gauge", "Open subscriber connections, from the client registry.");
+    for (core, m) in cores.iter().enumerate() {
+        let _ = writeln!(out, "ringcast_connections{{transport=\"sse\",core=\"{core}\"}} {}", m.connections_sse.get());
+        let _ = writeln!(out, "ringcast_connections{{transport=\"ws\",core=\"{core}\"}} {}", m.connections_ws.get());
+    }
+    family(&mut out, "ringcast_connections_closed_total", "counter", "Subscriber connections closed, by transport and reason.");
+    for (core, m) in cores.iter().enumerate() {
+        for (i, reason) in CLOSE_REASONS.iter().enumerate() {
+            let _ = writeln!(out, "ringcast_connections_closed_total{{transport=\"sse\",reason=\"{reason}\",core=\"{core}\"}} {}", m.closed_sse[i].get());
+            let _ = writeln!(out, "ringcast_connections_closed_total{{transport=\"ws\",reason=\"{reason}\",core=\"{core}\"}} {}", m.closed_ws[i].get());
+        }
+    }
+    per_core(&mut out, "ringcast_connections_accepted_total", "counter", "TCP connections accepted.", &|m| m.accepted.get());
+    per_core(&mut out, "ringcast_subscriptions", "gauge", "Topic subscriptions of connected clients.", &|m| m.subscriptions.get());
+    per_core(&mut out, "ringcast_topics", "gauge", "Topics with subscribers on the core.", &|m| m.topics_local.get());
+    per_core(&mut out, "ringcast_home_topics", "gauge", "Topics whose ids and history the core keeps.", &|m| m.topics_home.get());
+    per_core(&mut out, "ringcast_history_bytes", "gauge", "Bytes held in topic histories.", &|m| m.history_bytes.get());
+    per_core(&mut out, "ringcast_messages_published_total", "counter", "Messages accepted and given an id (counted at the topic's home core).", &|m| m.published.get());
+    per_core(&mut out, "ringcast_publish_errors_total", "counter", "Publish commands refused.", &|m| m.publish_errors.get());
+    per_core(&mut out, "ringcast_messages_delivered_total", "counter", "Messages queued to subscribers.", &|m| m.delivered.get());
+    per_core(&mut out, "ringcast_messages_dropped_total", "counter", "Messages queued to subscribers that left before they were written.", &|m| m.dropped.get());
+    family(&mut out, "ringcast_slow_consumers_total", "counter", "Clients cut because their outbox passed --max-outbox-bytes.");
+    for (core, m) in cores.iter().enumerate() {
+        let _ = writeln!(out, "ringcast_slow_consumers_total{{transport=\"sse\",core=\"{core}\"}} {}", m.slow_consumers_sse.get());
+        let _ = writeln!(out, "ringcast_slow_consumers_total{{transport=\"ws\",core=\"{core}\"}} {}", m.slow_consumers_ws.get());
+    }
+    per_core(&mut out, "ringcast_bus_overflow_total", "counter", "Cross-core messages that waited for room in a full queue.", &|m| m.bus_overflow.get());
+    family(&mut out, "ringcast_http_responses_total", "counter", "HTTP responses by status (0 = other).");
+    for (core, m) in cores.iter().enumerate() {
+        for (i, status) in STATUSES.iter().enumerate() {
+            let v = m.http_responses[i].get();
+            if v > 0 {
+                let _ = writeln!(out, "ringcast_http_responses_total{{status=\"{status}\",core=\"{core}\"}} {v}");
+            }
+        }
+    }
+    family(&mut out, "ringcast_info", "gauge", "Build and run facts.");
+    let _ = writeln!(
+        out,
+        "ringcast_info{{version=\"{}\",driver=\"{}\",epoch=\"{}\",cores=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        info.driver,
+        info.epoch,
+        cores.len()
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendering_labels_every_series_by_core() {
+        let cores = vec![Arc::new(CoreMetrics::default()), Arc::new(CoreMetrics::default())];
+        cores[1].connections_sse.set(3);
+        cores[0].http_response(404);
+        cores[0].http_response(404);
+        let text = render(&cores, &ProcessInfo { driver: "uring", epoch: "e" });
+        assert!(text.contains("ringcast_connections{transport=\"sse\",core=\"1\"} 3\n"));
+        assert!(text.contains("ringcast_http_responses_total{status=\"404\",core=\"0\"} 2\n"));
+        assert!(text.contains("# TYPE ringcast_messages_published_total counter\n"));
+    }
+}
