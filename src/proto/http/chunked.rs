@@ -102,8 +102,8 @@ impl ChunkedDecoder {
     /// [`HttpError::BodyTooLarge`] at the chunk-size digit that takes the total over the
     /// limit (before its data arrives), [`HttpError::BadChunkSize`],
     /// [`HttpError::BadChunkFraming`], [`HttpError::ChunkExtensionsTooLong`],
-    /// [`HttpError::TrailersTooLarge`]. Nothing is appended to `out` for the call that
-    /// fails past the point of failure; what was appended before stays.
+    /// [`HttpError::TrailersTooLarge`]. Data decoded before the offending byte stays in
+    /// `out`; nothing after it is looked at.
     pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(usize, bool), HttpError> {
         let mut at = 0;
         while at < input.len() {

@@ -32,10 +32,12 @@ pub enum HttpError {
     UnsupportedVersion,
     /// Peer: an HTTP/1.1 request without `Host` (400, RFC 9112 §3.2).
     MissingHost,
-    /// Peer: a field that must appear once (`Host`, `Content-Length` with another value is
-    /// [`ConflictingContentLength`](Self::ConflictingContentLength), `Authorization`,
-    /// `Cookie`, `Origin`, `Last-Event-ID`, `Sec-WebSocket-Key`, `Sec-WebSocket-Version`)
-    /// appeared twice (400).
+    /// Peer: a field that must appear once appeared twice (400): `Host` (RFC 9112 §3.2),
+    /// `Cookie` (RFC 6265 §5.4), and the fields a second copy of which could make two
+    /// readers of the same request disagree: `Authorization`, `Origin`, `Last-Event-ID`,
+    /// `Sec-WebSocket-Key`, `Sec-WebSocket-Version`. (Repeated `Content-Length` is
+    /// [`ConflictingContentLength`](Self::ConflictingContentLength) when the values
+    /// differ, and fine when they agree.)
     DuplicateSingletonField,
     /// Peer: `Content-Length` is not `1*DIGIT` or does not fit in 64 bits (400).
     InvalidContentLength,

@@ -1002,22 +1002,46 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn random_bytes_never_panic_the_head_parser(
+        fn random_bytes_never_panic_and_the_scanner_agrees_with_the_parser(
             buf in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
             limit in 0usize..600,
+            cut in 0usize..512,
         ) {
             let limits = HeadLimits { max_header_bytes: limit };
-            let one = parse_request(&buf, &limits);
-            let mut scanner = HeadScanner::new();
-            let mut last = Ok(None);
-            for end in [buf.len() / 3, buf.len() / 2, buf.len()] {
-                last = scanner.parse(&buf[..end], &limits);
-                if !matches!(last, Ok(None)) { break; }
-            }
-            if let Ok(Some(h)) = &one {
+            let whole = parse_request(&buf, &limits);
+            if let Ok(Some(h)) = &whole {
                 proptest::prop_assert!(h.head_len <= limit.min(buf.len()));
             }
-            let _ = last;
+            // Fed in two reads, the scanner may wait where the parser already sees a
+            // syntax error, but whenever either produces a head or the parser waits,
+            // they agree.
+            let mut scanner = HeadScanner::new();
+            let first = scanner.parse(&buf[..cut.min(buf.len())], &limits);
+            let last = if matches!(first, Ok(None)) { scanner.parse(&buf, &limits) } else { first };
+            if matches!(whole, Ok(_)) || matches!(last, Ok(Some(_))) {
+                proptest::prop_assert_eq!(&last, &whole);
+            }
+        }
+
+        #[test]
+        fn mutated_valid_heads_parse_the_same_whole_or_one_byte_at_a_time(
+            at in 0usize..SSE.len(),
+            byte in proptest::num::u8::ANY,
+        ) {
+            let mut buf = SSE.to_vec();
+            buf[at] = byte;
+            let whole = parse(&buf);
+            let mut scanner = HeadScanner::new();
+            let mut fed = Ok(None);
+            for end in 0..=buf.len() {
+                fed = scanner.parse(&buf[..end], &LIMITS);
+                if !matches!(fed, Ok(None)) {
+                    break;
+                }
+            }
+            if matches!(whole, Ok(_)) || matches!(fed, Ok(Some(_))) {
+                proptest::prop_assert_eq!(fed, whole);
+            }
         }
 
         #[test]
