@@ -28,5 +28,5 @@ pub use head::{
     bearer_token, cookie_value, head_complete, parse_request, Body, HeadLimits, HeadScanner,
     Method, RequestHead, MAX_HEADERS,
 };
-pub use query::{query_pairs, utf8, QueryPairs};
+pub use query::{query_pairs, query_text, QueryPairs};
 pub use response::{error_response, status_text, write_head, write_response, CONTINUE};

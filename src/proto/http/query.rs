@@ -11,7 +11,7 @@ use super::HttpError;
 ///
 /// Choices, so that no input can panic or be silently altered:
 /// - keys and values are bytes (`Cow<[u8]>`), because `%FF` decodes to a byte that is
-///   not UTF-8; [`utf8`] turns one into text or into [`HttpError::QueryNotUtf8`], which
+///   not UTF-8; [`query_text`] turns one into text or into [`HttpError::QueryNotUtf8`], which
 ///   lets the caller answer 400 naming the rule;
 /// - a `%` not followed by two hex digits (`%zz`, a trailing `%`) is kept literally, as
 ///   browsers do;
@@ -61,7 +61,7 @@ impl<'q> Iterator for QueryPairs<'q> {
 }
 
 /// A decoded key or value as text, or [`HttpError::QueryNotUtf8`].
-pub fn utf8(bytes: Cow<'_, [u8]>) -> Result<Cow<'_, str>, HttpError> {
+pub fn query_text(bytes: Cow<'_, [u8]>) -> Result<Cow<'_, str>, HttpError> {
     match bytes {
         Cow::Borrowed(b) => std::str::from_utf8(b)
             .map(Cow::Borrowed)
@@ -152,15 +152,15 @@ mod tests {
     }
 
     #[test]
-    fn non_utf8_after_decoding_is_reported_by_utf8() {
+    fn non_utf8_after_decoding_is_reported_by_query_text() {
         let (key, value) = query_pairs("topic=%FF%FE").next().unwrap();
-        assert_eq!(utf8(key).as_deref(), Ok("topic"));
+        assert_eq!(query_text(key).as_deref(), Ok("topic"));
         assert_eq!(&*value, b"\xff\xfe");
-        assert_eq!(utf8(value), Err(HttpError::QueryNotUtf8));
+        assert_eq!(query_text(value), Err(HttpError::QueryNotUtf8));
         let (_, cut) = query_pairs("t=%C3").next().unwrap();
-        assert_eq!(utf8(cut), Err(HttpError::QueryNotUtf8));
+        assert_eq!(query_text(cut), Err(HttpError::QueryNotUtf8));
         let (_, ok) = query_pairs("t=%C3%A9").next().unwrap();
-        assert_eq!(utf8(ok).as_deref(), Ok("é"));
+        assert_eq!(query_text(ok).as_deref(), Ok("é"));
     }
 
     #[test]
@@ -176,7 +176,7 @@ mod tests {
         fn random_queries_never_panic_and_decode_no_longer(query in "[a-zA-Z0-9%+&=\u{e9}\u{0}-\u{7f}]{0,64}") {
             for (key, value) in query_pairs(&query) {
                 proptest::prop_assert!(key.len() + value.len() <= query.len());
-                let _ = (utf8(key), utf8(value));
+                let _ = (query_text(key), query_text(value));
             }
         }
     }
