@@ -14,10 +14,14 @@ pub mod close;
 pub mod decoder;
 pub mod error;
 pub mod frame;
+pub mod handshake;
 pub mod utf8;
 
 pub use decoder::{ControlPayload, Decoded, Decoder, Event};
 pub use error::ProtocolError;
 pub use frame::{
     encode_close, encode_frame, encode_ping, encode_pong, encoded_len, text_frame, OpCode,
+};
+pub use handshake::{
+    accept_key, check_handshake, write_101, AcceptKey, HandshakeError, HandshakeRequest,
 };
