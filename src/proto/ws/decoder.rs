@@ -332,3 +332,23 @@ impl fmt::Debug for Decoder {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_decoder_holds_no_heap_buffer_between_messages() {
+        let mut dec = Decoder::new(1 << 20);
+        assert_eq!(dec.buf.capacity(), 0);
+        // "Hi" as a masked text frame, key 0.
+        let (n, r) = dec.handle_bytes(b"\x81\x82\0\0\0\0Hi");
+        assert_eq!((n, r), (8, Ok(Some(Event::Text(b"Hi".to_vec())))));
+        assert_eq!(dec.buf.capacity(), 0, "the buffer moved out with the event");
+        assert!(
+            std::mem::size_of::<Decoder>() <= 256,
+            "{}",
+            std::mem::size_of::<Decoder>()
+        );
+    }
+}

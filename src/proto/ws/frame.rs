@@ -168,14 +168,14 @@ impl FrameHeader {
     }
 
     /// Bytes this header takes on the wire.
-    pub const fn len(&self) -> usize {
+    pub const fn encoded_len(&self) -> usize {
         header_len(self.payload_len) + if self.mask.is_some() { 4 } else { 0 }
     }
 
     /// Writes the header to the start of `out`; all-or-nothing: on `NoSpace`,
     /// `out` is untouched.
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, NoSpace> {
-        let n = self.len();
+        let n = self.encoded_len();
         let out = out.get_mut(..n).ok_or(NoSpace)?;
         out[0] = (u8::from(self.fin) << 7) | self.opcode as u8;
         let mask_bit = if self.mask.is_some() { 0x80 } else { 0 };

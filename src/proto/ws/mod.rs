@@ -11,12 +11,14 @@
 //! Nothing here reads a clock or touches a socket.
 
 pub mod close;
+pub mod conn;
 pub mod decoder;
 pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod utf8;
 
+pub use conn::{Connection, Tick};
 pub use decoder::{ControlPayload, Decoded, Decoder, Event};
 pub use error::ProtocolError;
 pub use frame::{
@@ -25,3 +27,6 @@ pub use frame::{
 pub use handshake::{
     accept_key, check_handshake, write_101, AcceptKey, HandshakeError, HandshakeRequest,
 };
+
+#[cfg(test)]
+mod tests;
