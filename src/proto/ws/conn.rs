@@ -1,0 +1,193 @@
+//! The close handshake (RFC 6455 §5.5.1, §7) around the frame decoder.
+
+use super::close::code;
+use super::decoder::{ControlPayload, Decoded, Decoder, Event};
+use super::frame::{encode_close, encode_pong};
+
+/// Time in the caller's integer ticks; this module never reads a clock.
+pub type Tick = u64;
+
+/// Lifecycle of the connection, as far as the WebSocket protocol is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Both directions open: messages are surfaced and pings answered.
+    Open,
+    /// We queued our Close (drain, slow consumer); frames are decoded only to find the
+    /// peer's Close, until `deadline`.
+    CloseSent { deadline: Tick },
+    /// We failed the connection on a protocol violation; the stream cannot be parsed
+    /// any more, so bytes are discarded until the peer closes TCP or `deadline`.
+    Failed { deadline: Tick },
+    /// The peer's Close arrived and our echo is queued; TCP closes once it is written.
+    CloseReceived,
+    /// Nothing more to read or write: close TCP once the outbox is flushed.
+    Closed,
+}
+
+/// The WebSocket side of one connection: decoder, pong slot and close handshake.
+///
+/// Call order, driven by the caller's I/O loop:
+/// 1. Inputs: [`handle_bytes`](Self::handle_bytes) with bytes read from the socket
+///    (repeat until all are consumed), [`handle_eof`](Self::handle_eof) when the read
+///    side ends, [`handle_timeout`](Self::handle_timeout) when the tick returned by
+///    [`poll_timeout`](Self::poll_timeout) has passed, [`close`](Self::close) to
+///    close for the server's own reasons.
+/// 2. Outputs, after any input: [`poll_transmit`](Self::poll_transmit) to append the
+///    pending control frames to the outbox, [`poll_timeout`](Self::poll_timeout) to
+///    (re)arm the close deadline, then [`wants_close_tcp`](Self::wants_close_tcp):
+///    once true, flush the outbox and close TCP.
+///
+/// Data frames (one shared `Bytes` per message) go to the outbox directly, only
+/// while [`can_send_data`](Self::can_send_data) holds.
+#[derive(Debug)]
+pub struct Connection {
+    decoder: Decoder,
+    state: State,
+    /// How long to wait for the peer's Close (or its FIN) after we sent ours.
+    close_timeout: Tick,
+    /// One pending-pong slot: a newer ping replaces it (§5.5.3 allows answering only
+    /// the most recent one). It never displaces a pending Close.
+    pending_pong: Option<ControlPayload>,
+    /// Our Close frame, until `poll_transmit` hands it out.
+    pending_close: Option<(u16, &'static str)>,
+}
+
+impl Connection {
+    /// A connection right after the `101` response.
+    pub fn new(max_message_bytes: usize, close_timeout: Tick) -> Self {
+        Self {
+            decoder: Decoder::new(max_message_bytes),
+            state: State::Open,
+            close_timeout,
+            pending_pong: None,
+            pending_close: None,
+        }
+    }
+
+    /// Feeds bytes read from the socket.
+    ///
+    /// Returns the bytes consumed and, while open, the decoder's event (a Ping is
+    /// already answered and a Close already echoed when they are returned) or the
+    /// violation (our Close is already queued). Once closing, bytes are consumed and
+    /// ignored, except that the peer's answer to our Close ends the handshake.
+    pub fn handle_bytes(&mut self, now: Tick, input: &[u8]) -> Decoded {
+        match self.state {
+            State::Open => {
+                let (n, result) = self.decoder.handle_bytes(input);
+                match &result {
+                    Ok(Some(Event::Ping(payload))) => self.pending_pong = Some(*payload),
+                    Ok(Some(Event::Close { code, .. })) => {
+                        // §5.5.1: "If an endpoint receives a Close frame and did not
+                        // previously send a Close frame, the endpoint MUST send a Close
+                        // frame in response ... typically echoing the status code".
+                        self.pending_close = Some((code.unwrap_or(code::NORMAL), ""));
+                        self.state = State::CloseReceived;
+                    }
+                    Err(e) => {
+                        // §7.1.7: _Fail the WebSocket Connection_: send a Close with
+                        // the code, then stop processing the peer's data.
+                        self.pending_pong = None;
+                        self.pending_close = Some((e.close_code(), e.reason()));
+                        self.state = State::Failed {
+                            deadline: now.saturating_add(self.close_timeout),
+                        };
+                    }
+                    Ok(_) => {}
+                }
+                (n, result)
+            }
+            State::CloseSent { .. } => {
+                // §5.5.1: after sending a Close, wait for the peer's; data that
+                // arrives meanwhile is dropped.
+                let mut pos = 0;
+                while pos < input.len() {
+                    let (n, result) = self.decoder.handle_bytes(&input[pos..]);
+                    pos += n;
+                    match result {
+                        Ok(Some(Event::Close { .. })) => {
+                            self.state = State::Closed;
+                            return (input.len(), Ok(None));
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            self.state = State::Closed;
+                            return (input.len(), Ok(None));
+                        }
+                    }
+                }
+                (input.len(), Ok(None))
+            }
+            State::Failed { .. } | State::CloseReceived | State::Closed => (input.len(), Ok(None)),
+        }
+    }
+
+    /// The peer closed its side of TCP (read returned 0): nothing more will come.
+    pub fn handle_eof(&mut self) {
+        self.pending_pong = None;
+        self.state = State::Closed;
+    }
+
+    /// The close deadline may have passed: stop waiting for the peer.
+    pub fn handle_timeout(&mut self, now: Tick) {
+        match self.state {
+            State::CloseSent { deadline } | State::Failed { deadline } if now >= deadline => {
+                self.state = State::Closed;
+            }
+            _ => {}
+        }
+    }
+
+    /// Starts the close handshake for a server reason (1001 on drain, 1008 for a slow
+    /// consumer...). No-op unless open: a close is already under way.
+    pub fn close(&mut self, now: Tick, code: u16, reason: &'static str) {
+        if self.state == State::Open {
+            self.pending_pong = None;
+            self.pending_close = Some((code, reason));
+            self.state = State::CloseSent {
+                deadline: now.saturating_add(self.close_timeout),
+            };
+        }
+    }
+
+    /// Appends pending control frames (a Pong, then our Close) to `out`; returns
+    /// whether anything was written.
+    #[must_use]
+    pub fn poll_transmit(&mut self, out: &mut Vec<u8>) -> bool {
+        let before = out.len();
+        if let Some(payload) = self.pending_pong.take() {
+            encode_pong(out, payload.as_bytes());
+        }
+        if let Some((code, reason)) = self.pending_close.take() {
+            encode_close(out, code, reason);
+            if self.state == State::CloseReceived {
+                // §7.1.1: after both Close frames, the server closes TCP first.
+                self.state = State::Closed;
+            }
+        }
+        out.len() > before
+    }
+
+    /// The tick at which [`handle_timeout`](Self::handle_timeout) must be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Tick> {
+        match self.state {
+            State::CloseSent { deadline } | State::Failed { deadline } => Some(deadline),
+            _ => None,
+        }
+    }
+
+    /// Close TCP (after flushing the outbox): both Close frames were exchanged, or the
+    /// peer is gone, or it did not answer in time. Never true while a control frame
+    /// is still pending, so our Close always reaches the outbox first.
+    #[must_use]
+    pub fn wants_close_tcp(&self) -> bool {
+        self.state == State::Closed && self.pending_close.is_none() && self.pending_pong.is_none()
+    }
+
+    /// Data frames may be queued: §5.5.1 "After sending a Close frame, the endpoint
+    /// MUST NOT send any more data frames", and after the peer's Close nobody reads them.
+    #[must_use]
+    pub fn can_send_data(&self) -> bool {
+        self.state == State::Open
+    }
+}
