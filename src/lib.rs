@@ -8,5 +8,7 @@
 
 pub mod config;
 pub mod core;
+pub mod log;
+pub mod metrics;
 pub mod proto;
 pub mod runtime;

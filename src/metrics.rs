@@ -18,8 +18,10 @@ pub struct Cell(AtomicU64);
 impl Cell {
     #[inline]
     pub fn add(&self, n: u64) {
-        self.0
-            .store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
 
     #[inline]
@@ -88,46 +90,149 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 /// Renders every core's counters as Prometheus text exposition (format 0.0.4).
 pub fn render(cores: &[Arc<CoreMetrics>], info: &ProcessInfo<'_>) -> String {
     let mut out = String::with_capacity(4096);
-    let per_core = |out: &mut String, name: &str, kind: &str, help: &str, get: &dyn Fn(&CoreMetrics) -> u64| {
+    let per_core = |out: &mut String,
+                    name: &str,
+                    kind: &str,
+                    help: &str,
+                    get: &dyn Fn(&CoreMetrics) -> u64| {
         family(out, name, kind, help);
         for (core, m) in cores.iter().enumerate() {
             let _ = writeln!(out, "{name}{{core=\"{core}\"}} {}", get(m));
         }
     };
 
-    family(&mut out, "ringcast_connections", "gauge", "Open subscriber connections, from the client registry.");
+    family(
+        &mut out,
+        "ringcast_connections",
+        "gauge",
+        "Open subscriber connections, from the client registry.",
+    );
     for (core, m) in cores.iter().enumerate() {
-        let _ = writeln!(out, "ringcast_connections{{transport=\"sse\",core=\"{core}\"}} {}", m.connections_sse.get());
-        let _ = writeln!(out, "ringcast_connections{{transport=\"ws\",core=\"{core}\"}} {}", m.connections_ws.get());
+        let _ = writeln!(
+            out,
+            "ringcast_connections{{transport=\"sse\",core=\"{core}\"}} {}",
+            m.connections_sse.get()
+        );
+        let _ = writeln!(
+            out,
+            "ringcast_connections{{transport=\"ws\",core=\"{core}\"}} {}",
+            m.connections_ws.get()
+        );
     }
-    family(&mut out, "ringcast_connections_closed_total", "counter", "Subscriber connections closed, by transport and reason.");
+    family(
+        &mut out,
+        "ringcast_connections_closed_total",
+        "counter",
+        "Subscriber connections closed, by transport and reason.",
+    );
     for (core, m) in cores.iter().enumerate() {
         for (i, reason) in CLOSE_REASONS.iter().enumerate() {
             let _ = writeln!(out, "ringcast_connections_closed_total{{transport=\"sse\",reason=\"{reason}\",core=\"{core}\"}} {}", m.closed_sse[i].get());
             let _ = writeln!(out, "ringcast_connections_closed_total{{transport=\"ws\",reason=\"{reason}\",core=\"{core}\"}} {}", m.closed_ws[i].get());
         }
     }
-    per_core(&mut out, "ringcast_connections_accepted_total", "counter", "TCP connections accepted.", &|m| m.accepted.get());
-    per_core(&mut out, "ringcast_subscriptions", "gauge", "Topic subscriptions of connected clients.", &|m| m.subscriptions.get());
-    per_core(&mut out, "ringcast_topics", "gauge", "Topics with subscribers on the core.", &|m| m.topics_local.get());
-    per_core(&mut out, "ringcast_home_topics", "gauge", "Topics whose ids and history the core keeps.", &|m| m.topics_home.get());
-    per_core(&mut out, "ringcast_history_bytes", "gauge", "Bytes held in topic histories.", &|m| m.history_bytes.get());
-    per_core(&mut out, "ringcast_messages_published_total", "counter", "Messages accepted and given an id (counted at the topic's home core).", &|m| m.published.get());
-    per_core(&mut out, "ringcast_publish_errors_total", "counter", "Publish commands refused.", &|m| m.publish_errors.get());
-    per_core(&mut out, "ringcast_messages_delivered_total", "counter", "Messages queued to subscribers.", &|m| m.delivered.get());
-    per_core(&mut out, "ringcast_messages_dropped_total", "counter", "Messages queued to subscribers that left before they were written.", &|m| m.dropped.get());
-    family(&mut out, "ringcast_slow_consumers_total", "counter", "Clients cut because their outbox passed --max-outbox-bytes.");
+    per_core(
+        &mut out,
+        "ringcast_connections_accepted_total",
+        "counter",
+        "TCP connections accepted.",
+        &|m| m.accepted.get(),
+    );
+    per_core(
+        &mut out,
+        "ringcast_subscriptions",
+        "gauge",
+        "Topic subscriptions of connected clients.",
+        &|m| m.subscriptions.get(),
+    );
+    per_core(
+        &mut out,
+        "ringcast_topics",
+        "gauge",
+        "Topics with subscribers on the core.",
+        &|m| m.topics_local.get(),
+    );
+    per_core(
+        &mut out,
+        "ringcast_home_topics",
+        "gauge",
+        "Topics whose ids and history the core keeps.",
+        &|m| m.topics_home.get(),
+    );
+    per_core(
+        &mut out,
+        "ringcast_history_bytes",
+        "gauge",
+        "Bytes held in topic histories.",
+        &|m| m.history_bytes.get(),
+    );
+    per_core(
+        &mut out,
+        "ringcast_messages_published_total",
+        "counter",
+        "Messages accepted and given an id (counted at the topic's home core).",
+        &|m| m.published.get(),
+    );
+    per_core(
+        &mut out,
+        "ringcast_publish_errors_total",
+        "counter",
+        "Publish commands refused.",
+        &|m| m.publish_errors.get(),
+    );
+    per_core(
+        &mut out,
+        "ringcast_messages_delivered_total",
+        "counter",
+        "Messages queued to subscribers.",
+        &|m| m.delivered.get(),
+    );
+    per_core(
+        &mut out,
+        "ringcast_messages_dropped_total",
+        "counter",
+        "Messages queued to subscribers that left before they were written.",
+        &|m| m.dropped.get(),
+    );
+    family(
+        &mut out,
+        "ringcast_slow_consumers_total",
+        "counter",
+        "Clients cut because their outbox passed --max-outbox-bytes.",
+    );
     for (core, m) in cores.iter().enumerate() {
-        let _ = writeln!(out, "ringcast_slow_consumers_total{{transport=\"sse\",core=\"{core}\"}} {}", m.slow_consumers_sse.get());
-        let _ = writeln!(out, "ringcast_slow_consumers_total{{transport=\"ws\",core=\"{core}\"}} {}", m.slow_consumers_ws.get());
+        let _ = writeln!(
+            out,
+            "ringcast_slow_consumers_total{{transport=\"sse\",core=\"{core}\"}} {}",
+            m.slow_consumers_sse.get()
+        );
+        let _ = writeln!(
+            out,
+            "ringcast_slow_consumers_total{{transport=\"ws\",core=\"{core}\"}} {}",
+            m.slow_consumers_ws.get()
+        );
     }
-    per_core(&mut out, "ringcast_bus_overflow_total", "counter", "Cross-core messages that waited for room in a full queue.", &|m| m.bus_overflow.get());
-    family(&mut out, "ringcast_http_responses_total", "counter", "HTTP responses by status (0 = other).");
+    per_core(
+        &mut out,
+        "ringcast_bus_overflow_total",
+        "counter",
+        "Cross-core messages that waited for room in a full queue.",
+        &|m| m.bus_overflow.get(),
+    );
+    family(
+        &mut out,
+        "ringcast_http_responses_total",
+        "counter",
+        "HTTP responses by status (0 = other).",
+    );
     for (core, m) in cores.iter().enumerate() {
         for (i, status) in STATUSES.iter().enumerate() {
             let v = m.http_responses[i].get();
             if v > 0 {
-                let _ = writeln!(out, "ringcast_http_responses_total{{status=\"{status}\",core=\"{core}\"}} {v}");
+                let _ = writeln!(
+                    out,
+                    "ringcast_http_responses_total{{status=\"{status}\",core=\"{core}\"}} {v}"
+                );
             }
         }
     }
@@ -149,11 +254,20 @@ mod tests {
 
     #[test]
     fn rendering_labels_every_series_by_core() {
-        let cores = vec![Arc::new(CoreMetrics::default()), Arc::new(CoreMetrics::default())];
+        let cores = vec![
+            Arc::new(CoreMetrics::default()),
+            Arc::new(CoreMetrics::default()),
+        ];
         cores[1].connections_sse.set(3);
         cores[0].http_response(404);
         cores[0].http_response(404);
-        let text = render(&cores, &ProcessInfo { driver: "uring", epoch: "e" });
+        let text = render(
+            &cores,
+            &ProcessInfo {
+                driver: "uring",
+                epoch: "e",
+            },
+        );
         assert!(text.contains("ringcast_connections{transport=\"sse\",core=\"1\"} 3\n"));
         assert!(text.contains("ringcast_http_responses_total{status=\"404\",core=\"0\"} 2\n"));
         assert!(text.contains("# TYPE ringcast_messages_published_total counter\n"));

@@ -51,8 +51,7 @@ impl History {
         }
         self.bytes += msg.cost();
         self.ring.push_back(msg);
-        while self.ring.len() > self.max_len
-            || (self.bytes > self.max_bytes && self.ring.len() > 1)
+        while self.ring.len() > self.max_len || (self.bytes > self.max_bytes && self.ring.len() > 1)
         {
             if let Some(old) = self.ring.pop_front() {
                 self.bytes -= old.cost();
@@ -99,7 +98,13 @@ mod tests {
 
     fn msg(seq: u64, size: usize) -> Arc<Message> {
         let data = format!("\"{}\"", "x".repeat(size));
-        Arc::new(Message::encode(Epoch::new(1), "t".into(), seq, None, data.as_bytes()))
+        Arc::new(Message::encode(
+            Epoch::new(1),
+            "t".into(),
+            seq,
+            None,
+            data.as_bytes(),
+        ))
     }
 
     fn seqs<'a>(it: impl Iterator<Item = &'a Arc<Message>>) -> Vec<u64> {
@@ -127,7 +132,10 @@ mod tests {
             h.push(msg(seq, 1));
         }
         let (r, it) = h.since(1, 6);
-        assert_eq!((r, seqs(it)), (Resume::Trimmed { oldest: 4 }, vec![4, 5, 6]));
+        assert_eq!(
+            (r, seqs(it)),
+            (Resume::Trimmed { oldest: 4 }, vec![4, 5, 6])
+        );
         let (r, it) = h.since(3, 6);
         assert_eq!((r, seqs(it)), (Resume::Complete, vec![4, 5, 6]));
     }

@@ -78,6 +78,9 @@ mod tests {
             &msg.sse[..],
             format!("id: {id}\nevent: upd\ndata: {env}\n\n").as_bytes()
         );
-        assert_eq!(msg.sse_body(), format!("event: upd\ndata: {env}\n\n").as_bytes());
+        assert_eq!(
+            msg.sse_body(),
+            format!("event: upd\ndata: {env}\n\n").as_bytes()
+        );
     }
 }

@@ -1,3 +1,11 @@
 //! Per-core state, owned by one worker thread and never shared.
 
+pub mod client;
+pub mod history;
+pub mod message;
+pub mod msg;
+pub mod outbox;
+pub mod registry;
+pub mod state;
+pub mod topics;
 pub mod wheel;

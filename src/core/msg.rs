@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::message::Message;
 use super::registry::ClientId;
+use crate::proto::cursor::{self, Epoch};
 use crate::proto::publish::PublishError;
 
 /// Where a subscription starts.
@@ -17,6 +18,27 @@ pub enum Since {
     /// The client gave an id this server cannot place (another run, a malformed
     /// id, a cursor of other topics): it gets a gap event and all history kept.
     Unknown(&'static str),
+}
+
+impl Since {
+    /// Where each of a stream's `topics` topics starts, given the id or cursor the
+    /// client sent back (`Last-Event-ID`, `lastEventId`), if any.
+    pub fn from_cursor(text: Option<&[u8]>, epoch: Epoch, topics: usize) -> Vec<Since> {
+        let one = |since: Since| vec![since; topics];
+        let Some(text) = text.filter(|t| !t.is_empty()) else {
+            return one(Since::Live);
+        };
+        let Some(cursor) = cursor::parse_cursor(text) else {
+            return one(Since::Unknown("not an id of this server"));
+        };
+        if cursor.epoch != epoch {
+            return one(Since::Unknown("id from another server run"));
+        }
+        if cursor.seqs.len() != topics {
+            return one(Since::Unknown("cursor does not match the stream's topics"));
+        }
+        cursor.seqs.into_iter().map(Since::After).collect()
+    }
 }
 
 /// Why a resume could not be served in full; becomes a `ringcast.gap` event.
@@ -69,4 +91,37 @@ pub enum CoreMsg {
     },
     /// To the topic's home: the sending core has no subscriber of it any more.
     Release { topic: Arc<str>, core: u16 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_of_this_run_resumes_each_topic_and_anything_else_is_unknown() {
+        let epoch = Epoch::new(0x1234);
+        let mut c = Vec::new();
+        cursor::write_cursor(&mut c, epoch, [4, 9]);
+        assert_eq!(
+            Since::from_cursor(Some(&c), epoch, 2),
+            vec![Since::After(4), Since::After(9)]
+        );
+        assert_eq!(
+            Since::from_cursor(None, epoch, 2),
+            vec![Since::Live, Since::Live]
+        );
+        assert_eq!(Since::from_cursor(Some(b""), epoch, 1), vec![Since::Live]);
+        assert!(matches!(
+            Since::from_cursor(Some(&c), epoch, 3)[0],
+            Since::Unknown(_)
+        ));
+        assert!(matches!(
+            Since::from_cursor(Some(&c), Epoch::new(1), 2)[0],
+            Since::Unknown(_)
+        ));
+        assert!(matches!(
+            Since::from_cursor(Some(b"garbage"), epoch, 1)[0],
+            Since::Unknown(_)
+        ));
+    }
 }

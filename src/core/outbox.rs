@@ -142,7 +142,11 @@ impl Outbox {
                 }
                 let start = scratch.text.len();
                 scratch.text.extend_from_slice(b"id: ");
-                cursor::write_cursor(&mut scratch.text, cursor.epoch, scratch.seqs.iter().copied());
+                cursor::write_cursor(
+                    &mut scratch.text,
+                    cursor.epoch,
+                    scratch.seqs.iter().copied(),
+                );
                 scratch.text.push(b'\n');
                 scratch.ranges.push((start, scratch.text.len()));
             }
@@ -151,7 +155,12 @@ impl Outbox {
 
     /// Drops `written` bytes from the front, committing cursor advances that
     /// reached the socket.
-    fn consume(&mut self, mut written: usize, mut cursor: Option<&mut StreamCursor>, scratch: &FlushScratch) {
+    fn consume(
+        &mut self,
+        mut written: usize,
+        mut cursor: Option<&mut StreamCursor>,
+        scratch: &FlushScratch,
+    ) {
         let mut ranges = scratch.ranges.iter();
         while written > 0 {
             let Some(front) = self.items.front_mut() else {
@@ -171,7 +180,10 @@ impl Outbox {
                 }
                 Item::Cursor { topic, seq } => {
                     let (topic, seq) = (*topic, *seq);
-                    if let Some(pos) = cursor.as_deref_mut().and_then(|c| c.written.get_mut(usize::from(topic))) {
+                    if let Some(pos) = cursor
+                        .as_deref_mut()
+                        .and_then(|c| c.written.get_mut(usize::from(topic)))
+                    {
                         *pos = seq;
                     }
                     let &(start, end) = ranges.next().unwrap_or(&(0, 0));
@@ -242,8 +254,13 @@ mod tests {
         let mut outbox = Outbox::default();
         fill(&mut outbox);
         let mut c = cursor();
-        let mut sock = FakeSocket { out: Vec::new(), room: 1 << 20 };
-        let r = outbox.flush(Some(&mut c), &mut FlushScratch::default(), |iov| sock.write(iov));
+        let mut sock = FakeSocket {
+            out: Vec::new(),
+            room: 1 << 20,
+        };
+        let r = outbox.flush(Some(&mut c), &mut FlushScratch::default(), |iov| {
+            sock.write(iov)
+        });
         assert_eq!(r, Flush::Drained);
         assert_eq!(sock.out, WANT);
         assert_eq!(c.written, vec![5, 9]);
@@ -257,9 +274,13 @@ mod tests {
             fill(&mut outbox);
             let mut c = cursor();
             let mut scratch = FlushScratch::default();
-            let mut sock = FakeSocket { out: Vec::new(), room };
+            let mut sock = FakeSocket {
+                out: Vec::new(),
+                room,
+            };
             let mut rounds = 0;
-            while outbox.flush(Some(&mut c), &mut scratch, |iov| sock.write(iov)) == Flush::Blocked {
+            while outbox.flush(Some(&mut c), &mut scratch, |iov| sock.write(iov)) == Flush::Blocked
+            {
                 sock.room = room;
                 rounds += 1;
                 assert!(rounds < 1000, "no progress at room {room}");
@@ -287,7 +308,10 @@ mod tests {
         for i in 0..(3 * MAX_IOV as u8) {
             outbox.push(Bytes::from(vec![i]));
         }
-        let mut sock = FakeSocket { out: Vec::new(), room: 1 << 20 };
+        let mut sock = FakeSocket {
+            out: Vec::new(),
+            room: 1 << 20,
+        };
         let r = outbox.flush(None, &mut FlushScratch::default(), |iov| sock.write(iov));
         assert_eq!(r, Flush::Drained);
         assert_eq!(sock.out, (0..(3 * MAX_IOV as u8)).collect::<Vec<_>>());

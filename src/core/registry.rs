@@ -37,25 +37,39 @@ impl ClientId {
     }
 }
 
+/// Entries say which class they count under (for clients: their transport), so
+/// the registry itself keeps the per-class counts the connection gauges show.
+pub trait Classify {
+    /// A class below [`CLASSES`].
+    fn class(&self) -> usize;
+}
+
+/// Number of classes a registry counts.
+pub const CLASSES: usize = 2;
+
 /// A slab of `T` handing out [`ClientId`]s.
 pub struct Registry<T> {
     core: u16,
     slots: Slab<T>,
     /// Generation of each slot ever used, indexed by slot.
     gens: Vec<Gen>,
+    /// Live entries per class.
+    counts: [usize; CLASSES],
 }
 
-impl<T> Registry<T> {
+impl<T: Classify> Registry<T> {
     pub fn new(core: u16) -> Self {
         Self {
             core,
             slots: Slab::new(),
             gens: Vec::new(),
+            counts: [0; CLASSES],
         }
     }
 
     /// Inserts `value` and returns its id; the id is valid from this moment on.
     pub fn insert(&mut self, value: T) -> ClientId {
+        self.counts[value.class()] += 1;
         let slot = self.slots.insert(value);
         if slot == self.gens.len() {
             self.gens.push(Gen::FIRST);
@@ -93,7 +107,14 @@ impl<T> Registry<T> {
     pub fn remove(&mut self, id: ClientId) -> Option<T> {
         let slot = self.live(id)?;
         self.gens[slot] = self.gens[slot].next();
-        Some(self.slots.remove(slot))
+        let value = self.slots.remove(slot);
+        self.counts[value.class()] -= 1;
+        Some(value)
+    }
+
+    /// Live entries of one class.
+    pub fn count(&self, class: usize) -> usize {
+        self.counts[class]
     }
 
     /// Live clients.
@@ -121,6 +142,36 @@ impl<T> Registry<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Classify for &str {
+        fn class(&self) -> usize {
+            0
+        }
+    }
+
+    impl Classify for i32 {
+        fn class(&self) -> usize {
+            (*self % 2) as usize
+        }
+    }
+
+    impl Classify for u8 {
+        fn class(&self) -> usize {
+            0
+        }
+    }
+
+    #[test]
+    fn counts_per_class_follow_inserts_and_removals() {
+        let mut reg = Registry::new(0);
+        let a = reg.insert(1);
+        reg.insert(2);
+        reg.insert(3);
+        assert_eq!((reg.count(0), reg.count(1)), (1, 2));
+        reg.remove(a);
+        reg.remove(a);
+        assert_eq!((reg.count(0), reg.count(1)), (1, 1));
+    }
 
     #[test]
     fn a_stale_id_never_reaches_the_next_occupant_of_its_slot() {

@@ -76,14 +76,22 @@ impl LocalTopics {
     /// Removes the subscriber at `pos`. Returns the entry moved into `pos` (its
     /// client must update its subscription's position), and the topic's name when
     /// that was its last local subscriber (the topic is dropped from this core).
-    pub fn remove(&mut self, key: TopicKey, pos: u32) -> (Option<(ClientId, u16)>, Option<Arc<str>>) {
+    pub fn remove(
+        &mut self,
+        key: TopicKey,
+        pos: u32,
+    ) -> (Option<(ClientId, u16)>, Option<Arc<str>>) {
         let Some(topic) = self.topics.get_mut(key as usize) else {
             debug_assert!(false, "remove from unknown topic key {key:#x}");
             return (None, None);
         };
         let pos = pos as usize;
         if pos >= topic.subs.len() {
-            debug_assert!(false, "position {pos:#x} past {:#x} subscribers", topic.subs.len());
+            debug_assert!(
+                false,
+                "position {pos:#x} past {:#x} subscribers",
+                topic.subs.len()
+            );
             return (None, None);
         }
         topic.subs.swap_remove(pos);

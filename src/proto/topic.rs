@@ -89,3 +89,76 @@ mod tests {
         );
     }
 }
+
+/// Why the topic list of a subscribe request was refused. The client is at fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum TopicListError {
+    #[error("no topic: use ?topic=NAME (repeatable) or ?topics=a,b")]
+    Empty,
+    #[error("too many topics for one client (--max-topics-per-client)")]
+    TooMany,
+    #[error("{0}")]
+    BadName(#[from] NameError),
+}
+
+/// The topics a request names, from `topic=a&topic=b` and/or `topics=a,b`, in
+/// order, without duplicates, each validated.
+pub fn topics_from_query(query: &str, max: usize) -> Result<Vec<String>, TopicListError> {
+    let mut topics: Vec<String> = Vec::new();
+    let mut add = |name: &[u8]| -> Result<(), TopicListError> {
+        let name = validate_topic(name)?;
+        if !topics.iter().any(|t| t == name) {
+            if topics.len() >= max {
+                return Err(TopicListError::TooMany);
+            }
+            topics.push(name.to_owned());
+        }
+        Ok(())
+    };
+    for (key, value) in super::http::query_pairs(query) {
+        match &*key {
+            b"topic" => add(&value)?,
+            b"topics" => {
+                for name in value.split(|&b| b == b',') {
+                    add(name)?;
+                }
+            }
+            _ => {}
+        }
+    }
+    if topics.is_empty() {
+        return Err(TopicListError::Empty);
+    }
+    Ok(topics)
+}
+
+#[cfg(test)]
+mod list_tests {
+    use super::*;
+
+    #[test]
+    fn topic_lists_come_from_both_forms_in_order_without_duplicates() {
+        assert_eq!(
+            topics_from_query("topic=b&topics=a,b,c&x=1&topic=d", 64),
+            Ok(vec!["b".into(), "a".into(), "c".into(), "d".into()])
+        );
+        assert_eq!(topics_from_query("topic=a%2Fb", 64), Ok(vec!["a/b".into()]));
+    }
+
+    #[test]
+    fn bad_topic_lists_say_why() {
+        assert_eq!(topics_from_query("", 64), Err(TopicListError::Empty));
+        assert_eq!(
+            topics_from_query("topics=a,,b", 64),
+            Err(TopicListError::BadName(NameError::BadTopic))
+        );
+        assert_eq!(
+            topics_from_query("topic=%FF", 64),
+            Err(TopicListError::BadName(NameError::BadTopic))
+        );
+        assert_eq!(
+            topics_from_query("topics=a,b,c", 2),
+            Err(TopicListError::TooMany)
+        );
+    }
+}

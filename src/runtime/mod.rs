@@ -1,1 +1,11 @@
-//! monoio glue: worker threads, connections, cross-core bus, publish ingress.
+//! monoio glue: worker threads, connections, the cross-core bus, publish ingress.
+//! This layer only moves bytes and wakes tasks; decisions live in `core` and
+//! encodings in `proto`.
+
+pub mod bus;
+pub mod conn;
+pub mod ingress;
+pub mod netio;
+pub mod sse_session;
+pub mod worker;
+pub mod ws_session;

@@ -1,0 +1,821 @@
+//! The state of one core: its clients, its topic indexes, the topics it is home
+//! to, and the publishes it waits on. Single-threaded, owned by its worker; other
+//! cores are reached only through [`CoreMsg`]s queued in [`CoreState::outbound`].
+//!
+//! The runtime drives it: it registers and removes clients, hands in the bus
+//! messages that arrive, drains `outbound` into the bus, and calls
+//! [`CoreState::flush_dirty`] after each batch so that every client touched by the
+//! batch gets one coalesced write.
+
+use std::io::{self, IoSlice};
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use slab::Slab;
+
+use super::client::{Client, CloseReason, Subscription, Transport, WriteState};
+use super::history::Resume;
+use super::message::Message;
+use super::msg::{CoreMsg, Gap, ReplyTo, Since};
+use super::outbox::{Flush, FlushScratch, StreamCursor};
+use super::registry::{ClientId, Registry};
+use super::topics::{home_of, HomeTopics, LocalTopics};
+use crate::metrics::CoreMetrics;
+use crate::proto::cursor::{self, Epoch};
+use crate::proto::publish::PublishError;
+use crate::proto::sse;
+use crate::proto::ws::frame as ws_frame;
+
+/// Limits the core enforces per client.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_outbox_bytes: usize,
+    pub max_topics_per_client: usize,
+}
+
+/// Why a subscribe was refused. The client is at fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("too many topics for one client (--max-topics-per-client)")]
+    TooManyTopics,
+    #[error("unknown client")]
+    UnknownClient,
+}
+
+/// The outcome of a publish started on this core.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PublishStart {
+    /// The topic's home is this core: stamped already.
+    Done(u64),
+    /// Sent to the home core; poll [`CoreState::poll_publish`] with this slot.
+    Pending(u32),
+}
+
+/// What a connection task should do for its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientTask {
+    /// The socket is full: wait until it is writable, then [`CoreState::flush_client`].
+    AwaitWritable,
+    /// Close the connection and remove the client.
+    Close(CloseReason),
+}
+
+#[derive(Default)]
+struct PendingPublish {
+    result: Option<Result<u64, PublishError>>,
+    waker: Option<Waker>,
+}
+
+/// The per-core encodings of one message, made on first use.
+struct Encodings<'m> {
+    msg: &'m Message,
+    here: bool,
+    sse: Option<Bytes>,
+    ws: Option<Bytes>,
+}
+
+impl<'m> Encodings<'m> {
+    fn new(msg: &'m Message, here: bool) -> Self {
+        Self {
+            msg,
+            here,
+            sse: None,
+            ws: None,
+        }
+    }
+
+    /// The full SSE block. The home core shares the original bytes; any other core
+    /// makes one copy, so the per-subscriber reference counts stay core-local.
+    fn sse(&mut self) -> &Bytes {
+        let (msg, here) = (self.msg, self.here);
+        self.sse.get_or_insert_with(|| {
+            if here {
+                msg.sse.clone()
+            } else {
+                Bytes::copy_from_slice(&msg.sse)
+            }
+        })
+    }
+
+    fn sse_body(&mut self) -> Bytes {
+        let at = self.msg.sse_body;
+        self.sse().slice(at..)
+    }
+
+    fn ws(&mut self) -> &Bytes {
+        let msg = self.msg;
+        self.ws
+            .get_or_insert_with(|| ws_frame::text_frame(msg.envelope()))
+    }
+}
+
+pub struct CoreState {
+    core: u16,
+    cores: usize,
+    epoch: Epoch,
+    limits: Limits,
+    clients: Registry<Client>,
+    local: LocalTopics,
+    homes: HomeTopics,
+    pending: Slab<PendingPublish>,
+    /// Messages for other cores, drained by the runtime into the bus.
+    pub outbound: Vec<(usize, CoreMsg)>,
+    dirty: Vec<ClientId>,
+    scratch: FlushScratch,
+    metrics: Arc<CoreMetrics>,
+}
+
+impl CoreState {
+    pub fn new(
+        core: usize,
+        cores: usize,
+        epoch: Epoch,
+        limits: Limits,
+        history: (usize, usize),
+        metrics: Arc<CoreMetrics>,
+    ) -> Self {
+        Self {
+            core: core as u16,
+            cores,
+            epoch,
+            limits,
+            clients: Registry::new(core as u16),
+            local: LocalTopics::default(),
+            homes: HomeTopics::new(history.0, history.1),
+            pending: Slab::new(),
+            outbound: Vec::new(),
+            dirty: Vec::new(),
+            scratch: FlushScratch::default(),
+            metrics,
+        }
+    }
+
+    pub fn core(&self) -> usize {
+        usize::from(self.core)
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    pub fn metrics(&self) -> &CoreMetrics {
+        &self.metrics
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn client(&self, id: ClientId) -> Option<&Client> {
+        self.clients.get(id)
+    }
+
+    // ---- registration -------------------------------------------------------
+
+    /// Registers a connected client; from now on it receives what is queued to it.
+    pub fn register(&mut self, transport: Transport, fd: RawFd) -> ClientId {
+        let id = self.clients.insert(Client::new(transport, fd));
+        self.update_gauges();
+        id
+    }
+
+    /// Makes an SSE client's stream carry a cursor over `topics` topics.
+    pub fn set_stream_cursor(&mut self, id: ClientId, topics: usize) {
+        let epoch = self.epoch;
+        if let Some(c) = self.clients.get_mut(id) {
+            c.multi_topic = topics > 1;
+            c.cursor = Some(StreamCursor {
+                epoch,
+                written: vec![0; topics],
+            });
+        }
+    }
+
+    /// Removes a client: from the registry, every topic index, and its outbox.
+    /// The one place a client leaves; a stale id is a no-op and returns false.
+    pub fn remove(&mut self, id: ClientId, reason: CloseReason) -> bool {
+        let Some(client) = self.clients.remove(id) else {
+            return false;
+        };
+        for sub in &client.subs {
+            self.unlink(sub);
+        }
+        let m = &self.metrics;
+        m.dropped.add(client.outbox.len() as u64);
+        let i = crate::metrics::CLOSE_REASONS
+            .iter()
+            .position(|r| *r == reason.label())
+            .unwrap_or(0);
+        match client.transport {
+            Transport::Sse => m.closed_sse[i].inc(),
+            Transport::Ws => m.closed_ws[i].inc(),
+        }
+        self.update_gauges();
+        true
+    }
+
+    /// Drops one subscription from its topic's list, fixing the entry moved into
+    /// its place and releasing the topic at its home when it was the last.
+    fn unlink(&mut self, sub: &Subscription) {
+        let (moved, gone) = self.local.remove(sub.topic, sub.pos);
+        if let Some((other, other_index)) = moved {
+            if let Some(s) = self
+                .clients
+                .get_mut(other)
+                .and_then(|c| c.subs.get_mut(usize::from(other_index)))
+            {
+                s.pos = sub.pos;
+            }
+        }
+        if let Some(topic) = gone {
+            let home = home_of(&topic, self.cores);
+            let core = self.core;
+            self.send(home, CoreMsg::Release { topic, core });
+        }
+    }
+
+    fn update_gauges(&self) {
+        let m = &self.metrics;
+        m.connections_sse
+            .set(self.clients.count(Transport::Sse as usize) as u64);
+        m.connections_ws
+            .set(self.clients.count(Transport::Ws as usize) as u64);
+        m.subscriptions.set(self.local.subscriptions() as u64);
+        m.topics_local.set(self.local.len() as u64);
+        m.topics_home.set(self.homes.len() as u64);
+        m.history_bytes.set(self.homes.history_bytes() as u64);
+    }
+
+    fn send(&mut self, core: usize, msg: CoreMsg) {
+        debug_assert_ne!(core, self.core(), "a core sends itself nothing: {msg:?}");
+        self.outbound.push((core, msg));
+    }
+
+    // ---- subscriptions ------------------------------------------------------
+
+    /// Subscribes a client to `topic` from `since`. Idempotent: subscribing twice
+    /// to a topic is accepted and changes nothing.
+    pub fn subscribe(
+        &mut self,
+        id: ClientId,
+        topic: &str,
+        since: Since,
+    ) -> Result<(), SubscribeError> {
+        let client = self.clients.get(id).ok_or(SubscribeError::UnknownClient)?;
+        if let Some(key) = self.local.key(topic) {
+            if client.sub_index(key).is_some() {
+                return Ok(());
+            }
+        }
+        if client.subs.len() >= self.limits.max_topics_per_client {
+            return Err(SubscribeError::TooManyTopics);
+        }
+        let sub_index = client.subs.len() as u16;
+        let (key, pos, _) = self.local.add(topic, id, sub_index);
+        if let Some(client) = self.clients.get_mut(id) {
+            client.subs.push(Subscription {
+                topic: key,
+                pos,
+                seq: 0,
+                pending: true,
+            });
+        }
+        let name = match self.local.get(key) {
+            Some(t) => t.name.clone(),
+            None => unreachable!("topic {key:#x} added above"),
+        };
+        let home = home_of(topic, self.cores);
+        if home == self.core() {
+            let reply = self.home_subscribe(&name, id, since);
+            self.handle(reply);
+        } else {
+            self.send(
+                home,
+                CoreMsg::Subscribe {
+                    topic: name,
+                    client: id,
+                    since,
+                },
+            );
+        }
+        self.update_gauges();
+        Ok(())
+    }
+
+    /// Unsubscribes a client from `topic`; false when it was not subscribed.
+    pub fn unsubscribe(&mut self, id: ClientId, topic: &str) -> bool {
+        let Some(key) = self.local.key(topic) else {
+            return false;
+        };
+        let Some(client) = self.clients.get_mut(id) else {
+            return false;
+        };
+        let Some(index) = client.sub_index(key) else {
+            return false;
+        };
+        let sub = client.subs.swap_remove(index);
+        // The subscription moved into `index` must tell its topic where it is now.
+        let moved = client.subs.get(index).map(|s| (s.topic, s.pos));
+        if let Some((topic, pos)) = moved {
+            self.local.set_sub_index(topic, pos, index as u16);
+        }
+        self.unlink(&sub);
+        self.update_gauges();
+        true
+    }
+
+    /// At the home core: record the subscribing core and answer where the
+    /// subscription starts and what it missed.
+    fn home_subscribe(&mut self, topic: &Arc<str>, client: ClientId, since: Since) -> CoreMsg {
+        let home = self.homes.get_or_create(topic);
+        let core = client.core() as u16;
+        if !home.cores.contains(&core) {
+            home.cores.push(core);
+        }
+        let head = home.seq;
+        let (gap, backlog) = match since {
+            Since::Live => (None, Vec::new()),
+            Since::After(after) => {
+                let (resume, missed) = home.history.since(after, head);
+                let backlog = missed.cloned().collect();
+                match resume {
+                    Resume::Complete => (None, backlog),
+                    Resume::Trimmed { oldest } => (Some(Gap::Trimmed { after, oldest }), backlog),
+                    Resume::Future => (Some(Gap::Future { after }), backlog),
+                }
+            }
+            Since::Unknown(reason) => (
+                Some(Gap::Unknown(reason)),
+                home.history.all().cloned().collect(),
+            ),
+        };
+        self.update_gauges();
+        CoreMsg::Subscribed {
+            topic: topic.clone(),
+            client,
+            head,
+            gap,
+            backlog,
+        }
+    }
+
+    /// At the subscriber's core: the home's answer. Queues the gap event and the
+    /// backlog, then lets live messages through.
+    fn on_subscribed(
+        &mut self,
+        topic: &str,
+        id: ClientId,
+        head: u64,
+        gap: Option<Gap>,
+        backlog: &[Arc<Message>],
+    ) {
+        let Some(key) = self.local.key(topic) else {
+            return;
+        };
+        let epoch = self.epoch;
+        let Some(client) = self.clients.get_mut(id) else {
+            return;
+        };
+        let Some(index) = client.sub_index(key) else {
+            return;
+        };
+        if !client.subs[index].pending {
+            return;
+        }
+        // Where the client's cursor stands for this topic before the backlog.
+        let start = match (gap, backlog.first()) {
+            (Some(Gap::Trimmed { after, .. }), _) => after,
+            (Some(Gap::Future { .. }), _) => head,
+            (Some(Gap::Unknown(_)), Some(first)) => first.seq - 1,
+            (Some(Gap::Unknown(_)), None) => head,
+            (None, Some(first)) => first.seq - 1,
+            (None, None) => head,
+        };
+        client.subs[index].seq = start;
+        if let Some(c) = client.cursor.as_mut() {
+            if let Some(pos) = c.written.get_mut(index) {
+                *pos = start;
+            }
+        }
+        if let Some(gap) = gap {
+            queue_gap(client, topic, gap, epoch);
+        }
+        let mut delivered = 0u64;
+        for msg in backlog {
+            let mut enc = Encodings::new(msg, false);
+            if queue_message(client, index, &mut enc) {
+                delivered += 1;
+            }
+        }
+        let client = &mut *client;
+        client.subs[index].seq = client.subs[index].seq.max(head);
+        client.subs[index].pending = false;
+        if client.transport == Transport::Sse
+            && client.fresh
+            && client.subs.iter().all(|s| !s.pending)
+        {
+            // Hand the browser its starting cursor: an id-only block sets
+            // EventSource's last event id without dispatching an event.
+            client.fresh = false;
+            if let Some(c) = client.cursor.as_ref() {
+                let mut line = Vec::with_capacity(40);
+                line.extend_from_slice(b"id: ");
+                cursor::write_cursor(&mut line, c.epoch, c.written.iter().copied());
+                line.extend_from_slice(b"\n\n");
+                client.outbox.push(Bytes::from(line));
+            }
+        }
+        self.metrics.delivered.add(delivered);
+        self.check_outbox(id);
+        self.mark_dirty(id);
+    }
+
+    // ---- publishing ---------------------------------------------------------
+
+    /// Publishes a message (topic and event already validated, `data` minified
+    /// JSON). Stamped here when this core is the topic's home, else sent there.
+    pub fn publish(&mut self, topic: &str, event: Option<&str>, data: Vec<u8>) -> PublishStart {
+        let home = home_of(topic, self.cores);
+        if home == self.core() {
+            return PublishStart::Done(self.home_publish(topic, event, &data));
+        }
+        let slot = self.pending.insert(PendingPublish::default()) as u32;
+        let reply = ReplyTo {
+            core: self.core,
+            slot,
+        };
+        self.send(
+            home,
+            CoreMsg::Publish {
+                topic: topic.into(),
+                event: event.map(Into::into),
+                data,
+                reply,
+            },
+        );
+        PublishStart::Pending(slot)
+    }
+
+    /// Polls a publish sent to another core; the slot is freed when it completes.
+    pub fn poll_publish(
+        &mut self,
+        slot: u32,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<u64, PublishError>> {
+        let Some(p) = self.pending.get_mut(slot as usize) else {
+            return Poll::Ready(Err(PublishError::Unavailable));
+        };
+        match p.result.take() {
+            Some(result) => {
+                self.pending.remove(slot as usize);
+                Poll::Ready(result)
+            }
+            None => {
+                p.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Forgets a publish whose waiter went away (its connection closed).
+    pub fn cancel_publish(&mut self, slot: u32) {
+        if self.pending.contains(slot as usize) {
+            self.pending.remove(slot as usize);
+        }
+    }
+
+    /// At the home core: stamp the next position, keep it in history, fan out.
+    fn home_publish(&mut self, topic: &str, event: Option<&str>, data: &[u8]) -> u64 {
+        let epoch = self.epoch;
+        let here = self.core;
+        let home = self.homes.get_or_create(topic);
+        home.seq += 1;
+        let msg = Arc::new(Message::encode(
+            epoch,
+            home.name.clone(),
+            home.seq,
+            event,
+            data,
+        ));
+        let before = home.history.bytes();
+        home.history.push(msg.clone());
+        let after = home.history.bytes();
+        let mut local = false;
+        let mut remote = Vec::new();
+        for &core in &home.cores {
+            if core == here {
+                local = true;
+            } else {
+                remote.push(usize::from(core));
+            }
+        }
+        self.homes.account(before, after);
+        for core in remote {
+            self.send(core, CoreMsg::Deliver(msg.clone()));
+        }
+        if local {
+            self.deliver(&msg);
+        }
+        self.metrics.published.inc();
+        self.update_gauges();
+        msg.seq
+    }
+
+    /// Queues a message to every local subscriber of its topic.
+    fn deliver(&mut self, msg: &Arc<Message>) {
+        let Some(key) = self.local.key(&msg.topic) else {
+            return;
+        };
+        let here = home_of(&msg.topic, self.cores) == self.core();
+        let mut enc = Encodings::new(msg, here);
+        let Self {
+            local,
+            clients,
+            dirty,
+            metrics,
+            limits,
+            ..
+        } = self;
+        let Some(topic) = local.get(key) else { return };
+        let mut delivered = 0u64;
+        for &(id, index) in &topic.subs {
+            let Some(client) = clients.get_mut(id) else {
+                debug_assert!(false, "topic {key:#x} lists a removed client {id:?}");
+                continue;
+            };
+            let index = usize::from(index);
+            match client.subs.get(index) {
+                Some(sub) if !sub.pending && sub.seq < msg.seq => {}
+                _ => continue,
+            }
+            if !queue_message(client, index, &mut enc) {
+                continue;
+            }
+            delivered += 1;
+            if client.outbox.bytes() > limits.max_outbox_bytes {
+                cut_slow(client, metrics);
+            }
+            if !client.dirty {
+                client.dirty = true;
+                dirty.push(id);
+            }
+        }
+        metrics.delivered.add(delivered);
+    }
+
+    fn check_outbox(&mut self, id: ClientId) {
+        let max = self.limits.max_outbox_bytes;
+        if let Some(client) = self.clients.get_mut(id) {
+            if client.outbox.bytes() > max {
+                cut_slow(client, &self.metrics);
+            }
+        }
+    }
+
+    // ---- bus ----------------------------------------------------------------
+
+    /// Handles one message from another core (or from this core's own home role).
+    pub fn handle(&mut self, msg: CoreMsg) {
+        match msg {
+            CoreMsg::Publish {
+                topic,
+                event,
+                data,
+                reply,
+            } => {
+                let seq = self.home_publish(&topic, event.as_deref(), &data);
+                let answer = CoreMsg::Published {
+                    slot: reply.slot,
+                    result: Ok(seq),
+                };
+                self.send(usize::from(reply.core), answer);
+            }
+            CoreMsg::Published { slot, result } => {
+                if let Some(p) = self.pending.get_mut(slot as usize) {
+                    p.result = Some(result);
+                    if let Some(w) = p.waker.take() {
+                        w.wake();
+                    }
+                }
+            }
+            CoreMsg::Deliver(msg) => self.deliver(&msg),
+            CoreMsg::Subscribe {
+                topic,
+                client,
+                since,
+            } => {
+                let reply = self.home_subscribe(&topic, client, since);
+                self.send(client.core(), reply);
+            }
+            CoreMsg::Subscribed {
+                topic,
+                client,
+                head,
+                gap,
+                backlog,
+            } => {
+                self.on_subscribed(&topic, client, head, gap, &backlog);
+            }
+            CoreMsg::Release { topic, core } => {
+                if let Some(home) = self.homes.get_mut(&topic) {
+                    home.cores.retain(|&c| c != core);
+                }
+            }
+        }
+    }
+
+    // ---- writing ------------------------------------------------------------
+
+    /// Queues raw bytes (a response head, a control frame) to a client.
+    pub fn queue(&mut self, id: ClientId, bytes: Bytes) {
+        if let Some(client) = self.clients.get_mut(id) {
+            client.outbox.push(bytes);
+            self.check_outbox(id);
+            self.mark_dirty(id);
+        }
+    }
+
+    fn mark_dirty(&mut self, id: ClientId) {
+        if let Some(client) = self.clients.get_mut(id) {
+            if !client.dirty {
+                client.dirty = true;
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    /// Writes every client touched since the last call, one vectored write each.
+    /// `write(fd, iov)` must not block.
+    pub fn flush_dirty(
+        &mut self,
+        mut write: impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>,
+    ) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &id in &dirty {
+            if let Some(client) = self.clients.get_mut(id) {
+                client.dirty = false;
+                if client.write == WriteState::Ready {
+                    flush_one(client, &mut self.scratch, &mut write);
+                } else {
+                    client.wake();
+                }
+            }
+        }
+        // Keep the allocation for the next batch.
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    /// Flushes one client after its socket became writable.
+    pub fn flush_client(
+        &mut self,
+        id: ClientId,
+        mut write: impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>,
+    ) {
+        if let Some(client) = self.clients.get_mut(id) {
+            if client.write == WriteState::Blocked {
+                client.write = WriteState::Ready;
+            }
+            if client.write == WriteState::Ready {
+                flush_one(client, &mut self.scratch, &mut write);
+            }
+        }
+    }
+
+    /// What the connection task of `id` must do next; registers its waker when
+    /// there is nothing to do yet.
+    pub fn poll_client(&mut self, id: ClientId, cx: &mut Context<'_>) -> Poll<ClientTask> {
+        let Some(client) = self.clients.get_mut(id) else {
+            return Poll::Ready(ClientTask::Close(CloseReason::PeerGone));
+        };
+        match client.write {
+            WriteState::Closing(reason) => Poll::Ready(ClientTask::Close(reason)),
+            WriteState::Blocked => Poll::Ready(ClientTask::AwaitWritable),
+            WriteState::Ready => {
+                client.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Asks the connection task of `id` to close the connection.
+    pub fn close(&mut self, id: ClientId, reason: CloseReason) {
+        if let Some(client) = self.clients.get_mut(id) {
+            client.write = WriteState::Closing(reason);
+            client.wake();
+        }
+    }
+}
+
+/// Queues one message to a client's subscription `index`; false when the client
+/// is closing (the message then counts as dropped).
+fn queue_message(client: &mut Client, index: usize, enc: &mut Encodings<'_>) -> bool {
+    if matches!(client.write, WriteState::Closing(_)) {
+        return false;
+    }
+    let seq = enc.msg.seq;
+    match client.transport {
+        Transport::Sse if client.multi_topic => {
+            client.outbox.push_cursor(index as u16, seq);
+            client.outbox.push(enc.sse_body());
+        }
+        Transport::Sse => client.outbox.push(enc.sse().clone()),
+        Transport::Ws => client.outbox.push(enc.ws().clone()),
+    }
+    client.fresh = false;
+    if let Some(sub) = client.subs.get_mut(index) {
+        sub.seq = seq;
+    }
+    true
+}
+
+/// Queues a `ringcast.gap` event for `topic`.
+fn queue_gap(client: &mut Client, topic: &str, gap: Gap, epoch: Epoch) {
+    let mut data = Vec::with_capacity(96);
+    match gap {
+        Gap::Trimmed { after, oldest } => sse::write_json_object(
+            &mut data,
+            &[
+                ("topic", topic),
+                ("after", &cursor::format_id(epoch, after)),
+                ("oldest", &cursor::format_id(epoch, oldest)),
+            ],
+        ),
+        Gap::Future { after } => sse::write_json_object(
+            &mut data,
+            &[
+                ("topic", topic),
+                ("after", &cursor::format_id(epoch, after)),
+                ("reason", "id never issued by this server"),
+            ],
+        ),
+        Gap::Unknown(reason) => {
+            sse::write_json_object(&mut data, &[("topic", topic), ("reason", reason)])
+        }
+    }
+    let mut out = Vec::with_capacity(data.len() + 48);
+    match client.transport {
+        Transport::Sse => sse::write_event_body(&mut out, Some(GAP_EVENT), &data),
+        Transport::Ws => {
+            let mut env = Vec::with_capacity(data.len() + 48);
+            env.extend_from_slice(b"{\"topic\":\"");
+            env.extend_from_slice(topic.as_bytes());
+            env.extend_from_slice(b"\",\"event\":\"ringcast.gap\",\"data\":");
+            env.extend_from_slice(&data);
+            env.push(b'}');
+            out.extend_from_slice(&ws_frame::text_frame(&env));
+        }
+    }
+    client.outbox.push(Bytes::from(out));
+}
+
+/// Name of the event that reports a hole in a resume.
+pub const GAP_EVENT: &str = "ringcast.gap";
+
+/// Marks a client whose outbox passed the bound as a slow consumer to cut.
+fn cut_slow(client: &mut Client, metrics: &CoreMetrics) {
+    if matches!(client.write, WriteState::Closing(_)) {
+        return;
+    }
+    client.write = WriteState::Closing(CloseReason::SlowConsumer);
+    match client.transport {
+        Transport::Sse => metrics.slow_consumers_sse.inc(),
+        Transport::Ws => metrics.slow_consumers_ws.inc(),
+    }
+    client.wake();
+}
+
+fn flush_one(
+    client: &mut Client,
+    scratch: &mut FlushScratch,
+    write: &mut impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>,
+) {
+    let fd = client.fd;
+    let cursor = if client.multi_topic {
+        client.cursor.as_mut()
+    } else {
+        None
+    };
+    match client.outbox.flush(cursor, scratch, |iov| write(fd, iov)) {
+        Flush::Drained => {}
+        Flush::Blocked => {
+            client.write = WriteState::Blocked;
+            client.wake();
+        }
+        Flush::Failed => {
+            client.write = WriteState::Closing(CloseReason::PeerGone);
+            client.wake();
+        }
+    }
+}
+
+impl super::registry::Classify for Client {
+    fn class(&self) -> usize {
+        self.transport as usize
+    }
+}

@@ -1,0 +1,584 @@
+//! One HTTP/1.1 connection: reads request heads (keep-alive and pipelining for
+//! plain requests), routes them, and hands event streams and WebSocket upgrades
+//! to their sessions. Every refusal is a 4xx/5xx with a one-line reason, then a
+//! lingering close so the peer reads it.
+
+use std::borrow::Cow;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use monoio::net::TcpStream;
+
+use super::netio;
+use super::sse_session;
+use super::worker::Worker;
+use crate::core::state::PublishStart;
+use crate::debug;
+use crate::metrics::{self, ProcessInfo};
+use crate::proto::cursor;
+use crate::proto::http::{
+    self, query_pairs, Body, ChunkedDecoder, HeadLimits, HeadScanner, HttpError, Method,
+};
+use crate::proto::publish::{self, PublishError};
+use crate::proto::topic::{validate_event, validate_topic};
+
+/// Bytes asked of the socket per read while a head or body arrives.
+const READ_CHUNK: usize = 4096;
+
+/// What a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Sse,
+    Ws,
+    Echo,
+    Publish,
+    Metrics,
+    Healthz,
+    Index,
+    NotFound,
+}
+
+impl Route {
+    fn of(path: &str, echo: bool) -> Route {
+        match path {
+            "/sse" => Route::Sse,
+            "/ws" => Route::Ws,
+            "/echo" if echo => Route::Echo,
+            "/publish" => Route::Publish,
+            "/metrics" => Route::Metrics,
+            "/healthz" => Route::Healthz,
+            "/" | "/index.html" => Route::Index,
+            _ => Route::NotFound,
+        }
+    }
+
+    /// The methods the route answers (the `Allow` header of a 405).
+    fn allow(self) -> &'static str {
+        match self {
+            Route::Publish => "POST",
+            _ => "GET",
+        }
+    }
+}
+
+/// A request head copied out of the read buffer, so the buffer can take the body.
+#[derive(Debug)]
+pub struct Request {
+    pub method: Method<'static>,
+    pub route: Route,
+    pub query: String,
+    pub keep_alive: bool,
+    pub body: Body,
+    pub expect_continue: bool,
+    pub last_event_id: Option<Vec<u8>>,
+    pub http11: bool,
+    pub upgrade_websocket: bool,
+    pub connection_upgrade: bool,
+    pub ws_key: Option<Vec<u8>>,
+    pub ws_version: Option<Vec<u8>>,
+}
+
+impl Request {
+    /// A query parameter as text; `Err` when it is not UTF-8.
+    pub fn param(&self, name: &str) -> Option<Cow<'_, [u8]>> {
+        query_pairs(&self.query)
+            .find(|(k, _)| &**k == name.as_bytes())
+            .map(|(_, v)| v)
+    }
+}
+
+/// What reading a head gave.
+enum HeadRead {
+    Request(Request),
+    /// The peer closed between requests.
+    Closed,
+    Refused(HttpError),
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(w: Rc<Worker>, stream: TcpStream) {
+    let fd = stream.as_raw_fd();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut scanner = HeadScanner::new();
+    let limits = HeadLimits {
+        max_header_bytes: w.cfg.max_header_bytes,
+    };
+    loop {
+        scanner.reset();
+        let read = monoio::time::timeout(
+            w.cfg.header_timeout,
+            read_head(&w, &stream, fd, &mut buf, &mut scanner, &limits),
+        )
+        .await;
+        let req = match read {
+            Err(_elapsed) => {
+                if !buf.is_empty() {
+                    respond_error(
+                        &w,
+                        &stream,
+                        fd,
+                        408,
+                        "request head not received within --header-timeout",
+                    )
+                    .await;
+                }
+                return;
+            }
+            Ok(Err(_)) | Ok(Ok(HeadRead::Closed)) => return,
+            Ok(Ok(HeadRead::Refused(e))) => {
+                let mut out = Vec::new();
+                http::error_response(&mut out, e);
+                w.metrics().http_response(e.status());
+                finish(&stream, fd, &out).await;
+                return;
+            }
+            Ok(Ok(HeadRead::Request(req))) => req,
+        };
+        let allowed = match (req.route, &req.method) {
+            (Route::NotFound, _) => true,
+            (Route::Publish, Method::Post) => true,
+            (Route::Publish, _) => false,
+            (_, Method::Get) => true,
+            _ => false,
+        };
+        if !allowed {
+            let reason = format!("method not allowed; use {}", req.route.allow());
+            respond(
+                &w,
+                &stream,
+                fd,
+                405,
+                &[("Allow", req.route.allow())],
+                reason.as_bytes(),
+                false,
+            )
+            .await;
+            return;
+        }
+        let keep_alive = match req.route {
+            Route::Sse => return sse_session::serve(w, stream, req).await,
+            Route::Ws | Route::Echo => return super::ws_session::serve(w, stream, req, buf).await,
+            Route::Publish => match publish(&w, &stream, fd, &req, &mut buf).await {
+                Some(keep) => keep,
+                None => return,
+            },
+            Route::Metrics => {
+                let text = metrics::render(
+                    &w.all_metrics,
+                    &ProcessInfo {
+                        driver: w.driver,
+                        epoch: &w.epoch_text,
+                    },
+                );
+                respond_typed(
+                    &w,
+                    &stream,
+                    fd,
+                    200,
+                    "text/plain; version=0.0.4",
+                    text.as_bytes(),
+                    req.keep_alive,
+                )
+                .await
+            }
+            Route::Healthz => respond(&w, &stream, fd, 200, &[], b"ok", req.keep_alive).await,
+            Route::Index => {
+                respond_typed(
+                    &w,
+                    &stream,
+                    fd,
+                    200,
+                    "text/html; charset=utf-8",
+                    DEMO_PAGE.as_bytes(),
+                    req.keep_alive,
+                )
+                .await
+            }
+            Route::NotFound => {
+                respond(
+                    &w,
+                    &stream,
+                    fd,
+                    404,
+                    &[],
+                    b"not found: try /sse, /ws, /publish, /metrics or /healthz",
+                    req.keep_alive,
+                )
+                .await
+            }
+        };
+        if !keep_alive {
+            return;
+        }
+    }
+}
+
+/// Reads until a whole head is in `buf`, then copies it out and drops it from `buf`.
+async fn read_head(
+    w: &Worker,
+    stream: &TcpStream,
+    fd: RawFd,
+    buf: &mut Vec<u8>,
+    scanner: &mut HeadScanner,
+    limits: &HeadLimits,
+) -> std::io::Result<HeadRead> {
+    loop {
+        if !buf.is_empty() {
+            match scanner.parse(buf, limits) {
+                Ok(Some(head)) => {
+                    let req = match to_request(w, &head) {
+                        Ok(req) => req,
+                        Err(e) => return Ok(HeadRead::Refused(e)),
+                    };
+                    let used = head.head_len;
+                    buf.drain(..used);
+                    return Ok(HeadRead::Request(req));
+                }
+                Ok(None) => {}
+                Err(e) => return Ok(HeadRead::Refused(e)),
+            }
+        }
+        let room =
+            READ_CHUNK.min(limits.max_header_bytes + 1 - buf.len().min(limits.max_header_bytes));
+        if netio::read_some(stream, fd, buf, room.max(1)).await? == 0 {
+            return Ok(HeadRead::Closed);
+        }
+    }
+}
+
+fn to_request(w: &Worker, head: &http::RequestHead<'_>) -> Result<Request, HttpError> {
+    let method = match head.method {
+        Method::Get => Method::Get,
+        Method::Head => Method::Head,
+        Method::Post => Method::Post,
+        Method::Options => Method::Options,
+        Method::Other(_) => Method::Other("OTHER"),
+    };
+    let max_body = w.cfg.max_body_bytes as u64;
+    Ok(Request {
+        method,
+        route: Route::of(head.path, w.cfg.echo),
+        query: head.query.to_owned(),
+        keep_alive: head.keep_alive,
+        body: head.body(max_body)?,
+        expect_continue: head.expect_continue,
+        last_event_id: head.last_event_id.map(<[u8]>::to_vec),
+        http11: head.minor_version >= 1,
+        upgrade_websocket: head.upgrade_websocket,
+        connection_upgrade: head.connection_upgrade,
+        ws_key: head.ws_key.map(<[u8]>::to_vec),
+        ws_version: head.ws_version.map(<[u8]>::to_vec),
+    })
+}
+
+/// `POST /publish?topic=T[&event=E]`: the body is the payload. Returns whether the
+/// connection stays open, `None` when it must close at once.
+async fn publish(
+    w: &Rc<Worker>,
+    stream: &TcpStream,
+    fd: RawFd,
+    req: &Request,
+    buf: &mut Vec<u8>,
+) -> Option<bool> {
+    // Check what can be checked before the body is read.
+    let topic = match req.param("topic") {
+        None => return refuse(w, stream, fd, 400, "missing ?topic=NAME").await,
+        Some(t) => match validate_topic(&t) {
+            Ok(t) => t.to_owned(),
+            Err(e) => return refuse(w, stream, fd, 400, &e.to_string()).await,
+        },
+    };
+    let event = match req.param("event") {
+        None => None,
+        Some(e) => match validate_event(&e) {
+            Ok(e) => Some(e.to_owned()),
+            Err(e) => return refuse(w, stream, fd, 400, &e.to_string()).await,
+        },
+    };
+    let body = match read_body(w, stream, fd, req, buf).await {
+        Ok(body) => body,
+        Err(BodyError::Http(e)) => {
+            let mut out = Vec::new();
+            http::error_response(&mut out, e);
+            w.metrics().http_response(e.status());
+            finish(stream, fd, &out).await;
+            return None;
+        }
+        Err(BodyError::Io) => return None,
+    };
+    let data = {
+        let mut json = w.json.borrow_mut();
+        publish::payload_to_json(&mut json, &body, w.cfg.max_message_bytes)
+    };
+    let data = match data {
+        Ok(d) => d,
+        Err(e @ PublishError::TooLarge) => return refuse(w, stream, fd, 413, &e.to_string()).await,
+        Err(e) => return refuse(w, stream, fd, 400, &e.to_string()).await,
+    };
+    let result = publish_and_wait(w, &topic, event.as_deref(), data).await;
+    let keep = match result {
+        Ok(seq) => {
+            let id = cursor::format_id(w.state.borrow().epoch(), seq);
+            let mut body = Vec::with_capacity(40);
+            body.extend_from_slice(b"{\"id\":");
+            crate::proto::json::write_string(&mut body, &id);
+            body.extend_from_slice(b"}\n");
+            respond_typed(
+                w,
+                stream,
+                fd,
+                202,
+                "application/json",
+                &body,
+                req.keep_alive,
+            )
+            .await
+        }
+        Err(e) => {
+            w.metrics().publish_errors.inc();
+            respond(
+                w,
+                stream,
+                fd,
+                503,
+                &[("Retry-After", "1")],
+                e.to_string().as_bytes(),
+                false,
+            )
+            .await
+        }
+    };
+    Some(keep)
+}
+
+/// Publishes through this core (stamped here or at the topic's home) and waits
+/// for the position.
+pub async fn publish_and_wait(
+    w: &Rc<Worker>,
+    topic: &str,
+    event: Option<&str>,
+    data: Vec<u8>,
+) -> Result<u64, PublishError> {
+    let start = w.state.borrow_mut().publish(topic, event, data);
+    w.settle();
+    match start {
+        PublishStart::Done(seq) => Ok(seq),
+        PublishStart::Pending(slot) => {
+            let wait = PendingPublish {
+                w,
+                slot,
+                done: false,
+            };
+            wait.await
+        }
+    }
+}
+
+/// Waits for a publish answered by another core; forgets it if dropped early.
+struct PendingPublish<'a> {
+    w: &'a Rc<Worker>,
+    slot: u32,
+    done: bool,
+}
+
+impl std::future::Future for PendingPublish<'_> {
+    type Output = Result<u64, PublishError>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let r = self.w.state.borrow_mut().poll_publish(self.slot, cx);
+        if r.is_ready() {
+            self.done = true;
+        }
+        r
+    }
+}
+
+impl Drop for PendingPublish<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.w.state.borrow_mut().cancel_publish(self.slot);
+        }
+    }
+}
+
+enum BodyError {
+    Http(HttpError),
+    Io,
+}
+
+/// Reads the request body (by length or chunked) out of `buf` and the socket,
+/// leaving any pipelined bytes after it in `buf`.
+async fn read_body(
+    w: &Worker,
+    stream: &TcpStream,
+    fd: RawFd,
+    req: &Request,
+    buf: &mut Vec<u8>,
+) -> Result<Vec<u8>, BodyError> {
+    match req.body {
+        Body::Absent => Err(BodyError::Http(HttpError::LengthRequired)),
+        Body::Length(len) => {
+            let len = len as usize;
+            if req.expect_continue && buf.len() < len {
+                netio::write_all(stream, fd, http::CONTINUE)
+                    .await
+                    .map_err(|_| BodyError::Io)?;
+            }
+            while buf.len() < len {
+                let want = (len - buf.len()).min(64 * 1024);
+                if netio::read_some(stream, fd, buf, want)
+                    .await
+                    .map_err(|_| BodyError::Io)?
+                    == 0
+                {
+                    return Err(BodyError::Io);
+                }
+            }
+            let rest = buf.split_off(len);
+            Ok(std::mem::replace(buf, rest))
+        }
+        Body::Chunked => {
+            if req.expect_continue {
+                netio::write_all(stream, fd, http::CONTINUE)
+                    .await
+                    .map_err(|_| BodyError::Io)?;
+            }
+            let mut decoder = ChunkedDecoder::new(w.cfg.max_body_bytes as u64);
+            let mut body = Vec::new();
+            loop {
+                let (used, done) = decoder.decode(buf, &mut body).map_err(BodyError::Http)?;
+                buf.drain(..used);
+                if done {
+                    return Ok(body);
+                }
+                if netio::read_some(stream, fd, buf, READ_CHUNK)
+                    .await
+                    .map_err(|_| BodyError::Io)?
+                    == 0
+                {
+                    return Err(BodyError::Io);
+                }
+            }
+        }
+    }
+}
+
+/// Answers with an error and closes: `None` for the caller to return.
+async fn refuse(
+    w: &Worker,
+    stream: &TcpStream,
+    fd: RawFd,
+    status: u16,
+    reason: &str,
+) -> Option<bool> {
+    respond_error(w, stream, fd, status, reason).await;
+    None
+}
+
+/// An error response (text reason) followed by a lingering close.
+pub async fn respond_error(w: &Worker, stream: &TcpStream, fd: RawFd, status: u16, reason: &str) {
+    let mut body = reason.as_bytes().to_vec();
+    body.push(b'\n');
+    let mut out = Vec::new();
+    http::write_response(
+        &mut out,
+        status,
+        &[],
+        "text/plain; charset=utf-8",
+        &body,
+        false,
+    );
+    w.metrics().http_response(status);
+    finish(stream, fd, &out).await;
+}
+
+/// A plain-text response. Returns whether the connection stays open.
+pub async fn respond(
+    w: &Worker,
+    stream: &TcpStream,
+    fd: RawFd,
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    keep_alive: bool,
+) -> bool {
+    let mut text = body.to_vec();
+    text.push(b'\n');
+    let mut out = Vec::new();
+    http::write_response(
+        &mut out,
+        status,
+        headers,
+        "text/plain; charset=utf-8",
+        &text,
+        keep_alive,
+    );
+    send(w, stream, fd, status, &out, keep_alive).await
+}
+
+async fn respond_typed(
+    w: &Worker,
+    stream: &TcpStream,
+    fd: RawFd,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    keep_alive: bool,
+) -> bool {
+    let mut out = Vec::with_capacity(body.len() + 128);
+    http::write_response(&mut out, status, &[], content_type, body, keep_alive);
+    send(w, stream, fd, status, &out, keep_alive).await
+}
+
+async fn send(
+    w: &Worker,
+    stream: &TcpStream,
+    fd: RawFd,
+    status: u16,
+    out: &[u8],
+    keep_alive: bool,
+) -> bool {
+    w.metrics().http_response(status);
+    if keep_alive {
+        netio::write_all(stream, fd, out).await.is_ok()
+    } else {
+        finish(stream, fd, out).await;
+        false
+    }
+}
+
+/// Writes a last response, then closes without resetting: half-close, and read
+/// (and drop) what the peer still sends for a moment, so the response is not
+/// lost to an RST caused by unread request bytes.
+pub async fn finish(stream: &TcpStream, fd: RawFd, out: &[u8]) {
+    if netio::write_all(stream, fd, out).await.is_err() {
+        return;
+    }
+    // SAFETY: shutdown on a descriptor this connection owns; no memory involved.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_WR);
+    }
+    let drain = async {
+        let mut sink = Vec::with_capacity(READ_CHUNK);
+        let mut total = 0usize;
+        while total < 1 << 20 {
+            sink.clear();
+            match netio::read_some(stream, fd, &mut sink, READ_CHUNK).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    if monoio::time::timeout(Duration::from_millis(500), drain)
+        .await
+        .is_err()
+    {
+        debug!("msg=\"peer kept sending after the final response\"");
+    }
+}
+
+/// The demo page served at `/`.
+const DEMO_PAGE: &str = include_str!("demo.html");

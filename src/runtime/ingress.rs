@@ -1,0 +1,152 @@
+//! The publish socket: newline-delimited JSON commands over a Unix socket, one
+//! answer line per command, in order. Commands read together are published
+//! together, then answered together, so a pipelining publisher is limited by the
+//! cores, not by round trips.
+
+use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+
+use monoio::net::{UnixListener, UnixStream};
+
+use super::netio;
+use super::worker::Worker;
+use crate::proto::cursor;
+use crate::proto::publish::{self, Line, LineReader, PublishError};
+use crate::{debug, warn};
+
+/// Bytes read from a publisher at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+pub async fn serve(w: Rc<Worker>, listener: UnixListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                monoio::spawn(serve_publisher(w.clone(), stream));
+            }
+            Err(e) => {
+                warn!(
+                    "core={} msg=\"publish socket accept failed\" error=\"{e}\"",
+                    w.core
+                );
+                monoio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// One parsed line waiting for its answer.
+enum Answer {
+    Ready(Result<u64, PublishError>),
+    Command {
+        topic: String,
+        event: Option<String>,
+        data: Vec<u8>,
+    },
+}
+
+async fn serve_publisher(w: Rc<Worker>, stream: UnixStream) {
+    let fd = stream.as_raw_fd();
+    // A line holds a command whose data may be up to --max-message-bytes, plus
+    // the topic, the event and the JSON around them.
+    let mut lines = LineReader::new(w.cfg.max_message_bytes + 4096);
+    let mut answers: VecDeque<Answer> = VecDeque::new();
+    let mut out = Vec::new();
+    loop {
+        // Backpressure: while a ring to another core is full, read nothing more.
+        while w.bus.borrow().congested() {
+            monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let n = loop {
+            let buf = lines.buffer(READ_CHUNK);
+            match netio::recv(fd, buf) {
+                Ok(n) => {
+                    lines.filled(READ_CHUNK, n);
+                    break Some(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    lines.filled(READ_CHUNK, 0);
+                    if stream.readable(false).await.is_err() {
+                        break None;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    lines.filled(READ_CHUNK, 0)
+                }
+                Err(_) => {
+                    lines.filled(READ_CHUNK, 0);
+                    break None;
+                }
+            }
+        };
+        let eof = matches!(n, None | Some(0));
+        if eof && lines.pending() > 0 {
+            // A last command without its newline still gets an answer.
+            debug!("msg=\"publisher closed mid-line\"");
+            lines.buffer(1)[0] = b'\n';
+        }
+        {
+            let mut json = w.json.borrow_mut();
+            while let Some(line) = lines.next_line() {
+                let answer = match line {
+                    Line::TooLong => Answer::Ready(Err(PublishError::LineTooLong)),
+                    Line::Complete(l) if l.iter().all(u8::is_ascii_whitespace) => continue,
+                    Line::Complete(l) => {
+                        match publish::parse_command(&mut json, l, w.cfg.max_message_bytes) {
+                            Ok(cmd) => Answer::Command {
+                                topic: cmd.topic.into_owned(),
+                                event: cmd.event.map(|e| e.into_owned()),
+                                data: cmd.data,
+                            },
+                            Err(e) => Answer::Ready(Err(e)),
+                        }
+                    }
+                };
+                answers.push_back(answer);
+            }
+        }
+        // Start every publish of the batch, then answer in order.
+        let mut waits = Vec::with_capacity(answers.len());
+        for answer in answers.drain(..) {
+            match answer {
+                Answer::Ready(r) => waits.push(Wait::Ready(r)),
+                Answer::Command { topic, event, data } => {
+                    let start = w.state.borrow_mut().publish(&topic, event.as_deref(), data);
+                    waits.push(Wait::Started(start));
+                }
+            }
+        }
+        w.settle();
+        let epoch = w.state.borrow().epoch();
+        for wait in waits {
+            let result = match wait {
+                Wait::Ready(r) => r,
+                Wait::Started(crate::core::state::PublishStart::Done(seq)) => Ok(seq),
+                Wait::Started(crate::core::state::PublishStart::Pending(slot)) => {
+                    std::future::poll_fn(|cx| w.state.borrow_mut().poll_publish(slot, cx)).await
+                }
+            };
+            match result {
+                Ok(seq) => publish::write_ok_line(&mut out, &cursor::format_id(epoch, seq)),
+                Err(e) => {
+                    w.metrics().publish_errors.inc();
+                    publish::write_error_line(&mut out, &e.to_string());
+                }
+            }
+        }
+        if !out.is_empty() {
+            if netio::write_all(&stream, fd, &out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        if eof {
+            return;
+        }
+    }
+}
+
+enum Wait {
+    Ready(Result<u64, PublishError>),
+    Started(crate::core::state::PublishStart),
+}

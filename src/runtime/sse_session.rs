@@ -1,0 +1,134 @@
+//! An SSE stream: registers the client, subscribes it, then waits for one of
+//! three things: the peer closing (readability, then a read into the core's
+//! scratch buffer: no buffer is parked per idle client), the socket filling up
+//! (wait for writability, then flush), or the core asking it to close.
+//!
+//! Messages never pass through this task: the core's flush writes them to the
+//! socket directly. The [`ClientGuard`] removes the client when the task ends,
+//! however it ends, so no client outlives its connection.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::pin;
+use std::rc::Rc;
+use std::task::Poll;
+
+use bytes::Bytes;
+use monoio::net::TcpStream;
+
+use super::conn::{respond_error, Request};
+use super::netio;
+use super::worker::Worker;
+use crate::core::client::{CloseReason, Transport};
+use crate::core::msg::Since;
+use crate::core::registry::ClientId;
+use crate::core::state::ClientTask;
+use crate::proto::sse;
+use crate::proto::topic::topics_from_query;
+
+/// Removes its client from the core when dropped: the one exit of every session.
+pub struct ClientGuard {
+    pub w: Rc<Worker>,
+    pub id: ClientId,
+    pub reason: Cell<CloseReason>,
+}
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.w.state.borrow_mut().remove(self.id, self.reason.get());
+        self.w.settle();
+    }
+}
+
+/// What woke the session.
+enum Wake {
+    Readable(io::Result<()>),
+    Task(ClientTask),
+}
+
+pub async fn serve(w: Rc<Worker>, stream: TcpStream, req: Request) {
+    let fd = stream.as_raw_fd();
+    let topics = match topics_from_query(&req.query, w.cfg.max_topics_per_client) {
+        Ok(t) => t,
+        Err(e) => return respond_error(&w, &stream, fd, 400, &e.to_string()).await,
+    };
+    let last_id = req
+        .last_event_id
+        .clone()
+        .or_else(|| req.param("lastEventId").map(|v| v.into_owned()));
+    let sinces = Since::from_cursor(last_id.as_deref(), w.state.borrow().epoch(), topics.len());
+
+    let id = {
+        let mut st = w.state.borrow_mut();
+        let id = st.register(Transport::Sse, fd);
+        st.set_stream_cursor(id, topics.len());
+        let mut head = Vec::with_capacity(256);
+        sse::write_stream_head(&mut head, w.cfg.sse_retry_ms, &[]);
+        st.queue(id, Bytes::from(head));
+        for (topic, since) in topics.iter().zip(sinces) {
+            // The list was validated and bounded above; a refusal here would be a
+            // bug, and the stream then simply lacks that topic.
+            let _ = st.subscribe(id, topic, since);
+        }
+        id
+    };
+    w.metrics().http_response(200);
+    let guard = ClientGuard {
+        w: w.clone(),
+        id,
+        reason: Cell::new(CloseReason::PeerGone),
+    };
+    w.settle();
+    let reason = run(&w, &stream, fd, id).await;
+    guard.reason.set(reason);
+}
+
+/// The session loop; returns why it ended.
+async fn run(w: &Rc<Worker>, stream: &TcpStream, fd: RawFd, id: ClientId) -> CloseReason {
+    let mut readable = pin!(stream.readable(false));
+    loop {
+        let wake = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = readable.as_mut().poll(cx) {
+                return Poll::Ready(Wake::Readable(r));
+            }
+            w.state.borrow_mut().poll_client(id, cx).map(Wake::Task)
+        })
+        .await;
+        match wake {
+            Wake::Readable(Err(_)) => return CloseReason::PeerGone,
+            Wake::Readable(Ok(())) => {
+                if peer_gone(w, fd) {
+                    return CloseReason::PeerGone;
+                }
+                readable.set(stream.readable(false));
+            }
+            Wake::Task(ClientTask::AwaitWritable) => {
+                if stream.writable(false).await.is_err() {
+                    return CloseReason::PeerGone;
+                }
+                w.state.borrow_mut().flush_client(id, netio::writev);
+                w.settle();
+            }
+            Wake::Task(ClientTask::Close(reason)) => return reason,
+        }
+    }
+}
+
+/// Reads what an SSE peer sent (nothing is expected) into the core's scratch
+/// buffer; true when the peer closed or the connection broke.
+fn peer_gone(w: &Worker, fd: RawFd) -> bool {
+    let mut scratch = w.scratch.borrow_mut();
+    // Bounded, so a peer that streams junk cannot hold the core.
+    for _ in 0..16 {
+        match netio::recv(fd, &mut scratch) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+    false
+}
