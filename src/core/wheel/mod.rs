@@ -2,6 +2,8 @@
 //! here, advanced by one tick task.
 
 mod level;
+#[cfg(test)]
+mod tests;
 
 use std::num::NonZeroU32;
 use std::time::Duration;
