@@ -178,6 +178,24 @@ struct Node<T> {
 /// (not fired) when its old slot comes due. A connection keeps its own table of timer
 /// kinds and keeps one entry at the minimum of them.
 ///
+/// ```
+/// use ringcast::core::wheel::TimerWheel;
+///
+/// let mut wheel = TimerWheel::new();
+/// let conn = 7u32; // a ClientId in the server
+/// // Heartbeat due at 1500, idle at 3500: one entry at the minimum.
+/// let handle = wheel.insert(1500, conn);
+/// // The heartbeat was written early (outbound traffic): only a field moves.
+/// assert!(wheel.reschedule(handle, 3500));
+/// let mut now = 0;
+/// while let Some(next) = wheel.next_expiration() {
+///     now = next.max(now); // the tick task sleeps until `next`
+///     while let Some((_, id)) = wheel.poll_expired(now) {
+///         assert_eq!((id, now), (conn, 3500)); // nothing fired at the stale 1500
+///     }
+/// }
+/// ```
+///
 /// # Cost
 ///
 /// `insert`, `cancel` and `reschedule` are O(1) and allocate only when the slab grows
