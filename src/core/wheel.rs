@@ -1,1 +1,0 @@
-//! Hierarchical timer wheel (one per core).
