@@ -144,7 +144,9 @@ pub struct HomeTopic {
 pub struct HomeTopics {
     map: HashMap<Arc<str>, HomeTopic>,
     history_len: usize,
-    history_bytes: usize,
+    /// Byte bound of one topic's history.
+    history_cap: usize,
+    /// Bytes held over every history of this core.
     bytes: usize,
 }
 
@@ -153,7 +155,7 @@ impl HomeTopics {
         Self {
             map: HashMap::new(),
             history_len,
-            history_bytes,
+            history_cap: history_bytes,
             bytes: 0,
         }
     }
@@ -164,7 +166,7 @@ impl HomeTopics {
             let topic = HomeTopic {
                 name: name.clone(),
                 seq: 0,
-                history: History::new(self.history_len, self.history_bytes),
+                history: History::new(self.history_len, self.history_cap),
                 cores: Vec::new(),
             };
             self.map.insert(name, topic);

@@ -125,11 +125,14 @@ fn skip_value(s: &[u8], i: usize) -> usize {
     }
 }
 
+/// A raw `(key, value)` pair of an object: the key with its quotes, the value as written.
+pub type Field<'a> = (&'a [u8], &'a [u8]);
+
 /// The raw `(key, value)` spans of a top-level JSON object, in input order.
 ///
 /// `obj` must already be valid JSON (checked with [`JsonScratch`]); keys are
 /// returned with their quotes, values exactly as written.
-pub fn object_fields(obj: &[u8]) -> Result<Vec<(&[u8], &[u8])>, JsonError> {
+pub fn object_fields(obj: &[u8]) -> Result<Vec<Field<'_>>, JsonError> {
     let mut fields = Vec::new();
     let mut i = skip_ws(obj, 0);
     if obj.get(i) != Some(&b'{') {

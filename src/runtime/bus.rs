@@ -44,11 +44,11 @@ pub fn build(cores: usize) -> Vec<Bus> {
         .map(|_| (0..cores).map(|_| None).collect())
         .collect();
     let mut rx: Vec<Vec<Consumer<CoreMsg>>> = (0..cores).map(|_| Vec::new()).collect();
-    for from in 0..cores {
-        for to in 0..cores {
+    for (from, row) in tx.iter_mut().enumerate() {
+        for (to, slot) in row.iter_mut().enumerate() {
             if from != to {
                 let (p, c) = RingBuffer::new(RING_CAPACITY);
-                tx[from][to] = Some(p);
+                *slot = Some(p);
                 rx[to].push(c);
             }
         }
