@@ -84,6 +84,9 @@ pub struct Client {
     pub write: WriteState,
     /// Queued for the next flush of dirty clients.
     pub dirty: bool,
+    /// Takes no more messages: the connection is closing (its last frames are
+    /// being written); anything published to it now counts as dropped.
+    pub muted: bool,
     /// The connection task, parked until the core has something for it to do.
     pub waker: Option<Waker>,
 }
@@ -100,6 +103,7 @@ impl Client {
             fresh: true,
             write: WriteState::Ready,
             dirty: false,
+            muted: false,
             waker: None,
         }
     }

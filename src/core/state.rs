@@ -255,6 +255,24 @@ impl CoreState {
 
     // ---- subscriptions ------------------------------------------------------
 
+    /// Checks that subscribing `id` to `topics` stays within the per-client limit,
+    /// so a caller can answer before the first backlog message is queued.
+    pub fn check_subscribe(&self, id: ClientId, topics: &[String]) -> Result<(), SubscribeError> {
+        let client = self.clients.get(id).ok_or(SubscribeError::UnknownClient)?;
+        let new = topics
+            .iter()
+            .filter(|t| {
+                self.local
+                    .key(t)
+                    .is_none_or(|key| client.sub_index(key).is_none())
+            })
+            .count();
+        if client.subs.len() + new > self.limits.max_topics_per_client {
+            return Err(SubscribeError::TooManyTopics);
+        }
+        Ok(())
+    }
+
     /// Subscribes a client to `topic` from `since`. Idempotent: subscribing twice
     /// to a topic is accepted and changes nothing.
     pub fn subscribe(
@@ -703,6 +721,33 @@ impl CoreState {
         }
     }
 
+    /// Starts closing a client the core asked to close: drops what is queued (the
+    /// messages count as dropped), takes no more messages, and lets the connection
+    /// write its last frames. Returns the reason, or `None` when not closing.
+    pub fn begin_close(&mut self, id: ClientId) -> Option<CloseReason> {
+        let client = self.clients.get_mut(id)?;
+        let WriteState::Closing(reason) = client.write else {
+            return None;
+        };
+        self.metrics.dropped.add(client.outbox.len() as u64);
+        client.outbox = Default::default();
+        client.muted = true;
+        client.write = WriteState::Ready;
+        Some(reason)
+    }
+
+    /// Stops queueing messages to a client whose connection is closing.
+    pub fn mute(&mut self, id: ClientId) {
+        if let Some(client) = self.clients.get_mut(id) {
+            client.muted = true;
+        }
+    }
+
+    /// Bytes still queued to a client.
+    pub fn queued(&self, id: ClientId) -> usize {
+        self.clients.get(id).map_or(0, |c| c.outbox.bytes())
+    }
+
     /// Asks the connection task of `id` to close the connection.
     pub fn close(&mut self, id: ClientId, reason: CloseReason) {
         if let Some(client) = self.clients.get_mut(id) {
@@ -715,7 +760,7 @@ impl CoreState {
 /// Queues one message to a client's subscription `index`; false when the client
 /// is closing (the message then counts as dropped).
 fn queue_message(client: &mut Client, index: usize, enc: &mut Encodings<'_>) -> bool {
-    if matches!(client.write, WriteState::Closing(_)) {
+    if client.muted || matches!(client.write, WriteState::Closing(_)) {
         return false;
     }
     let seq = enc.msg.seq;

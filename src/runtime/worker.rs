@@ -37,6 +37,7 @@ pub struct Worker {
     pub scratch: RefCell<Vec<u8>>,
     pub driver: &'static str,
     pub epoch_text: String,
+    pub started: std::time::Instant,
 }
 
 impl Worker {
@@ -54,6 +55,11 @@ impl Worker {
         st.metrics().bus_overflow.add(overflowed);
         st.flush_dirty(netio::writev);
         bus.wake_peers();
+    }
+
+    /// Milliseconds since the worker started: the tick of sans-IO state machines.
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     pub fn metrics(&self) -> &CoreMetrics {
@@ -142,6 +148,7 @@ pub fn run(cfg: ServeConfig) -> Result<(), StartError> {
                         scratch: RefCell::new(vec![0; 16 * 1024]),
                         driver,
                         epoch_text,
+                        started: std::time::Instant::now(),
                     })
                 };
                 let result = if uring {

@@ -1,14 +1,369 @@
-//! WebSocket sessions (upgrade, control messages, echo).
+//! WebSocket sessions: the upgrade, then a loop like the SSE one (readability,
+//! writability, the core's requests) that feeds what the client sends to the
+//! sans-IO [`Connection`] and answers its control messages. Messages reach the
+//! socket through the core's flush, never through this task.
+//!
+//! `GET /echo` (only with `--echo`) is a plain echo of data messages for the
+//! conformance suite; it never touches the core.
 
-use std::os::fd::AsRawFd;
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::pin;
 use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
 
+use bytes::Bytes;
 use monoio::net::TcpStream;
 
-use super::conn::{respond_error, Request};
+use super::conn::{finish, publish_and_wait, Request, Route};
+use super::netio;
+use super::sse_session::ClientGuard;
 use super::worker::Worker;
+use crate::core::client::{CloseReason, Transport};
+use crate::core::msg::Since;
+use crate::core::registry::ClientId;
+use crate::core::state::ClientTask;
+use crate::metrics;
+use crate::proto::control::{self, ControlError, Op};
+use crate::proto::cursor;
+use crate::proto::http::{self, Method};
+use crate::proto::topic::{topics_from_query, TopicListError};
+use crate::proto::ws::close::code;
+use crate::proto::ws::{
+    check_handshake, encode_frame, write_101, Connection, Event, HandshakeRequest, OpCode,
+};
 
-pub async fn serve(w: Rc<Worker>, stream: TcpStream, _req: Request, _buf: Vec<u8>) {
+/// How long we wait for the peer's Close after sending ours (milliseconds).
+pub const CLOSE_TIMEOUT_MS: u64 = 5_000;
+
+pub async fn serve(w: Rc<Worker>, stream: TcpStream, req: Request, leftover: Vec<u8>) {
     let fd = stream.as_raw_fd();
-    respond_error(&w, &stream, fd, 501, "WebSocket is not built yet").await;
+    let handshake = HandshakeRequest {
+        method_is_get: req.method == Method::Get,
+        http11_or_later: req.http11,
+        upgrade_websocket: req.upgrade_websocket,
+        connection_upgrade: req.connection_upgrade,
+        key: req.ws_key.as_deref(),
+        version: req.ws_version.as_deref(),
+    };
+    let accept = match check_handshake(&handshake) {
+        Ok(a) => a,
+        Err(e) => {
+            let headers: &[(&str, &str)] = if e.status() == 426 {
+                &[("Sec-WebSocket-Version", "13")]
+            } else {
+                &[]
+            };
+            let mut out = Vec::new();
+            let body = format!("{}\n", e.reason());
+            http::write_response(&mut out, e.status(), headers, "text/plain; charset=utf-8", body.as_bytes(), false);
+            w.metrics().http_response(e.status());
+            return finish(&stream, fd, &out).await;
+        }
+    };
+    let mut hello = Vec::with_capacity(160);
+    write_101(&mut hello, &accept);
+    if req.route == Route::Echo {
+        w.metrics().http_response(101);
+        return echo(&w, &stream, fd, &hello, leftover).await;
+    }
+
+    let topics = match topics_from_query(&req.query, w.cfg.max_topics_per_client) {
+        Ok(t) => t,
+        Err(TopicListError::Empty) => Vec::new(),
+        Err(e) => return super::conn::respond_error(&w, &stream, fd, 400, &e.to_string()).await,
+    };
+    let last_id = req.param("lastEventId").map(|v| v.into_owned());
+    let sinces = Since::from_cursor(last_id.as_deref(), w.state.borrow().epoch(), topics.len());
+    let id = {
+        let mut st = w.state.borrow_mut();
+        let id = st.register(Transport::Ws, fd);
+        st.queue(id, Bytes::from(hello));
+        for (topic, since) in topics.iter().zip(sinces) {
+            let _ = st.subscribe(id, topic, since);
+        }
+        id
+    };
+    w.metrics().http_response(101);
+    let guard = ClientGuard {
+        w: w.clone(),
+        id,
+        reason: Cell::new(CloseReason::PeerGone),
+    };
+    w.settle();
+    let reason = run(&w, &stream, fd, id, &leftover).await;
+    guard.reason.set(reason);
 }
+
+/// What woke the session.
+enum Wake {
+    Readable(io::Result<()>),
+    Task(ClientTask),
+    Deadline,
+}
+
+async fn run(w: &Rc<Worker>, stream: &TcpStream, fd: RawFd, id: ClientId, leftover: &[u8]) -> CloseReason {
+    let mut conn = Connection::new(w.cfg.max_message_bytes, CLOSE_TIMEOUT_MS);
+    let mut reason = CloseReason::PeerGone;
+    if !leftover.is_empty() {
+        feed(w, &mut conn, id, leftover).await;
+    }
+    let mut readable = pin!(stream.readable(false));
+    loop {
+        if conn.wants_close_tcp() {
+            drain_outbox(w, stream, id).await;
+            return reason;
+        }
+        let deadline = conn.poll_timeout();
+        let wait = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = readable.as_mut().poll(cx) {
+                return Poll::Ready(Wake::Readable(r));
+            }
+            w.state.borrow_mut().poll_client(id, cx).map(Wake::Task)
+        });
+        let wake = match deadline {
+            None => wait.await,
+            Some(at) => {
+                let left = at.saturating_sub(w.now_ms());
+                monoio::time::timeout(Duration::from_millis(left), wait)
+                    .await
+                    .unwrap_or(Wake::Deadline)
+            }
+        };
+        match wake {
+            Wake::Readable(Err(_)) => return CloseReason::PeerGone,
+            Wake::Readable(Ok(())) => {
+                read_available(w, &mut conn, id, fd).await;
+                readable.set(stream.readable(false));
+            }
+            Wake::Task(ClientTask::AwaitWritable) => {
+                if stream.writable(false).await.is_err() {
+                    return CloseReason::PeerGone;
+                }
+                w.state.borrow_mut().flush_client(id, netio::writev);
+                w.settle();
+            }
+            Wake::Task(ClientTask::Close(why)) => {
+                if why == CloseReason::PeerGone {
+                    return why;
+                }
+                reason = why;
+                let begun = w.state.borrow_mut().begin_close(id);
+                if begun.is_some() {
+                    let (code, text) = match why {
+                        CloseReason::SlowConsumer => (code::POLICY_VIOLATION, "slow consumer"),
+                        _ => (code::GOING_AWAY, "server shutting down"),
+                    };
+                    conn.close(w.now_ms(), code, text);
+                    transmit(w, &mut conn, id);
+                }
+            }
+            Wake::Deadline => {
+                conn.handle_timeout(w.now_ms());
+            }
+        }
+    }
+}
+
+/// Reads everything the socket holds (bounded) and feeds it to the connection.
+async fn read_available(w: &Rc<Worker>, conn: &mut Connection, id: ClientId, fd: RawFd) {
+    for _ in 0..16 {
+        let chunk = {
+            let mut scratch = w.scratch.borrow_mut();
+            match netio::recv(fd, &mut scratch) {
+                Ok(0) => None,
+                Ok(n) => Some(scratch[..n].to_vec()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => None,
+            }
+        };
+        match chunk {
+            Some(bytes) => feed(w, conn, id, &bytes).await,
+            None => {
+                conn.handle_eof();
+                w.state.borrow_mut().mute(id);
+                return;
+            }
+        }
+    }
+}
+
+/// Feeds bytes to the connection, answering each complete message.
+async fn feed(w: &Rc<Worker>, conn: &mut Connection, id: ClientId, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        let (used, result) = conn.handle_bytes(w.now_ms(), bytes);
+        bytes = &bytes[used..];
+        let event = match result {
+            Ok(Some(event)) => event,
+            Ok(None) if used == 0 => break,
+            Ok(None) => continue,
+            Err(_) => {
+                // The connection queued its Close with the violation's code.
+                w.state.borrow_mut().mute(id);
+                break;
+            }
+        };
+        match event {
+            Event::Text(text) => answer_control(w, id, &text).await,
+            Event::Binary(_) => queue_text(w, id, &error_answer(None, ControlError::Binary)),
+            Event::Close { .. } => w.state.borrow_mut().mute(id),
+            Event::Ping(_) | Event::Pong(_) => {}
+        }
+        transmit(w, conn, id);
+    }
+    transmit(w, conn, id);
+}
+
+/// Queues the connection's pending control frames (pong, close) and writes.
+fn transmit(w: &Rc<Worker>, conn: &mut Connection, id: ClientId) {
+    let mut out = Vec::new();
+    if conn.poll_transmit(&mut out) {
+        w.state.borrow_mut().queue(id, Bytes::from(out));
+    }
+    w.settle();
+}
+
+/// Waits (bounded) until what is queued to the client is written.
+async fn drain_outbox(w: &Rc<Worker>, stream: &TcpStream, id: ClientId) {
+    let deadline = w.now_ms() + CLOSE_TIMEOUT_MS;
+    while w.state.borrow().queued(id) > 0 && w.now_ms() < deadline {
+        let left = Duration::from_millis(deadline.saturating_sub(w.now_ms()));
+        if !matches!(monoio::time::timeout(left, stream.writable(false)).await, Ok(Ok(()))) {
+            return;
+        }
+        w.state.borrow_mut().flush_client(id, netio::writev);
+        w.settle();
+    }
+}
+
+fn queue_text(w: &Rc<Worker>, id: ClientId, payload: &[u8]) {
+    let mut frame = Vec::with_capacity(payload.len() + 10);
+    encode_frame(&mut frame, OpCode::Text, true, payload);
+    w.state.borrow_mut().queue(id, Bytes::from(frame));
+}
+
+fn error_answer(reference: Option<&[u8]>, e: impl std::fmt::Display) -> Vec<u8> {
+    let mut out = Vec::new();
+    control::write_error(&mut out, reference, &e.to_string());
+    out
+}
+
+/// Answers one control message with an ack or an error frame.
+async fn answer_control(w: &Rc<Worker>, id: ClientId, text: &[u8]) {
+    let parsed = {
+        let mut json = w.json.borrow_mut();
+        control::parse(&mut json, text)
+    };
+    let control = match parsed {
+        Ok(c) => c,
+        Err((reference, e)) => return queue_text(w, id, &error_answer(reference.as_deref(), e)),
+    };
+    let reference = control.reference.as_deref();
+    let mut answer = Vec::new();
+    match control.op {
+        Op::Subscribe { topics, since } => {
+            let check = w.state.borrow().check_subscribe(id, &topics);
+            if let Err(e) = check {
+                return queue_text(w, id, &error_answer(reference, e));
+            }
+            control::write_ack(&mut answer, reference, None);
+            queue_text(w, id, &answer);
+            let mut st = w.state.borrow_mut();
+            let sinces = Since::from_cursor(since.as_deref().map(str::as_bytes), st.epoch(), topics.len());
+            for (topic, since) in topics.iter().zip(sinces) {
+                let _ = st.subscribe(id, topic, since);
+            }
+        }
+        Op::Unsubscribe { topics } => {
+            let mut st = w.state.borrow_mut();
+            for topic in &topics {
+                st.unsubscribe(id, topic);
+            }
+            drop(st);
+            control::write_ack(&mut answer, reference, None);
+            queue_text(w, id, &answer);
+        }
+        Op::Publish { topic, event, data } => {
+            if data.len() > w.cfg.max_message_bytes {
+                return queue_text(w, id, &error_answer(reference, ControlError::TooLarge));
+            }
+            match publish_and_wait(w, &topic, event.as_deref(), data).await {
+                Ok(seq) => {
+                    let msg_id = cursor::format_id(w.state.borrow().epoch(), seq);
+                    control::write_ack(&mut answer, reference, Some(&msg_id));
+                }
+                Err(e) => {
+                    w.metrics().publish_errors.inc();
+                    control::write_error(&mut answer, reference, &e.to_string());
+                }
+            }
+            queue_text(w, id, &answer);
+        }
+    }
+}
+
+/// `GET /echo`: every data message comes back with its opcode.
+async fn echo(w: &Rc<Worker>, stream: &TcpStream, fd: RawFd, hello: &[u8], leftover: Vec<u8>) {
+    if netio::write_all(stream, fd, hello).await.is_err() {
+        return;
+    }
+    let mut conn = Connection::new(w.cfg.max_message_bytes, CLOSE_TIMEOUT_MS);
+    let mut input = leftover;
+    let mut out = Vec::new();
+    loop {
+        let mut pos = 0;
+        while pos < input.len() {
+            let (used, result) = conn.handle_bytes(w.now_ms(), &input[pos..]);
+            pos += used;
+            match result {
+                Ok(Some(Event::Text(t))) if conn.can_send_data() => encode_frame(&mut out, OpCode::Text, true, &t),
+                Ok(Some(Event::Binary(b))) if conn.can_send_data() => encode_frame(&mut out, OpCode::Binary, true, &b),
+                Ok(None) if used == 0 => break,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+            let _ = conn.poll_transmit(&mut out);
+        }
+        let _ = conn.poll_transmit(&mut out);
+        input.clear();
+        if !out.is_empty() {
+            if netio::write_all(stream, fd, &out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        if conn.wants_close_tcp() {
+            return;
+        }
+        let read = netio::read_some(stream, fd, &mut input, 64 * 1024);
+        let read = match conn.poll_timeout() {
+            None => read.await,
+            Some(at) => {
+                let left = Duration::from_millis(at.saturating_sub(w.now_ms()));
+                match monoio::time::timeout(left, read).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        conn.handle_timeout(w.now_ms());
+                        continue;
+                    }
+                }
+            }
+        };
+        match read {
+            Ok(0) | Err(_) => {
+                conn.handle_eof();
+                return;
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+#[allow(dead_code)]
+const _: fn() = || {
+    let _ = metrics::STATUSES;
+};
