@@ -232,7 +232,7 @@ impl CoreState {
         if let Some(topic) = gone {
             let home = home_of(&topic, self.cores);
             let core = self.core;
-            self.send(home, CoreMsg::Release { topic, core });
+            self.post(home, CoreMsg::Release { topic, core });
         }
     }
 
@@ -246,6 +246,15 @@ impl CoreState {
         m.topics_local.set(self.local.len() as u64);
         m.topics_home.set(self.homes.len() as u64);
         m.history_bytes.set(self.homes.history_bytes() as u64);
+    }
+
+    /// Sends `msg` to `core`, or handles it at once when that is this core.
+    fn post(&mut self, core: usize, msg: CoreMsg) {
+        if core == self.core() {
+            self.handle(msg);
+        } else {
+            self.send(core, msg);
+        }
     }
 
     fn send(&mut self, core: usize, msg: CoreMsg) {

@@ -46,9 +46,18 @@ pub enum ControlError {
 /// What a control message asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    Subscribe { topics: Vec<String>, since: Option<String> },
-    Unsubscribe { topics: Vec<String> },
-    Publish { topic: String, event: Option<String>, data: Vec<u8> },
+    Subscribe {
+        topics: Vec<String>,
+        since: Option<String>,
+    },
+    Unsubscribe {
+        topics: Vec<String>,
+    },
+    Publish {
+        topic: String,
+        event: Option<String>,
+        data: Vec<u8>,
+    },
 }
 
 /// A parsed control message: the op, and its `ref` as raw JSON.
@@ -60,13 +69,17 @@ pub struct Control {
 
 /// Parses one text message. On error, returns the `ref` when it could be read,
 /// so the error answer can still echo it.
-pub fn parse(scratch: &mut JsonScratch, text: &[u8]) -> Result<Control, (Option<Vec<u8>>, ControlError)> {
+pub fn parse(
+    scratch: &mut JsonScratch,
+    text: &[u8],
+) -> Result<Control, (Option<Vec<u8>>, ControlError)> {
     if !scratch.is_valid(text) {
         return Err((None, ControlError::InvalidJson));
     }
     let fields = json::object_fields(text).map_err(|_| (None, ControlError::InvalidJson))?;
     let mut reference = None;
-    let (mut op, mut topics, mut topic, mut since, mut event, mut data) = (None, None, None, None, None, None);
+    let (mut op, mut topics, mut topic, mut since, mut event, mut data) =
+        (None, None, None, None, None, None);
     let mut unknown = false;
     for (key, value) in &fields {
         match json::decode_string(scratch, key).as_deref() {
@@ -99,7 +112,10 @@ pub fn parse(scratch: &mut JsonScratch, text: &[u8]) -> Result<Control, (Option<
                             .into_owned(),
                     ),
                 };
-                Op::Subscribe { topics: list, since }
+                Op::Subscribe {
+                    topics: list,
+                    since,
+                }
             } else {
                 Op::Unsubscribe { topics: list }
             }
@@ -112,7 +128,8 @@ pub fn parse(scratch: &mut JsonScratch, text: &[u8]) -> Result<Control, (Option<
             let event = match event {
                 None | Some(b"null") => None,
                 Some(raw) => {
-                    let e = json::decode_string(scratch, raw).ok_or(fail(ControlError::BadEvent))?;
+                    let e =
+                        json::decode_string(scratch, raw).ok_or(fail(ControlError::BadEvent))?;
                     validate_event(e.as_bytes()).map_err(|e| fail(e.into()))?;
                     Some(e.into_owned())
                 }
@@ -196,18 +213,30 @@ mod tests {
         assert_eq!(
             p(r#"{"op":"subscribe","topics":["a","b"],"since":"x-1","ref":7}"#),
             Ok(Control {
-                op: Op::Subscribe { topics: vec!["a".into(), "b".into()], since: Some("x-1".into()) },
+                op: Op::Subscribe {
+                    topics: vec!["a".into(), "b".into()],
+                    since: Some("x-1".into())
+                },
                 reference: Some(b"7".to_vec())
             })
         );
         assert_eq!(
             p(r#"{"op":"unsubscribe","topics":["a"]}"#),
-            Ok(Control { op: Op::Unsubscribe { topics: vec!["a".into()] }, reference: None })
+            Ok(Control {
+                op: Op::Unsubscribe {
+                    topics: vec!["a".into()]
+                },
+                reference: None
+            })
         );
         assert_eq!(
             p(r#"{"ref":"r","op":"publish","topic":"a","data": {"x": 1},"event":"e"}"#),
             Ok(Control {
-                op: Op::Publish { topic: "a".into(), event: Some("e".into()), data: br#"{"x":1}"#.to_vec() },
+                op: Op::Publish {
+                    topic: "a".into(),
+                    event: Some("e".into()),
+                    data: br#"{"x":1}"#.to_vec()
+                },
                 reference: Some(br#""r""#.to_vec())
             })
         );
@@ -224,12 +253,24 @@ mod tests {
             (r#"{"op":"subscribe","ref":1}"#, BadTopics),
             (r#"{"op":"subscribe","topics":[],"ref":1}"#, BadTopics),
             (r#"{"op":"subscribe","topics":[1],"ref":1}"#, BadTopics),
-            (r#"{"op":"subscribe","topics":["a b"],"ref":1}"#, BadName(NameError::BadTopic)),
-            (r#"{"op":"subscribe","topics":["a"],"since":5,"ref":1}"#, BadSince),
+            (
+                r#"{"op":"subscribe","topics":["a b"],"ref":1}"#,
+                BadName(NameError::BadTopic),
+            ),
+            (
+                r#"{"op":"subscribe","topics":["a"],"since":5,"ref":1}"#,
+                BadSince,
+            ),
             (r#"{"op":"publish","data":1,"ref":1}"#, MissingTopic),
             (r#"{"op":"publish","topic":"a","ref":1}"#, MissingData),
-            (r#"{"op":"publish","topic":"a","data":1,"event":"ringcast.x","ref":1}"#, BadName(NameError::ReservedEvent)),
-            (r#"{"op":"publish","topic":"a","data":1,"extra":1,"ref":1}"#, UnknownField),
+            (
+                r#"{"op":"publish","topic":"a","data":1,"event":"ringcast.x","ref":1}"#,
+                BadName(NameError::ReservedEvent),
+            ),
+            (
+                r#"{"op":"publish","topic":"a","data":1,"extra":1,"ref":1}"#,
+                UnknownField,
+            ),
         ];
         for (text, want) in cases {
             let got = p(text).expect_err(text);

@@ -26,7 +26,6 @@ use crate::core::client::{CloseReason, Transport};
 use crate::core::msg::Since;
 use crate::core::registry::ClientId;
 use crate::core::state::ClientTask;
-use crate::metrics;
 use crate::proto::control::{self, ControlError, Op};
 use crate::proto::cursor;
 use crate::proto::http::{self, Method};
@@ -59,7 +58,14 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, req: Request, leftover: Vec
             };
             let mut out = Vec::new();
             let body = format!("{}\n", e.reason());
-            http::write_response(&mut out, e.status(), headers, "text/plain; charset=utf-8", body.as_bytes(), false);
+            http::write_response(
+                &mut out,
+                e.status(),
+                headers,
+                "text/plain; charset=utf-8",
+                body.as_bytes(),
+                false,
+            );
             w.metrics().http_response(e.status());
             return finish(&stream, fd, &out).await;
         }
@@ -105,7 +111,13 @@ enum Wake {
     Deadline,
 }
 
-async fn run(w: &Rc<Worker>, stream: &TcpStream, fd: RawFd, id: ClientId, leftover: &[u8]) -> CloseReason {
+async fn run(
+    w: &Rc<Worker>,
+    stream: &TcpStream,
+    fd: RawFd,
+    id: ClientId,
+    leftover: &[u8],
+) -> CloseReason {
     let mut conn = Connection::new(w.cfg.max_message_bytes, CLOSE_TIMEOUT_MS);
     let mut reason = CloseReason::PeerGone;
     if !leftover.is_empty() {
@@ -232,7 +244,10 @@ async fn drain_outbox(w: &Rc<Worker>, stream: &TcpStream, id: ClientId) {
     let deadline = w.now_ms() + CLOSE_TIMEOUT_MS;
     while w.state.borrow().queued(id) > 0 && w.now_ms() < deadline {
         let left = Duration::from_millis(deadline.saturating_sub(w.now_ms()));
-        if !matches!(monoio::time::timeout(left, stream.writable(false)).await, Ok(Ok(()))) {
+        if !matches!(
+            monoio::time::timeout(left, stream.writable(false)).await,
+            Ok(Ok(()))
+        ) {
             return;
         }
         w.state.borrow_mut().flush_client(id, netio::writev);
@@ -273,7 +288,11 @@ async fn answer_control(w: &Rc<Worker>, id: ClientId, text: &[u8]) {
             control::write_ack(&mut answer, reference, None);
             queue_text(w, id, &answer);
             let mut st = w.state.borrow_mut();
-            let sinces = Since::from_cursor(since.as_deref().map(str::as_bytes), st.epoch(), topics.len());
+            let sinces = Since::from_cursor(
+                since.as_deref().map(str::as_bytes),
+                st.epoch(),
+                topics.len(),
+            );
             for (topic, since) in topics.iter().zip(sinces) {
                 let _ = st.subscribe(id, topic, since);
             }
@@ -320,8 +339,12 @@ async fn echo(w: &Rc<Worker>, stream: &TcpStream, fd: RawFd, hello: &[u8], lefto
             let (used, result) = conn.handle_bytes(w.now_ms(), &input[pos..]);
             pos += used;
             match result {
-                Ok(Some(Event::Text(t))) if conn.can_send_data() => encode_frame(&mut out, OpCode::Text, true, &t),
-                Ok(Some(Event::Binary(b))) if conn.can_send_data() => encode_frame(&mut out, OpCode::Binary, true, &b),
+                Ok(Some(Event::Text(t))) if conn.can_send_data() => {
+                    encode_frame(&mut out, OpCode::Text, true, &t)
+                }
+                Ok(Some(Event::Binary(b))) if conn.can_send_data() => {
+                    encode_frame(&mut out, OpCode::Binary, true, &b)
+                }
                 Ok(None) if used == 0 => break,
                 Ok(_) => {}
                 Err(_) => break,
@@ -362,8 +385,3 @@ async fn echo(w: &Rc<Worker>, stream: &TcpStream, fd: RawFd, hello: &[u8], lefto
         }
     }
 }
-
-#[allow(dead_code)]
-const _: fn() = || {
-    let _ = metrics::STATUSES;
-};
