@@ -46,7 +46,7 @@ pub const STATUSES: [u16; 18] = [
 ];
 
 /// Close reasons counted by `ringcast_connections_closed_total`.
-pub const CLOSE_REASONS: [&str; 3] = ["peer", "slow", "shutdown"];
+pub const CLOSE_REASONS: [&str; 4] = ["peer", "slow", "shutdown", "idle"];
 
 /// The counters of one core.
 #[derive(Default, Debug)]
@@ -68,6 +68,10 @@ pub struct CoreMetrics {
     pub slow_consumers_ws: Cell,
     pub http_responses: [Cell; STATUSES.len()],
     pub bus_overflow: Cell,
+    pub heartbeats: Cell,
+    pub idle_timeouts: Cell,
+    pub header_timeouts: Cell,
+    pub timer_entries: Cell,
 }
 
 impl CoreMetrics {
@@ -212,6 +216,34 @@ pub fn render(cores: &[Arc<CoreMetrics>], info: &ProcessInfo<'_>) -> String {
             m.slow_consumers_ws.get()
         );
     }
+    per_core(
+        &mut out,
+        "ringcast_heartbeats_total",
+        "counter",
+        "Heartbeats sent (SSE comments, WebSocket pings).",
+        &|m| m.heartbeats.get(),
+    );
+    per_core(
+        &mut out,
+        "ringcast_idle_timeouts_total",
+        "counter",
+        "WebSocket clients closed after --idle-timeout of silence.",
+        &|m| m.idle_timeouts.get(),
+    );
+    per_core(
+        &mut out,
+        "ringcast_header_timeouts_total",
+        "counter",
+        "Connections closed because no request head arrived within --header-timeout.",
+        &|m| m.header_timeouts.get(),
+    );
+    per_core(
+        &mut out,
+        "ringcast_timer_entries",
+        "gauge",
+        "Entries in the core's timer wheel.",
+        &|m| m.timer_entries.get(),
+    );
     per_core(
         &mut out,
         "ringcast_bus_overflow_total",

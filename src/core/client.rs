@@ -5,6 +5,7 @@ use std::task::Waker;
 
 use super::outbox::{Outbox, StreamCursor};
 use super::topics::TopicKey;
+use super::wheel::TimerHandle;
 
 /// How the client receives messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +32,8 @@ pub enum CloseReason {
     SlowConsumer,
     /// The server is draining.
     Shutdown,
+    /// A WebSocket client sent nothing (no frame, no pong) for `--idle-timeout`.
+    IdleTimeout,
 }
 
 impl CloseReason {
@@ -39,6 +42,7 @@ impl CloseReason {
             CloseReason::PeerGone => "peer",
             CloseReason::SlowConsumer => "slow",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::IdleTimeout => "idle",
         }
     }
 }
@@ -89,6 +93,12 @@ pub struct Client {
     pub muted: bool,
     /// The connection task, parked until the core has something for it to do.
     pub waker: Option<Waker>,
+    /// Tick of the last byte written to the socket (heartbeats fill silences).
+    pub last_write: u64,
+    /// Tick of the last byte read from the peer (WebSocket liveness).
+    pub last_read: u64,
+    /// The client's one timer-wheel entry, due at its earliest deadline.
+    pub timer: Option<TimerHandle>,
 }
 
 impl Client {
@@ -105,6 +115,9 @@ impl Client {
             dirty: false,
             muted: false,
             waker: None,
+            last_write: 0,
+            last_read: 0,
+            timer: None,
         }
     }
 

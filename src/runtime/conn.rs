@@ -12,6 +12,7 @@ use monoio::net::TcpStream;
 
 use super::netio;
 use super::sse_session;
+use super::timer;
 use super::worker::Worker;
 use crate::core::state::PublishStart;
 use crate::debug;
@@ -106,7 +107,8 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream) {
     };
     loop {
         scanner.reset();
-        let read = monoio::time::timeout(
+        let read = timer::timeout(
+            &w,
             w.cfg.header_timeout,
             read_head(&w, &stream, fd, &mut buf, &mut scanner, &limits),
         )
@@ -114,6 +116,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream) {
         let req = match read {
             Err(_elapsed) => {
                 if !buf.is_empty() {
+                    w.metrics().header_timeouts.inc();
                     respond_error(
                         &w,
                         &stream,
@@ -130,7 +133,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream) {
                 let mut out = Vec::new();
                 http::error_response(&mut out, e);
                 w.metrics().http_response(e.status());
-                finish(&stream, fd, &out).await;
+                finish(&w, &stream, fd, &out).await;
                 return;
             }
             Ok(Ok(HeadRead::Request(req))) => req,
@@ -302,7 +305,7 @@ async fn publish(
             let mut out = Vec::new();
             http::error_response(&mut out, e);
             w.metrics().http_response(e.status());
-            finish(stream, fd, &out).await;
+            finish(w, stream, fd, &out).await;
             return None;
         }
         Err(BodyError::Io) => return None,
@@ -492,7 +495,7 @@ pub async fn respond_error(w: &Worker, stream: &TcpStream, fd: RawFd, status: u1
         false,
     );
     w.metrics().http_response(status);
-    finish(stream, fd, &out).await;
+    finish(w, stream, fd, &out).await;
 }
 
 /// A plain-text response. Returns whether the connection stays open.
@@ -545,7 +548,7 @@ async fn send(
     if keep_alive {
         netio::write_all(stream, fd, out).await.is_ok()
     } else {
-        finish(stream, fd, out).await;
+        finish(w, stream, fd, out).await;
         false
     }
 }
@@ -553,7 +556,7 @@ async fn send(
 /// Writes a last response, then closes without resetting: half-close, and read
 /// (and drop) what the peer still sends for a moment, so the response is not
 /// lost to an RST caused by unread request bytes.
-pub async fn finish(stream: &TcpStream, fd: RawFd, out: &[u8]) {
+pub async fn finish(w: &Worker, stream: &TcpStream, fd: RawFd, out: &[u8]) {
     if netio::write_all(stream, fd, out).await.is_err() {
         return;
     }
@@ -572,7 +575,7 @@ pub async fn finish(stream: &TcpStream, fd: RawFd, out: &[u8]) {
             }
         }
     };
-    if monoio::time::timeout(Duration::from_millis(500), drain)
+    if timer::timeout(w, Duration::from_millis(500), drain)
         .await
         .is_err()
     {

@@ -7,5 +7,6 @@ pub mod conn;
 pub mod ingress;
 pub mod netio;
 pub mod sse_session;
+pub mod timer;
 pub mod worker;
 pub mod ws_session;

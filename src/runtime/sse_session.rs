@@ -60,8 +60,10 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, req: Request) {
         .or_else(|| req.param("lastEventId").map(|v| v.into_owned()));
     let sinces = Since::from_cursor(last_id.as_deref(), w.state.borrow().epoch(), topics.len());
 
+    bound_unacked_writes(&w, fd);
     let id = {
         let mut st = w.state.borrow_mut();
+        st.set_now(w.now_tick());
         let id = st.register(Transport::Sse, fd);
         st.set_stream_cursor(id, topics.len());
         let mut head = Vec::with_capacity(256);
@@ -83,6 +85,18 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, req: Request) {
     w.settle();
     let reason = run(&w, &stream, fd, id).await;
     guard.reason.set(reason);
+}
+
+/// Bounds how long written data may stay unacknowledged (`TCP_USER_TIMEOUT`, the
+/// idle timeout): a peer that vanished without FIN or RST is found by the next
+/// heartbeat's write failing, not by the next broadcast hours later.
+pub fn bound_unacked_writes(w: &Worker, fd: RawFd) {
+    let ms = w
+        .cfg
+        .effective_idle_timeout()
+        .as_millis()
+        .min(i32::MAX as u128) as i32;
+    let _ = netio::set_sockopt(fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms);
 }
 
 /// The session loop; returns why it ended.

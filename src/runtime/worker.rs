@@ -45,6 +45,7 @@ impl Worker {
     /// bus, writes to every client touched, and wakes the cores sent to.
     pub fn settle(&self) {
         let mut st = self.state.borrow_mut();
+        st.set_now(self.now_tick());
         let mut bus = self.bus.borrow_mut();
         let mut overflowed = 0;
         for (to, msg) in st.outbound.drain(..) {
@@ -55,6 +56,11 @@ impl Worker {
         st.metrics().bus_overflow.add(overflowed);
         st.flush_dirty(netio::writev);
         bus.wake_peers();
+    }
+
+    /// The current tick of the core's timer wheel.
+    pub fn now_tick(&self) -> u64 {
+        crate::core::wheel::now_to_tick(self.started.elapsed(), crate::core::wheel::DEFAULT_TICK)
     }
 
     /// Milliseconds since the worker started: the tick of sans-IO state machines.
@@ -134,6 +140,8 @@ pub fn run(cfg: ServeConfig) -> Result<(), StartError> {
                         Limits {
                             max_outbox_bytes: cfg.max_outbox_bytes,
                             max_topics_per_client: cfg.max_topics_per_client,
+                            heartbeat_ticks: ticks(cfg.heartbeat).max(1),
+                            idle_ticks: ticks(cfg.effective_idle_timeout()),
                         },
                         (cfg.history, cfg.history_bytes),
                         all_metrics[core].clone(),
@@ -238,6 +246,7 @@ async fn worker_main(
         }
     }
     monoio::spawn(run_bus(w.clone()));
+    monoio::spawn(super::timer::run_ticks(w.clone()));
     info!(
         "core={} driver={} msg=\"worker started\" listen={}",
         w.core, w.driver, w.cfg.listen
@@ -329,6 +338,11 @@ impl Future for YieldNow {
         cx.waker().wake_by_ref();
         Poll::Pending
     }
+}
+
+/// A duration in wheel ticks, rounded up.
+pub fn ticks(d: Duration) -> u64 {
+    crate::core::wheel::deadline_to_tick(d, crate::core::wheel::DEFAULT_TICK)
 }
 
 /// A fresh epoch for this run: clock and process id mixed, 48 bits.

@@ -20,7 +20,8 @@ use monoio::net::TcpStream;
 
 use super::conn::{finish, publish_and_wait, Request, Route};
 use super::netio;
-use super::sse_session::ClientGuard;
+use super::sse_session::{bound_unacked_writes, ClientGuard};
+use super::timer;
 use super::worker::Worker;
 use crate::core::client::{CloseReason, Transport};
 use crate::core::msg::Since;
@@ -67,7 +68,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, req: Request, leftover: Vec
                 false,
             );
             w.metrics().http_response(e.status());
-            return finish(&stream, fd, &out).await;
+            return finish(&w, &stream, fd, &out).await;
         }
     };
     let mut hello = Vec::with_capacity(160);
@@ -82,6 +83,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, req: Request, leftover: Vec
         Err(TopicListError::Empty) => Vec::new(),
         Err(e) => return super::conn::respond_error(&w, &stream, fd, 400, &e.to_string()).await,
     };
+    bound_unacked_writes(&w, fd);
     let last_id = req.param("lastEventId").map(|v| v.into_owned());
     let sinces = Since::from_cursor(last_id.as_deref(), w.state.borrow().epoch(), topics.len());
     let id = {
@@ -140,7 +142,7 @@ async fn run(
             None => wait.await,
             Some(at) => {
                 let left = at.saturating_sub(w.now_ms());
-                monoio::time::timeout(Duration::from_millis(left), wait)
+                timer::timeout(w, Duration::from_millis(left), wait)
                     .await
                     .unwrap_or(Wake::Deadline)
             }
@@ -194,7 +196,14 @@ async fn read_available(w: &Rc<Worker>, conn: &mut Connection, id: ClientId, fd:
             }
         };
         match chunk {
-            Some(bytes) => feed(w, conn, id, &bytes).await,
+            Some(bytes) => {
+                {
+                    let mut st = w.state.borrow_mut();
+                    st.set_now(w.now_tick());
+                    st.touch_read(id);
+                }
+                feed(w, conn, id, &bytes).await
+            }
             None => {
                 conn.handle_eof();
                 w.state.borrow_mut().mute(id);
@@ -245,7 +254,7 @@ async fn drain_outbox(w: &Rc<Worker>, stream: &TcpStream, id: ClientId) {
     while w.state.borrow().queued(id) > 0 && w.now_ms() < deadline {
         let left = Duration::from_millis(deadline.saturating_sub(w.now_ms()));
         if !matches!(
-            monoio::time::timeout(left, stream.writable(false)).await,
+            timer::timeout(w, left, stream.writable(false)).await,
             Ok(Ok(()))
         ) {
             return;
@@ -367,7 +376,7 @@ async fn echo(w: &Rc<Worker>, stream: &TcpStream, fd: RawFd, hello: &[u8], lefto
             None => read.await,
             Some(at) => {
                 let left = Duration::from_millis(at.saturating_sub(w.now_ms()));
-                match monoio::time::timeout(left, read).await {
+                match timer::timeout(w, left, read).await {
                     Ok(r) => r,
                     Err(_) => {
                         conn.handle_timeout(w.now_ms());

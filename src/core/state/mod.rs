@@ -28,11 +28,21 @@ use crate::proto::publish::PublishError;
 use crate::proto::sse;
 use crate::proto::ws::frame as ws_frame;
 
-/// Limits the core enforces per client.
+mod timers;
+
+pub use timers::TimerTarget;
+
+use super::wheel::TimerWheel;
+
+/// Limits and timers the core enforces per client. Durations are in wheel ticks.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_outbox_bytes: usize,
     pub max_topics_per_client: usize,
+    /// A stream idle this long gets a heartbeat (SSE comment, WS ping).
+    pub heartbeat_ticks: u64,
+    /// A WebSocket client silent this long is closed.
+    pub idle_ticks: u64,
 }
 
 /// Why a subscribe was refused. The client is at fault.
@@ -125,6 +135,13 @@ pub struct CoreState {
     dirty: Vec<ClientId>,
     scratch: FlushScratch,
     metrics: Arc<CoreMetrics>,
+    /// Every timer of the core: client liveness and task deadlines.
+    wheel: TimerWheel<TimerTarget>,
+    /// The current tick, as last told by the runtime.
+    now: u64,
+    /// The tick task, and the tick it sleeps until.
+    tick_waker: Option<Waker>,
+    tick_target: u64,
 }
 
 impl CoreState {
@@ -149,6 +166,10 @@ impl CoreState {
             dirty: Vec::new(),
             scratch: FlushScratch::default(),
             metrics,
+            wheel: TimerWheel::new(),
+            now: 0,
+            tick_waker: None,
+            tick_target: u64::MAX,
         }
     }
 
@@ -176,7 +197,11 @@ impl CoreState {
 
     /// Registers a connected client; from now on it receives what is queued to it.
     pub fn register(&mut self, transport: Transport, fd: RawFd) -> ClientId {
-        let id = self.clients.insert(Client::new(transport, fd));
+        let mut client = Client::new(transport, fd);
+        client.last_read = self.now;
+        client.last_write = self.now;
+        let id = self.clients.insert(client);
+        self.arm_client(id);
         self.update_gauges();
         id
     }
@@ -199,6 +224,9 @@ impl CoreState {
         let Some(client) = self.clients.remove(id) else {
             return false;
         };
+        if let Some(timer) = client.timer {
+            self.wheel.cancel(timer);
+        }
         for sub in &client.subs {
             self.unlink(sub);
         }
@@ -684,7 +712,7 @@ impl CoreState {
             if let Some(client) = self.clients.get_mut(id) {
                 client.dirty = false;
                 if client.write == WriteState::Ready {
-                    flush_one(client, &mut self.scratch, &mut write);
+                    flush_one(client, self.now, &mut self.scratch, &mut write);
                 } else {
                     client.wake();
                 }
@@ -709,7 +737,7 @@ impl CoreState {
                 client.write = WriteState::Ready;
             }
             if client.write == WriteState::Ready {
-                flush_one(client, &mut self.scratch, &mut write);
+                flush_one(client, self.now, &mut self.scratch, &mut write);
             }
         }
     }
@@ -846,6 +874,7 @@ fn cut_slow(client: &mut Client, metrics: &CoreMetrics) {
 
 fn flush_one(
     client: &mut Client,
+    now: u64,
     scratch: &mut FlushScratch,
     write: &mut impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>,
 ) {
@@ -855,7 +884,12 @@ fn flush_one(
     } else {
         None
     };
-    match client.outbox.flush(cursor, scratch, |iov| write(fd, iov)) {
+    let before = client.outbox.bytes();
+    let flushed = client.outbox.flush(cursor, scratch, |iov| write(fd, iov));
+    if client.outbox.bytes() != before {
+        client.last_write = now;
+    }
+    match flushed {
         Flush::Drained => {}
         Flush::Blocked => {
             client.write = WriteState::Blocked;

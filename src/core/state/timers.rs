@@ -1,0 +1,174 @@
+//! The core's timers: one wheel per core holding every deadline of its
+//! connections. A client has exactly one entry, due at the earliest of its
+//! deadlines (heartbeat, idle); writes and reads only update `last_write` and
+//! `last_read`, and an entry that fires early is simply re-filed. Tasks waiting on
+//! a deadline (a request head, a close handshake) hold a `Wake` entry instead.
+
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+
+use super::CoreState;
+use crate::core::client::{CloseReason, Transport, WriteState};
+use crate::core::registry::ClientId;
+use crate::core::wheel::TimerHandle;
+use crate::proto::sse;
+
+/// What a wheel entry stands for.
+#[derive(Debug)]
+pub enum TimerTarget {
+    /// A client's liveness deadlines.
+    Client(ClientId),
+    /// A task waiting for a deadline.
+    Wake(Waker),
+}
+
+/// A WebSocket ping with an empty payload (RFC 6455 §5.5.2), unmasked.
+const WS_PING: &[u8] = &[0x89, 0x00];
+
+impl CoreState {
+    /// Moves the core's clock forward (never back).
+    pub fn set_now(&mut self, now: u64) {
+        self.now = self.now.max(now);
+    }
+
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// Records that the peer of `id` sent something: any inbound frame counts as
+    /// liveness, not only pongs.
+    pub fn touch_read(&mut self, id: ClientId) {
+        let now = self.now;
+        if let Some(c) = self.clients.get_mut(id) {
+            c.last_read = now;
+        }
+    }
+
+    /// The client's earliest deadline.
+    fn client_deadline(&self, id: ClientId) -> Option<u64> {
+        let c = self.clients.get(id)?;
+        let heartbeat = c.last_write + self.limits.heartbeat_ticks;
+        let idle = match c.transport {
+            Transport::Ws if self.limits.idle_ticks > 0 => c.last_read + self.limits.idle_ticks,
+            _ => u64::MAX,
+        };
+        Some(heartbeat.min(idle).max(self.now + 1))
+    }
+
+    /// Files (or re-files) the client's one wheel entry at its earliest deadline.
+    pub(super) fn arm_client(&mut self, id: ClientId) {
+        let Some(deadline) = self.client_deadline(id) else {
+            return;
+        };
+        let existing = self.clients.get(id).and_then(|c| c.timer);
+        if let Some(handle) = existing {
+            if self.wheel.reschedule(handle, deadline) {
+                return;
+            }
+        }
+        let handle = self.wheel.insert(deadline, TimerTarget::Client(id));
+        if let Some(c) = self.clients.get_mut(id) {
+            c.timer = Some(handle);
+        }
+        self.kick_ticks(deadline);
+    }
+
+    /// A deadline for a waiting task; poll it with [`CoreState::poll_wake`].
+    pub fn insert_wake(&mut self, deadline: u64, waker: Waker) -> TimerHandle {
+        let handle = self.wheel.insert(deadline, TimerTarget::Wake(waker));
+        self.kick_ticks(deadline);
+        handle
+    }
+
+    /// Ready once the deadline of `handle` has passed (its entry fired).
+    pub fn poll_wake(&mut self, handle: TimerHandle, cx: &mut Context<'_>) -> Poll<()> {
+        match self.wheel.get_mut(handle) {
+            Some(TimerTarget::Wake(w)) => {
+                if !w.will_wake(cx.waker()) {
+                    *w = cx.waker().clone();
+                }
+                Poll::Pending
+            }
+            _ => Poll::Ready(()),
+        }
+    }
+
+    /// Cancels a task deadline; a handle that already fired is a no-op.
+    pub fn cancel_wake(&mut self, handle: TimerHandle) {
+        if let Some(TimerTarget::Client(id)) = self.wheel.cancel(handle) {
+            debug_assert!(false, "a wake handle cancelled the timer of client {id:?}");
+        }
+    }
+
+    /// Wakes the tick task when a deadline comes before the one it sleeps until.
+    fn kick_ticks(&mut self, deadline: u64) {
+        if deadline < self.tick_target {
+            if let Some(w) = self.tick_waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// The wheel's next deadline (possibly early, never late).
+    pub fn next_timer(&self) -> Option<u64> {
+        self.wheel.next_expiration()
+    }
+
+    /// For the tick task: registers its waker, to be woken when a deadline earlier
+    /// than the one it sleeps until is filed.
+    pub fn park_ticks(&mut self, cx: &mut Context<'_>) {
+        self.tick_target = self.wheel.next_expiration().unwrap_or(u64::MAX);
+        self.tick_waker = Some(cx.waker().clone());
+    }
+
+    /// Fires every deadline up to `now`; returns how many fired.
+    pub fn advance_timers(&mut self, now: u64) -> usize {
+        self.set_now(now);
+        let mut fired = 0;
+        while let Some((_, target)) = self.wheel.poll_expired(self.now) {
+            fired += 1;
+            match target {
+                TimerTarget::Wake(w) => w.wake(),
+                TimerTarget::Client(id) => self.on_client_timer(id),
+            }
+        }
+        self.metrics.timer_entries.set(self.wheel.len() as u64);
+        fired
+    }
+
+    /// A client's entry came due: close it if silent too long, send a heartbeat
+    /// if the stream was quiet, and re-file the entry.
+    fn on_client_timer(&mut self, id: ClientId) {
+        let now = self.now;
+        let (hb, idle) = (self.limits.heartbeat_ticks, self.limits.idle_ticks);
+        let Some(c) = self.clients.get_mut(id) else {
+            return;
+        };
+        c.timer = None;
+        if matches!(c.write, WriteState::Closing(_)) {
+            return;
+        }
+        if c.transport == Transport::Ws && idle > 0 && now >= c.last_read + idle {
+            self.metrics.idle_timeouts.inc();
+            self.close(id, CloseReason::IdleTimeout);
+            return;
+        }
+        if now >= c.last_write + hb && !c.muted {
+            let beat = match c.transport {
+                Transport::Sse => sse::HEARTBEAT,
+                Transport::Ws => WS_PING,
+            };
+            c.outbox.push(Bytes::from_static(beat));
+            c.last_write = now;
+            self.metrics.heartbeats.inc();
+            self.mark_dirty(id);
+        }
+        self.arm_client(id);
+    }
+
+    /// Entries in the wheel (the `ringcast_timer_entries` gauge).
+    pub fn timer_entries(&self) -> usize {
+        self.wheel.len()
+    }
+}

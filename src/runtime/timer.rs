@@ -1,0 +1,123 @@
+//! Deadlines for tasks, on the core's timer wheel, and the tick task that
+//! advances the wheel. No per-connection runtime timers: every deadline of a core
+//! is one entry in its wheel.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use super::worker::{ticks, Worker};
+use crate::core::wheel::{TimerHandle, DEFAULT_TICK};
+
+/// Ready once the core's clock reaches `deadline`; its wheel entry is cancelled
+/// if dropped first.
+pub struct Sleep<'a> {
+    w: &'a Worker,
+    deadline: u64,
+    handle: Option<TimerHandle>,
+}
+
+impl Future for Sleep<'_> {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = self.w.state.borrow_mut();
+        match self.handle {
+            None => {
+                let handle = st.insert_wake(self.deadline, cx.waker().clone());
+                drop(st);
+                self.handle = Some(handle);
+                Poll::Pending
+            }
+            Some(handle) => {
+                let r = st.poll_wake(handle, cx);
+                drop(st);
+                if r.is_ready() {
+                    self.handle = None;
+                }
+                r
+            }
+        }
+    }
+}
+
+impl Drop for Sleep<'_> {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            if let Ok(mut st) = self.w.state.try_borrow_mut() {
+                st.cancel_wake(handle);
+            }
+        }
+    }
+}
+
+/// Sleeps `d` on the core's wheel (rounded up to whole ticks).
+pub fn sleep(w: &Worker, d: Duration) -> Sleep<'_> {
+    let deadline = w.now_tick() + ticks(d).max(1);
+    Sleep {
+        w,
+        deadline,
+        handle: None,
+    }
+}
+
+/// The deadline passed before the future finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed;
+
+/// Runs `f` for at most `d`.
+pub async fn timeout<F: Future>(w: &Worker, d: Duration, f: F) -> Result<F::Output, Elapsed> {
+    let mut f = std::pin::pin!(f);
+    let mut sleep = std::pin::pin!(sleep(w, d));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = f.as_mut().poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        sleep.as_mut().poll(cx).map(|()| Err(Elapsed))
+    })
+    .await
+}
+
+/// The tick task: sleeps until the wheel's next deadline (or until an earlier
+/// one is filed), then fires everything due and writes what it queued.
+pub async fn run_ticks(w: Rc<Worker>) {
+    loop {
+        let now = w.now_tick();
+        let next = w.state.borrow().next_timer();
+        let kicked = Kicked {
+            w: &w,
+            armed: false,
+        };
+        match next {
+            Some(at) if at <= now => {}
+            Some(at) => {
+                let wait = DEFAULT_TICK * u32::try_from(at - now).unwrap_or(u32::MAX);
+                let _ = monoio::time::timeout(wait, kicked).await;
+            }
+            None => kicked.await,
+        }
+        let fired = w.state.borrow_mut().advance_timers(w.now_tick());
+        if fired > 0 {
+            w.settle();
+        }
+    }
+}
+
+/// Ready when a deadline earlier than the one the tick task sleeps until is filed.
+struct Kicked<'a> {
+    w: &'a Worker,
+    armed: bool,
+}
+
+impl Future for Kicked<'_> {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.armed {
+            return Poll::Ready(());
+        }
+        self.armed = true;
+        self.w.state.borrow_mut().park_ticks(cx);
+        Poll::Pending
+    }
+}
