@@ -160,7 +160,20 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream) {
             return;
         }
         let keep_alive = match req.route {
+            Route::Sse if w.draining.get() => {
+                return sse_session::refuse(
+                    &w,
+                    &stream,
+                    fd,
+                    sse_session::SHUTDOWN_EVENT,
+                    "draining",
+                )
+                .await
+            }
             Route::Sse => return sse_session::serve(w, stream, req).await,
+            Route::Ws | Route::Echo if w.draining.get() => {
+                return respond_error(&w, &stream, fd, 503, "draining: reconnect elsewhere").await
+            }
             Route::Ws | Route::Echo => return super::ws_session::serve(w, stream, req, buf).await,
             Route::Publish => match publish(&w, &stream, fd, &req, &mut buf).await {
                 Some(keep) => keep,
@@ -182,6 +195,18 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream) {
                     "text/plain; version=0.0.4",
                     text.as_bytes(),
                     req.keep_alive,
+                )
+                .await
+            }
+            Route::Healthz if w.draining.get() => {
+                respond(
+                    &w,
+                    &stream,
+                    fd,
+                    503,
+                    &[("Retry-After", "1")],
+                    b"draining",
+                    false,
                 )
                 .await
             }
@@ -214,6 +239,42 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream) {
         if !keep_alive {
             return;
         }
+    }
+}
+
+/// Answers a connection accepted over `--max-connections`: `/sse` gets a `200`
+/// with a `retry:` hint and a `ringcast.busy` event (a browser's EventSource gives
+/// up for good on any other status), everything else a `503` with `Retry-After`.
+pub async fn refuse_busy(w: &Rc<Worker>, stream: TcpStream) {
+    let fd = stream.as_raw_fd();
+    let mut buf = Vec::new();
+    let mut scanner = HeadScanner::new();
+    let limits = HeadLimits {
+        max_header_bytes: w.cfg.max_header_bytes,
+    };
+    let read = timer::timeout(
+        w,
+        Duration::from_secs(2),
+        read_head(w, &stream, fd, &mut buf, &mut scanner, &limits),
+    )
+    .await;
+    match read {
+        Ok(Ok(HeadRead::Request(req))) if req.route == Route::Sse => {
+            sse_session::refuse(w, &stream, fd, sse_session::BUSY_EVENT, "over capacity").await
+        }
+        Ok(Ok(HeadRead::Request(_))) => {
+            respond(
+                w,
+                &stream,
+                fd,
+                503,
+                &[("Retry-After", "1")],
+                b"over capacity: retry later",
+                false,
+            )
+            .await;
+        }
+        _ => {}
     }
 }
 

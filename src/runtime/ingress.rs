@@ -4,8 +4,10 @@
 //! cores, not by round trips.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::task::Poll;
 
 use monoio::net::{UnixListener, UnixStream};
 
@@ -19,17 +21,32 @@ use crate::{debug, warn};
 const READ_CHUNK: usize = 64 * 1024;
 
 pub async fn serve(w: Rc<Worker>, listener: UnixListener) {
+    let mut accept = std::pin::pin!(listener.accept());
     loop {
-        match listener.accept().await {
+        let accepted = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = accept.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            w.life.poll_drain(w.core, cx).map(|()| None)
+        })
+        .await;
+        let Some(accepted) = accepted else { return };
+        accept.set(listener.accept());
+        match accepted {
             Ok((stream, _)) => {
-                monoio::spawn(serve_publisher(w.clone(), stream));
+                w.open.set(w.open.get() + 1);
+                let w = w.clone();
+                monoio::spawn(async move {
+                    serve_publisher(w.clone(), stream).await;
+                    w.open.set(w.open.get() - 1);
+                });
             }
             Err(e) => {
                 warn!(
                     "core={} msg=\"publish socket accept failed\" error=\"{e}\"",
                     w.core
                 );
-                monoio::time::sleep(std::time::Duration::from_millis(50)).await;
+                super::timer::sleep(&w, std::time::Duration::from_millis(50)).await;
             }
         }
     }
@@ -55,7 +72,7 @@ async fn serve_publisher(w: Rc<Worker>, stream: UnixStream) {
     loop {
         // Backpressure: while a ring to another core is full, read nothing more.
         while w.bus.borrow().congested() {
-            monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+            super::timer::sleep(&w, std::time::Duration::from_millis(1)).await;
         }
         let n = loop {
             let buf = lines.buffer(READ_CHUNK);
@@ -66,7 +83,17 @@ async fn serve_publisher(w: Rc<Worker>, stream: UnixStream) {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     lines.filled(READ_CHUNK, 0);
-                    if stream.readable(false).await.is_err() {
+                    // Idle: wait for input, or stop when the server drains (the
+                    // commands already read were all answered).
+                    let mut readable = std::pin::pin!(stream.readable(false));
+                    let ready = std::future::poll_fn(|cx| {
+                        if let Poll::Ready(r) = readable.as_mut().poll(cx) {
+                            return Poll::Ready(r.is_ok());
+                        }
+                        w.life.poll_drain(w.core, cx).map(|()| false)
+                    })
+                    .await;
+                    if !ready {
                         break None;
                     }
                 }

@@ -6,6 +6,7 @@ pub mod bus;
 pub mod conn;
 pub mod ingress;
 pub mod netio;
+pub mod shutdown;
 pub mod sse_session;
 pub mod timer;
 pub mod worker;

@@ -42,6 +42,24 @@ impl Drop for ClientGuard {
     }
 }
 
+/// The event telling a stream the server is going away.
+pub const SHUTDOWN_EVENT: &str = "ringcast.shutdown";
+/// The event telling a client the server is over capacity.
+pub const BUSY_EVENT: &str = "ringcast.busy";
+/// The event telling a stream it is cut as a slow consumer.
+pub const SLOW_EVENT: &str = "ringcast.slow";
+
+/// Answers an SSE request the server will not serve now (draining, over
+/// capacity): `200`, a `retry:` hint with jitter, one event saying why, end.
+/// EventSource reconnects after the hint; a non-200 status would make it stop.
+pub async fn refuse(w: &Worker, stream: &TcpStream, fd: RawFd, event: &str, reason: &str) {
+    let mut out = Vec::with_capacity(256);
+    sse::write_stream_head(&mut out, w.retry_with_jitter(), &[]);
+    sse::write_server_event(&mut out, event, &[("reason", reason)]);
+    w.metrics().http_response(200);
+    super::conn::finish(w, stream, fd, &out).await;
+}
+
 /// What woke the session.
 enum Wake {
     Readable(io::Result<()>),
@@ -85,6 +103,58 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, req: Request) {
     w.settle();
     let reason = run(&w, &stream, fd, id).await;
     guard.reason.set(reason);
+    if matches!(reason, CloseReason::Shutdown | CloseReason::SlowConsumer) {
+        last_words(&w, &stream, id, reason, &topics).await;
+    }
+}
+
+/// Ends a stream the server chose to end: drops what was queued, sends a
+/// `retry:` hint and the event saying why, and writes it (for a slow consumer only
+/// if the socket takes it at once: it is full, which is why it is cut).
+async fn last_words(
+    w: &Rc<Worker>,
+    stream: &TcpStream,
+    id: ClientId,
+    reason: CloseReason,
+    topics: &[String],
+) {
+    if w.state.borrow_mut().begin_close(id).is_none() {
+        return;
+    }
+    let (event, why) = match reason {
+        CloseReason::SlowConsumer => (SLOW_EVENT, "slow consumer: outbox over --max-outbox-bytes"),
+        _ => (SHUTDOWN_EVENT, "draining: reconnect after retry"),
+    };
+    let mut out = Vec::with_capacity(128);
+    sse::write_retry(&mut out, w.retry_with_jitter());
+    let mut data = Vec::with_capacity(96);
+    data.extend_from_slice(b"{\"topics\":[");
+    for (i, t) in topics.iter().enumerate() {
+        if i > 0 {
+            data.push(b',');
+        }
+        crate::proto::json::write_string(&mut data, t);
+    }
+    data.extend_from_slice(b"],\"reason\":");
+    crate::proto::json::write_string(&mut data, why);
+    data.push(b'}');
+    sse::write_event_body(&mut out, Some(event), &data);
+    w.state.borrow_mut().queue(id, Bytes::from(out));
+    w.settle();
+    if reason == CloseReason::Shutdown {
+        let deadline = w.now_ms() + 1000;
+        while w.state.borrow().queued(id) > 0 && w.now_ms() < deadline {
+            let left = std::time::Duration::from_millis(deadline.saturating_sub(w.now_ms()));
+            if !matches!(
+                super::timer::timeout(w, left, stream.writable(false)).await,
+                Ok(Ok(()))
+            ) {
+                break;
+            }
+            w.state.borrow_mut().flush_client(id, netio::writev);
+            w.settle();
+        }
+    }
 }
 
 /// Bounds how long written data may stay unacknowledged (`TCP_USER_TIMEOUT`, the

@@ -2,7 +2,7 @@
 //! `SO_REUSEPORT` listener and its own [`CoreState`]. A connection accepted on a
 //! core lives and dies there.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -14,6 +14,7 @@ use std::time::Duration;
 use monoio::net::{ListenerOpts, TcpListener, UnixListener};
 
 use super::bus::{self, Bus};
+use super::shutdown::{self, Lifecycle};
 use super::{conn, ingress, netio};
 use crate::config::{Driver, ServeConfig};
 use crate::core::state::{CoreState, Limits};
@@ -38,6 +39,14 @@ pub struct Worker {
     pub driver: &'static str,
     pub epoch_text: String,
     pub started: std::time::Instant,
+    pub life: Arc<Lifecycle>,
+    /// The core is draining: no new streams, `/healthz` answers 503.
+    pub draining: Cell<bool>,
+    /// Open HTTP connections of this core (all kinds).
+    pub open: Cell<usize>,
+    /// Connections being refused for capacity right now.
+    pub refusing: Cell<usize>,
+    rng: Cell<u64>,
 }
 
 impl Worker {
@@ -70,6 +79,19 @@ impl Worker {
 
     pub fn metrics(&self) -> &CoreMetrics {
         &self.all_metrics[self.core]
+    }
+
+    /// The `retry:` hint for a refused or drained SSE client: the configured
+    /// delay plus up to as much again at random, so a crowd does not return at once.
+    pub fn retry_with_jitter(&self) -> u32 {
+        // xorshift64: cheap, per core, good enough to spread reconnects.
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        let base = self.cfg.sse_retry_ms;
+        base + (x % u64::from(base.max(1))) as u32
     }
 }
 
@@ -113,7 +135,10 @@ pub fn run(cfg: ServeConfig) -> Result<(), StartError> {
         .collect();
     let available = std::thread::available_parallelism().map_or(1, |n| n.get());
 
+    let life = Arc::new(Lifecycle::new(cores));
+    shutdown::block_stop_signals();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
+    let (done_tx, done_rx) = mpsc::channel::<usize>();
     let mut publish_listener = Some(publish_listener);
     let mut threads = Vec::new();
     for (core, bus) in bus::build(cores).into_iter().enumerate() {
@@ -121,6 +146,8 @@ pub fn run(cfg: ServeConfig) -> Result<(), StartError> {
         let all_metrics = all_metrics.clone();
         let ready = ready_tx.clone();
         let epoch_text = epoch_text.clone();
+        let life = life.clone();
+        let done = done_tx.clone();
         let unix = if core == 0 {
             publish_listener.take()
         } else {
@@ -157,6 +184,13 @@ pub fn run(cfg: ServeConfig) -> Result<(), StartError> {
                         driver,
                         epoch_text,
                         started: std::time::Instant::now(),
+                        life,
+                        draining: Cell::new(false),
+                        open: Cell::new(0),
+                        refusing: Cell::new(0),
+                        rng: Cell::new(
+                            epoch.get() ^ (core as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+                        ),
                     })
                 };
                 let result = if uring {
@@ -177,6 +211,7 @@ pub fn run(cfg: ServeConfig) -> Result<(), StartError> {
                         reason: e.to_string(),
                     }));
                 }
+                let _ = done.send(core);
             });
         match spawned {
             Ok(t) => threads.push(t),
@@ -189,6 +224,7 @@ pub fn run(cfg: ServeConfig) -> Result<(), StartError> {
         }
     }
     drop(ready_tx);
+    drop(done_tx);
     for _ in 0..cores {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
@@ -206,9 +242,35 @@ pub fn run(cfg: ServeConfig) -> Result<(), StartError> {
         cfg.listen,
         cfg.publish_socket.display()
     );
-    for t in threads {
-        let _ = t.join();
+    let sig = shutdown::wait_stop_signal();
+    info!(
+        "msg=\"draining\" signal={sig} drain_timeout_ms={}",
+        cfg.drain_timeout.as_millis()
+    );
+    life.start_drain();
+    std::thread::spawn(|| {
+        let sig = shutdown::wait_stop_signal();
+        eprintln!("ringcast: second signal ({sig}), exiting now");
+        std::process::exit(1);
+    });
+    // Each core stops by itself at the drain deadline; the margin covers a core
+    // stuck in a long batch.
+    let deadline = std::time::Instant::now() + cfg.drain_timeout + Duration::from_secs(2);
+    let mut stopped = 0;
+    while stopped < cores {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match done_rx.recv_timeout(left) {
+            Ok(_) => stopped += 1,
+            Err(_) => break,
+        }
     }
+    if stopped == cores {
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+    let _ = std::fs::remove_file(&cfg.publish_socket);
+    info!("msg=\"stopped\" cores_stopped={stopped}");
     Ok(())
 }
 
@@ -253,18 +315,48 @@ async fn worker_main(
     );
     let _ = ready.send(Ok(()));
     drop(ready);
-    accept_loop(w, listener).await;
+    accept_loop(w.clone(), listener).await;
+    drain(w).await;
 }
 
 async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
+    let limit = w.cfg.max_connections_per_core();
     let mut backoff = Duration::from_millis(5);
+    let mut accept = std::pin::pin!(listener.accept());
     loop {
-        match listener.accept().await {
+        let accepted = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = accept.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            w.life.poll_drain(w.core, cx).map(|()| None)
+        })
+        .await;
+        let Some(accepted) = accepted else { return };
+        accept.set(listener.accept());
+        match accepted {
             Ok((stream, _peer)) => {
                 backoff = Duration::from_millis(5);
                 w.metrics().accepted.inc();
                 let _ = stream.set_nodelay(true);
-                monoio::spawn(conn::serve(w.clone(), stream));
+                if limit.is_some_and(|l| w.open.get() >= l) {
+                    // Over capacity: answer 503 (or a retry hint on /sse), with a
+                    // bound on how many refusals may be pending at once.
+                    if limit.is_some_and(|l| w.refusing.get() < l.max(16)) {
+                        w.refusing.set(w.refusing.get() + 1);
+                        let w = w.clone();
+                        monoio::spawn(async move {
+                            conn::refuse_busy(&w, stream).await;
+                            w.refusing.set(w.refusing.get() - 1);
+                        });
+                    }
+                    continue;
+                }
+                w.open.set(w.open.get() + 1);
+                let w = w.clone();
+                monoio::spawn(async move {
+                    conn::serve(w.clone(), stream).await;
+                    w.open.set(w.open.get() - 1);
+                });
             }
             Err(e)
                 if matches!(
@@ -290,6 +382,22 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
             }
         }
     }
+}
+
+/// The drain of one core: the listener is closed already; close every client,
+/// then wait for the last connection or the drain deadline.
+async fn drain(w: Rc<Worker>) {
+    w.draining.set(true);
+    {
+        let mut st = w.state.borrow_mut();
+        st.close_all(crate::core::client::CloseReason::Shutdown);
+    }
+    w.settle();
+    let deadline = std::time::Instant::now() + w.cfg.drain_timeout;
+    while w.open.get() > 0 && std::time::Instant::now() < deadline {
+        super::timer::sleep(&w, Duration::from_millis(20)).await;
+    }
+    info!("core={} msg=\"drained\" open_left={}", w.core, w.open.get());
 }
 
 /// The bus task: applies what other cores send, in batches, then settles.

@@ -274,6 +274,14 @@ impl CoreState {
         m.topics_local.set(self.local.len() as u64);
         m.topics_home.set(self.homes.len() as u64);
         m.history_bytes.set(self.homes.history_bytes() as u64);
+        m.timer_entries.set(self.wheel.len() as u64);
+    }
+
+    /// Asks every client of the core to close (the drain at shutdown).
+    pub fn close_all(&mut self, reason: CloseReason) {
+        for id in self.clients.ids() {
+            self.close(id, reason);
+        }
     }
 
     /// Sends `msg` to `core`, or handles it at once when that is this core.
