@@ -72,6 +72,9 @@ pub struct CoreMetrics {
     pub idle_timeouts: Cell,
     pub header_timeouts: Cell,
     pub timer_entries: Cell,
+    pub outbox_bytes: Cell,
+    pub outbox_max: Cell,
+    pub bus_depth: Cell,
 }
 
 impl CoreMetrics {
@@ -246,6 +249,27 @@ pub fn render(cores: &[Arc<CoreMetrics>], info: &ProcessInfo<'_>) -> String {
     );
     per_core(
         &mut out,
+        "ringcast_outbox_bytes",
+        "gauge",
+        "Bytes queued to clients, not yet written.",
+        &|m| m.outbox_bytes.get(),
+    );
+    per_core(
+        &mut out,
+        "ringcast_outbox_bytes_max",
+        "gauge",
+        "The largest single outbox seen during the last second.",
+        &|m| m.outbox_max.get(),
+    );
+    per_core(
+        &mut out,
+        "ringcast_bus_queue_depth",
+        "gauge",
+        "Cross-core messages waiting for the core (rings and overflow).",
+        &|m| m.bus_depth.get(),
+    );
+    per_core(
+        &mut out,
         "ringcast_bus_overflow_total",
         "counter",
         "Cross-core messages that waited for room in a full queue.",
@@ -268,6 +292,20 @@ pub fn render(cores: &[Arc<CoreMetrics>], info: &ProcessInfo<'_>) -> String {
             }
         }
     }
+    family(
+        &mut out,
+        "ringcast_open_fds",
+        "gauge",
+        "Open file descriptors of the process.",
+    );
+    let _ = writeln!(out, "ringcast_open_fds {}", open_fds());
+    family(
+        &mut out,
+        "ringcast_resident_memory_bytes",
+        "gauge",
+        "Resident set size of the process.",
+    );
+    let _ = writeln!(out, "ringcast_resident_memory_bytes {}", resident_bytes());
     family(&mut out, "ringcast_info", "gauge", "Build and run facts.");
     let _ = writeln!(
         out,
@@ -278,6 +316,24 @@ pub fn render(cores: &[Arc<CoreMetrics>], info: &ProcessInfo<'_>) -> String {
         cores.len()
     );
     out
+}
+
+/// Open descriptors of this process (entries of `/proc/self/fd`).
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// Resident memory of this process, from `/proc/self/statm`.
+pub fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * u64::try_from(page).unwrap_or(4096)
 }
 
 #[cfg(test)]

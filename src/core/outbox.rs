@@ -5,12 +5,30 @@
 //! are queued as [`Item::Cursor`] markers and rendered at write time into a
 //! per-core scratch buffer, so the message path allocates nothing per subscriber.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 
 use bytes::{Buf, Bytes};
 
 use crate::proto::cursor::{self, Epoch};
+
+thread_local! {
+    /// Bytes queued in every outbox of this thread, that is of this core.
+    static QUEUED: Cell<usize> = const { Cell::new(0) };
+    /// The largest single outbox seen since [`take_largest`] last ran.
+    static LARGEST: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Bytes queued to all clients of the calling core.
+pub fn queued_on_this_core() -> usize {
+    QUEUED.with(Cell::get)
+}
+
+/// The largest outbox of the calling core since the last call, and resets it.
+pub fn take_largest() -> usize {
+    LARGEST.with(|l| l.replace(0))
+}
 
 /// Most iovecs handed to one write.
 pub const MAX_IOV: usize = 64;
@@ -61,17 +79,41 @@ pub struct Outbox {
     bytes: usize,
 }
 
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.shrink(self.bytes);
+    }
+}
+
 impl Outbox {
+    /// Every change of `bytes` goes through `grow` and `shrink`, which keep the
+    /// core's totals (metrics) in step.
+    fn grow(&mut self, n: usize) {
+        self.bytes += n;
+        QUEUED.with(|q| q.set(q.get() + n));
+        let bytes = self.bytes;
+        LARGEST.with(|l| {
+            if bytes > l.get() {
+                l.set(bytes);
+            }
+        });
+    }
+
+    fn shrink(&mut self, n: usize) {
+        self.bytes -= n;
+        QUEUED.with(|q| q.set(q.get() - n));
+    }
+
     pub fn push(&mut self, bytes: Bytes) {
         if bytes.is_empty() {
             return;
         }
-        self.bytes += bytes.len();
+        self.grow(bytes.len());
         self.items.push_back(Item::Bytes(bytes));
     }
 
     pub fn push_cursor(&mut self, topic: u16, seq: u64) {
-        self.bytes += CURSOR_COST;
+        self.grow(CURSOR_COST);
         self.items.push_back(Item::Cursor { topic, seq });
     }
 
@@ -169,13 +211,14 @@ impl Outbox {
             };
             match front {
                 Item::Bytes(b) => {
-                    if written < b.len() {
+                    let len = b.len();
+                    if written < len {
                         b.advance(written);
-                        self.bytes -= written;
+                        self.shrink(written);
                         return;
                     }
-                    written -= b.len();
-                    self.bytes -= b.len();
+                    written -= len;
+                    self.shrink(len);
                     self.items.pop_front();
                 }
                 Item::Cursor { topic, seq } => {
@@ -188,15 +231,17 @@ impl Outbox {
                     }
                     let &(start, end) = ranges.next().unwrap_or(&(0, 0));
                     let len = end - start;
-                    self.bytes -= CURSOR_COST;
                     if written < len {
                         // Part of the line is on the wire: keep the rest as bytes.
                         let rest = Bytes::copy_from_slice(&scratch.text[start + written..end]);
-                        self.bytes += rest.len();
+                        let rest_len = rest.len();
                         *front = Item::Bytes(rest);
+                        self.shrink(CURSOR_COST);
+                        self.grow(rest_len);
                         return;
                     }
                     written -= len;
+                    self.shrink(CURSOR_COST);
                     self.items.pop_front();
                 }
             }

@@ -25,6 +25,7 @@ use crate::core::client::{CloseReason, Transport};
 use crate::core::msg::Since;
 use crate::core::registry::ClientId;
 use crate::core::state::ClientTask;
+use crate::debug;
 use crate::proto::sse;
 use crate::proto::topic::topics_from_query;
 
@@ -37,8 +38,20 @@ pub struct ClientGuard {
 
 impl Drop for ClientGuard {
     fn drop(&mut self) {
-        self.w.state.borrow_mut().remove(self.id, self.reason.get());
+        let reason = self.reason.get();
+        let transport = {
+            let mut st = self.w.state.borrow_mut();
+            let transport = st.client(self.id).map(|c| c.transport.label());
+            st.remove(self.id, reason);
+            transport
+        };
         self.w.settle();
+        debug!(
+            "core={} msg=\"client closed\" transport={} reason={}",
+            self.w.core,
+            transport.unwrap_or("?"),
+            reason.label()
+        );
     }
 }
 

@@ -82,6 +82,7 @@ pub async fn timeout<F: Future>(w: &Worker, d: Duration, f: F) -> Result<F::Outp
 /// The tick task: sleeps until the wheel's next deadline (or until an earlier
 /// one is filed), then fires everything due and writes what it queued.
 pub async fn run_ticks(w: Rc<Worker>) {
+    let mut next_report = 0u64;
     loop {
         let now = w.now_tick();
         let next = w.state.borrow().next_timer();
@@ -97,9 +98,17 @@ pub async fn run_ticks(w: Rc<Worker>) {
             }
             None => kicked.await,
         }
-        let fired = w.state.borrow_mut().advance_timers(w.now_tick());
+        let now = w.now_tick();
+        let fired = w.state.borrow_mut().advance_timers(now);
         if fired > 0 {
             w.settle();
+        }
+        if now >= next_report {
+            // Once a second: the largest outbox of the second that ended.
+            next_report = now + ticks(Duration::from_secs(1));
+            w.metrics()
+                .outbox_max
+                .set(crate::core::outbox::take_largest() as u64);
         }
     }
 }

@@ -63,6 +63,9 @@ impl Worker {
             }
         }
         st.metrics().bus_overflow.add(overflowed);
+        st.metrics()
+            .outbox_bytes
+            .set(crate::core::outbox::queued_on_this_core() as u64);
         st.flush_dirty(netio::writev);
         bus.wake_peers();
     }
@@ -420,6 +423,12 @@ async fn run_bus(w: Rc<Worker>) {
             std::future::poll_fn(|cx| w.bus.borrow().poll_inbound(cx)).await;
         }
         loop {
+            {
+                let bus = w.bus.borrow();
+                w.metrics()
+                    .bus_depth
+                    .set((bus.inbound_depth() + bus.overflowed()) as u64);
+            }
             let n = {
                 let mut st = w.state.borrow_mut();
                 w.bus.borrow_mut().drain(BUS_BATCH, |msg| st.handle(msg))
