@@ -98,7 +98,27 @@ enum HeadRead {
 }
 
 /// Serves one accepted connection until it closes.
-pub async fn serve(w: Rc<Worker>, stream: TcpStream) {
+/// Counts a connection as open on its core while alive; moves with the
+/// connection from the request reader into the session task that takes it over.
+pub struct OpenConn(Rc<Worker>);
+
+impl OpenConn {
+    pub fn new(w: &Rc<Worker>) -> Self {
+        w.open.set(w.open.get() + 1);
+        OpenConn(w.clone())
+    }
+}
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.0.open.set(self.0.open.get() - 1);
+    }
+}
+
+/// Serves one accepted connection: requests until it closes, or until a request
+/// turns it into a stream, which then runs as a task of its own (so an idle
+/// stream holds only the stream's small state, not the request reader's).
+pub async fn serve(w: Rc<Worker>, stream: TcpStream, open: OpenConn) {
     let fd = stream.as_raw_fd();
     let mut buf: Vec<u8> = Vec::new();
     let mut scanner = HeadScanner::new();
@@ -170,11 +190,17 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream) {
                 )
                 .await
             }
-            Route::Sse => return sse_session::serve(w, stream, req).await,
+            Route::Sse => {
+                monoio::spawn(sse_session::serve(w, stream, req, open));
+                return;
+            }
             Route::Ws | Route::Echo if w.draining.get() => {
                 return respond_error(&w, &stream, fd, 503, "draining: reconnect elsewhere").await
             }
-            Route::Ws | Route::Echo => return super::ws_session::serve(w, stream, req, buf).await,
+            Route::Ws | Route::Echo => {
+                monoio::spawn(super::ws_session::serve(w, stream, req, buf, open));
+                return;
+            }
             Route::Publish => match publish(&w, &stream, fd, &req, &mut buf).await {
                 Some(keep) => keep,
                 None => return,

@@ -34,12 +34,8 @@ pub async fn serve(w: Rc<Worker>, listener: UnixListener) {
         accept.set(listener.accept());
         match accepted {
             Ok((stream, _)) => {
-                w.open.set(w.open.get() + 1);
-                let w = w.clone();
-                monoio::spawn(async move {
-                    serve_publisher(w.clone(), stream).await;
-                    w.open.set(w.open.get() - 1);
-                });
+                let open = super::conn::OpenConn::new(&w);
+                monoio::spawn(serve_publisher(w.clone(), stream, open));
             }
             Err(e) => {
                 warn!(
@@ -62,7 +58,7 @@ enum Answer {
     },
 }
 
-async fn serve_publisher(w: Rc<Worker>, stream: UnixStream) {
+async fn serve_publisher(w: Rc<Worker>, stream: UnixStream, _open: super::conn::OpenConn) {
     let fd = stream.as_raw_fd();
     // A line holds a command whose data may be up to --max-message-bytes, plus
     // the topic, the event and the JSON around them.

@@ -18,7 +18,7 @@ use std::task::Poll;
 use bytes::Bytes;
 use monoio::net::TcpStream;
 
-use super::conn::{respond_error, Request};
+use super::conn::{respond_error, OpenConn, Request};
 use super::netio;
 use super::worker::Worker;
 use crate::core::client::{CloseReason, Transport};
@@ -79,7 +79,7 @@ enum Wake {
     Task(ClientTask),
 }
 
-pub async fn serve(w: Rc<Worker>, stream: TcpStream, req: Request) {
+pub async fn serve(w: Rc<Worker>, stream: TcpStream, req: Request, _open: OpenConn) {
     let fd = stream.as_raw_fd();
     let topics = match topics_from_query(&req.query, w.cfg.max_topics_per_client) {
         Ok(t) => t,
@@ -90,6 +90,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, req: Request) {
         .clone()
         .or_else(|| req.param("lastEventId").map(|v| v.into_owned()));
     let sinces = Since::from_cursor(last_id.as_deref(), w.state.borrow().epoch(), topics.len());
+    drop((req, last_id));
 
     bound_unacked_writes(&w, fd);
     let id = {

@@ -354,12 +354,7 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
                     }
                     continue;
                 }
-                w.open.set(w.open.get() + 1);
-                let w = w.clone();
-                monoio::spawn(async move {
-                    conn::serve(w.clone(), stream).await;
-                    w.open.set(w.open.get() - 1);
-                });
+                monoio::spawn(conn::serve(w.clone(), stream, conn::OpenConn::new(&w)));
             }
             Err(e)
                 if matches!(

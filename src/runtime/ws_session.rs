@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use monoio::net::TcpStream;
 
-use super::conn::{finish, publish_and_wait, Request, Route};
+use super::conn::{finish, publish_and_wait, OpenConn, Request, Route};
 use super::netio;
 use super::sse_session::{bound_unacked_writes, ClientGuard};
 use super::timer;
@@ -39,7 +39,13 @@ use crate::proto::ws::{
 /// How long we wait for the peer's Close after sending ours (milliseconds).
 pub const CLOSE_TIMEOUT_MS: u64 = 5_000;
 
-pub async fn serve(w: Rc<Worker>, stream: TcpStream, req: Request, leftover: Vec<u8>) {
+pub async fn serve(
+    w: Rc<Worker>,
+    stream: TcpStream,
+    req: Request,
+    leftover: Vec<u8>,
+    _open: OpenConn,
+) {
     let fd = stream.as_raw_fd();
     let handshake = HandshakeRequest {
         method_is_get: req.method == Method::Get,
