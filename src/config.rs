@@ -112,6 +112,32 @@ pub struct ServeConfig {
     /// Enable GET /echo (WebSocket echo, for conformance testing only).
     #[arg(long, env = "RINGCAST_ECHO")]
     pub echo: bool,
+
+    /// HS256 secret: turns access control on (JWT in `Authorization: Bearer`,
+    /// `?token=` or the auth cookie).
+    #[arg(long, env = "RINGCAST_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<String>,
+
+    /// File holding the HS256 secret (trailing newline ignored).
+    #[arg(long, env = "RINGCAST_AUTH_SECRET_FILE", conflicts_with = "auth_secret")]
+    pub auth_secret_file: Option<PathBuf>,
+
+    /// Static publisher key accepted as `Authorization: Bearer <key>` on POST /publish.
+    #[arg(long, env = "RINGCAST_PUBLISH_KEY", hide_env_values = true)]
+    pub publish_key: Option<String>,
+
+    /// Origins allowed for browsers (comma-separated, `*` = any) [default: any when
+    /// auth is off; same-origin only when auth is on].
+    #[arg(long, env = "RINGCAST_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+
+    /// Cookie that may carry the token.
+    #[arg(long, env = "RINGCAST_AUTH_COOKIE")]
+    pub auth_cookie: Option<String>,
+
+    /// Mode of the publish socket file (octal).
+    #[arg(long, env = "RINGCAST_PUBLISH_SOCKET_MODE", default_value = "660", value_parser = parse_mode)]
+    pub publish_socket_mode: u32,
 }
 
 impl ServeConfig {
@@ -156,6 +182,14 @@ pub struct PublishArgs {
     /// Payload; read from standard input when absent. Sent as JSON when it parses
     /// as JSON, else as a JSON string.
     pub data: Option<String>,
+}
+
+/// Parses an octal file mode such as `660` or `0600`.
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("`{s}` is not an octal file mode (examples: 660, 600)"))
 }
 
 /// Parses a duration such as `15s`, `500ms`, `2m`, `1h` or a bare number of seconds.

@@ -509,7 +509,7 @@ fn bind_publish_socket(cfg: &ServeConfig) -> Result<std::os::unix::net::UnixList
         .set_nonblocking(true)
         .map_err(|e| fail(e.to_string()))?;
     if let Err(e) =
-        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o660))
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(cfg.publish_socket_mode))
     {
         error!("msg=\"cannot set publish socket mode\" error=\"{e}\"");
     }
