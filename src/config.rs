@@ -119,7 +119,11 @@ pub struct ServeConfig {
     pub auth_secret: Option<String>,
 
     /// File holding the HS256 secret (trailing newline ignored).
-    #[arg(long, env = "RINGCAST_AUTH_SECRET_FILE", conflicts_with = "auth_secret")]
+    #[arg(
+        long,
+        env = "RINGCAST_AUTH_SECRET_FILE",
+        conflicts_with = "auth_secret"
+    )]
     pub auth_secret_file: Option<PathBuf>,
 
     /// Static publisher key accepted as `Authorization: Bearer <key>` on POST /publish.

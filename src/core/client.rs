@@ -58,6 +58,9 @@ pub struct Subscription {
     /// Waiting for the home core's answer (start position, backlog); live
     /// messages are skipped meanwhile, the answer covers them.
     pub pending: bool,
+    /// The request the answer must carry (an unsubscribe and a new subscribe
+    /// to the same topic must not take the old request's answer).
+    pub req: u32,
 }
 
 /// Write side of the connection, as the core sees it.

@@ -80,11 +80,15 @@ pub enum CoreMsg {
         topic: Arc<str>,
         client: ClientId,
         since: Since,
+        /// Echoed in the answer: it applies only to this very subscription, not
+        /// to a later one of the same client to the same topic.
+        req: u32,
     },
     /// From the home: where the subscription starts, and what it missed.
     Subscribed {
         topic: Arc<str>,
         client: ClientId,
+        req: u32,
         head: u64,
         gap: Option<Gap>,
         backlog: Vec<Arc<Message>>,

@@ -508,9 +508,10 @@ fn bind_publish_socket(cfg: &ServeConfig) -> Result<std::os::unix::net::UnixList
     listener
         .set_nonblocking(true)
         .map_err(|e| fail(e.to_string()))?;
-    if let Err(e) =
-        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(cfg.publish_socket_mode))
-    {
+    if let Err(e) = std::fs::set_permissions(
+        path,
+        std::os::unix::fs::PermissionsExt::from_mode(cfg.publish_socket_mode),
+    ) {
         error!("msg=\"cannot set publish socket mode\" error=\"{e}\"");
     }
     Ok(listener)

@@ -28,6 +28,8 @@ use crate::proto::publish::PublishError;
 use crate::proto::sse;
 use crate::proto::ws::frame as ws_frame;
 
+#[cfg(test)]
+mod tests;
 mod timers;
 
 pub use timers::TimerTarget;
@@ -142,6 +144,8 @@ pub struct CoreState {
     /// The tick task, and the tick it sleeps until.
     tick_waker: Option<Waker>,
     tick_target: u64,
+    /// Counter of subscribe requests (see [`Subscription::req`]).
+    next_req: u32,
 }
 
 impl CoreState {
@@ -170,6 +174,7 @@ impl CoreState {
             now: 0,
             tick_waker: None,
             tick_target: u64::MAX,
+            next_req: 0,
         }
     }
 
@@ -337,12 +342,15 @@ impl CoreState {
         }
         let sub_index = client.subs.len() as u16;
         let (key, pos, _) = self.local.add(topic, id, sub_index);
+        self.next_req = self.next_req.wrapping_add(1);
+        let req = self.next_req;
         if let Some(client) = self.clients.get_mut(id) {
             client.subs.push(Subscription {
                 topic: key,
                 pos,
                 seq: 0,
                 pending: true,
+                req,
             });
         }
         let name = match self.local.get(key) {
@@ -351,7 +359,7 @@ impl CoreState {
         };
         let home = home_of(topic, self.cores);
         if home == self.core() {
-            let reply = self.home_subscribe(&name, id, since);
+            let reply = self.home_subscribe(&name, id, since, req);
             self.handle(reply);
         } else {
             self.send(
@@ -360,6 +368,7 @@ impl CoreState {
                     topic: name,
                     client: id,
                     since,
+                    req,
                 },
             );
         }
@@ -391,7 +400,13 @@ impl CoreState {
 
     /// At the home core: record the subscribing core and answer where the
     /// subscription starts and what it missed.
-    fn home_subscribe(&mut self, topic: &Arc<str>, client: ClientId, since: Since) -> CoreMsg {
+    fn home_subscribe(
+        &mut self,
+        topic: &Arc<str>,
+        client: ClientId,
+        since: Since,
+        req: u32,
+    ) -> CoreMsg {
         let home = self.homes.get_or_create(topic);
         let core = client.core() as u16;
         if !home.cores.contains(&core) {
@@ -418,6 +433,7 @@ impl CoreState {
         CoreMsg::Subscribed {
             topic: topic.clone(),
             client,
+            req,
             head,
             gap,
             backlog,
@@ -430,6 +446,7 @@ impl CoreState {
         &mut self,
         topic: &str,
         id: ClientId,
+        req: u32,
         head: u64,
         gap: Option<Gap>,
         backlog: &[Arc<Message>],
@@ -444,7 +461,7 @@ impl CoreState {
         let Some(index) = client.sub_index(key) else {
             return;
         };
-        if !client.subs[index].pending {
+        if !client.subs[index].pending || client.subs[index].req != req {
             return;
         }
         // Where the client's cursor stands for this topic before the backlog.
@@ -668,18 +685,20 @@ impl CoreState {
                 topic,
                 client,
                 since,
+                req,
             } => {
-                let reply = self.home_subscribe(&topic, client, since);
+                let reply = self.home_subscribe(&topic, client, since, req);
                 self.send(client.core(), reply);
             }
             CoreMsg::Subscribed {
                 topic,
                 client,
+                req,
                 head,
                 gap,
                 backlog,
             } => {
-                self.on_subscribed(&topic, client, head, gap, &backlog);
+                self.on_subscribed(&topic, client, req, head, gap, &backlog);
             }
             CoreMsg::Release { topic, core } => {
                 if let Some(home) = self.homes.get_mut(&topic) {

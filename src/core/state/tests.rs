@@ -1,0 +1,282 @@
+//! Core-state tests on plain data: several `CoreState`s stand for the cores, the
+//! test moves their outbound messages like the bus would, and a map of byte
+//! vectors stands for the sockets.
+
+use std::collections::HashMap;
+use std::io::{self, IoSlice};
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use super::*;
+use crate::core::topics::home_of;
+
+fn limits() -> Limits {
+    Limits {
+        max_outbox_bytes: 1 << 20,
+        max_topics_per_client: 8,
+        heartbeat_ticks: 1500,
+        idle_ticks: 3500,
+    }
+}
+
+fn cores(n: usize) -> Vec<CoreState> {
+    (0..n)
+        .map(|i| {
+            CoreState::new(
+                i,
+                n,
+                Epoch::new(0xe),
+                limits(),
+                (100, 1 << 20),
+                Arc::new(CoreMetrics::default()),
+            )
+        })
+        .collect()
+}
+
+/// Moves every outbound message to its core until none is left.
+fn pump(cores: &mut [CoreState]) {
+    loop {
+        let mut moved = false;
+        for i in 0..cores.len() {
+            let out = std::mem::take(&mut cores[i].outbound);
+            for (to, msg) in out {
+                moved = true;
+                cores[to].handle(msg);
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+#[derive(Default)]
+struct Sockets(HashMap<RawFd, Vec<u8>>);
+
+impl Sockets {
+    fn flush(&mut self, core: &mut CoreState) {
+        core.flush_dirty(|fd, iov: &[IoSlice<'_>]| -> io::Result<usize> {
+            let out = self.0.entry(fd).or_default();
+            let mut n = 0;
+            for s in iov {
+                out.extend_from_slice(s);
+                n += s.len();
+            }
+            Ok(n)
+        });
+    }
+
+    fn flush_all(&mut self, cores: &mut [CoreState]) {
+        for c in cores {
+            self.flush(c);
+        }
+    }
+
+    /// The `data:` payloads' `data` values seen on `fd`, in order.
+    fn data(&self, fd: RawFd) -> Vec<String> {
+        let text = String::from_utf8_lossy(self.0.get(&fd).map_or(&[][..], |v| v));
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|env| {
+                let at = env.find("\"data\":").map_or(0, |i| i + 7);
+                env[at..env.len() - 1].to_string()
+            })
+            .collect()
+    }
+
+    fn text(&self, fd: RawFd) -> String {
+        String::from_utf8_lossy(self.0.get(&fd).map_or(&[][..], |v| v)).into_owned()
+    }
+}
+
+/// A topic whose home is `core` of `n`.
+fn topic_homed_at(core: usize, n: usize) -> String {
+    (0..)
+        .map(|i| format!("t{i}"))
+        .find(|t| home_of(t, n) == core)
+        .unwrap_or_default()
+}
+
+fn publish(cores: &mut [CoreState], on: usize, topic: &str, data: &str) {
+    cores[on].publish(topic, None, data.as_bytes().to_vec());
+    pump(cores);
+}
+
+#[test]
+fn a_message_published_on_one_core_reaches_subscribers_on_every_core_in_order() {
+    let mut cs = cores(2);
+    let topic = topic_homed_at(0, 2);
+    let a = cs[0].register(Transport::Sse, 10);
+    let b = cs[1].register(Transport::Sse, 11);
+    cs[0].set_stream_cursor(a, 1);
+    cs[1].set_stream_cursor(b, 1);
+    cs[0].subscribe(a, &topic, Since::Live).unwrap();
+    cs[1].subscribe(b, &topic, Since::Live).unwrap();
+    pump(&mut cs);
+    for i in 0..20 {
+        publish(&mut cs, i % 2, &topic, &i.to_string());
+    }
+    let mut socks = Sockets::default();
+    socks.flush_all(&mut cs);
+    let want: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    assert_eq!(socks.data(10), want);
+    assert_eq!(socks.data(11), want);
+}
+
+#[test]
+fn resume_gets_exactly_the_missed_messages_then_live_ones() {
+    let mut cs = cores(2);
+    let topic = topic_homed_at(1, 2);
+    for i in 1..=5 {
+        publish(&mut cs, 0, &topic, &i.to_string());
+    }
+    let c = cs[0].register(Transport::Sse, 10);
+    cs[0].set_stream_cursor(c, 1);
+    cs[0].subscribe(c, &topic, Since::After(2)).unwrap();
+    // Published before the home answers: the answer's backlog covers it.
+    cs[1].publish(&topic, None, b"6".to_vec());
+    pump(&mut cs);
+    publish(&mut cs, 0, &topic, "7");
+    let mut socks = Sockets::default();
+    socks.flush_all(&mut cs);
+    assert_eq!(socks.data(10), vec!["3", "4", "5", "6", "7"]);
+}
+
+#[test]
+fn a_resume_past_history_starts_with_a_gap_event() {
+    let mut cs = cores(1);
+    let topic = "t";
+    cs[0].homes = HomeTopics::new(3, 1 << 20);
+    for i in 1..=6 {
+        publish(&mut cs, 0, topic, &i.to_string());
+    }
+    let c = cs[0].register(Transport::Sse, 10);
+    cs[0].set_stream_cursor(c, 1);
+    cs[0].subscribe(c, topic, Since::After(1)).unwrap();
+    let mut socks = Sockets::default();
+    socks.flush_all(&mut cs);
+    let text = socks.text(10);
+    let gap = text.find("event: ringcast.gap").expect("gap event");
+    assert!(
+        text.contains(r#""after":"00000000000e-1","oldest":"00000000000e-4""#),
+        "{text}"
+    );
+    assert!(gap < text.find("id: 00000000000e-4").expect("message 4"));
+    assert_eq!(socks.data(10)[1..], ["4", "5", "6"]);
+}
+
+#[test]
+fn unsubscribe_and_resubscribe_before_the_answer_loses_nothing_after_the_second() {
+    let mut cs = cores(2);
+    let topic = topic_homed_at(1, 2);
+    let c = cs[0].register(Transport::Ws, 10);
+    cs[0].subscribe(c, &topic, Since::Live).unwrap();
+    assert!(cs[0].unsubscribe(c, &topic));
+    cs[0].subscribe(c, &topic, Since::Live).unwrap();
+    pump(&mut cs);
+    publish(&mut cs, 1, &topic, "1");
+    let sub = &cs[0].client(c).unwrap().subs[0];
+    assert!(!sub.pending);
+    assert_eq!(
+        sub.seq, 1,
+        "the live message after the second subscribe arrived"
+    );
+}
+
+#[test]
+fn a_message_queued_before_the_client_leaves_counts_as_dropped() {
+    let mut cs = cores(1);
+    let c = cs[0].register(Transport::Sse, 10);
+    cs[0].set_stream_cursor(c, 1);
+    cs[0].subscribe(c, "t", Since::Live).unwrap();
+    let before = cs[0].metrics().dropped.get();
+    publish(&mut cs, 0, "t", "1");
+    assert!(cs[0].remove(c, CloseReason::PeerGone));
+    assert!(cs[0].metrics().dropped.get() > before);
+    assert!(
+        !cs[0].remove(c, CloseReason::PeerGone),
+        "removal happens once"
+    );
+    assert_eq!(cs[0].metrics().subscriptions.get(), 0);
+    assert_eq!(cs[0].metrics().connections_sse.get(), 0);
+}
+
+#[test]
+fn an_answer_for_a_client_that_left_is_a_no_op_even_if_its_slot_is_reused() {
+    let mut cs = cores(2);
+    let topic = topic_homed_at(1, 2);
+    let gone = cs[0].register(Transport::Sse, 10);
+    cs[0].set_stream_cursor(gone, 1);
+    cs[0].subscribe(gone, &topic, Since::Live).unwrap();
+    cs[0].remove(gone, CloseReason::PeerGone);
+    let next = cs[0].register(Transport::Sse, 11);
+    cs[0].set_stream_cursor(next, 1);
+    pump(&mut cs);
+    assert!(cs[0].client(gone).is_none());
+    assert!(cs[0].client(next).unwrap().subs.is_empty());
+    publish(&mut cs, 1, &topic, "1");
+    let mut socks = Sockets::default();
+    socks.flush_all(&mut cs);
+    assert!(
+        socks.data(11).is_empty(),
+        "the slot's next occupant got nothing"
+    );
+}
+
+#[test]
+fn a_client_past_its_outbox_bound_is_cut_and_the_others_are_not() {
+    let mut cs = cores(1);
+    cs[0].limits.max_outbox_bytes = 2048;
+    let slow = cs[0].register(Transport::Sse, 10);
+    let fast = cs[0].register(Transport::Sse, 11);
+    for id in [slow, fast] {
+        cs[0].set_stream_cursor(id, 1);
+        cs[0].subscribe(id, "t", Since::Live).unwrap();
+    }
+    let mut socks = Sockets::default();
+    for i in 0..50 {
+        publish(&mut cs, 0, "t", &format!("\"{}\"", "x".repeat(100 + i)));
+        // The slow client's socket never takes anything.
+        cs[0].flush_dirty(|fd, iov: &[IoSlice<'_>]| -> io::Result<usize> {
+            if fd == 10 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let out = socks.0.entry(fd).or_default();
+            iov.iter().for_each(|s| out.extend_from_slice(s));
+            Ok(iov.iter().map(|s| s.len()).sum())
+        });
+    }
+    assert_eq!(
+        cs[0].client(slow).unwrap().write,
+        WriteState::Closing(CloseReason::SlowConsumer)
+    );
+    assert_eq!(socks.data(11).len(), 50);
+    assert_eq!(cs[0].metrics().slow_consumers_sse.get(), 1);
+}
+
+#[test]
+fn heartbeats_fill_silences_and_silent_websockets_are_closed() {
+    let mut cs = cores(1);
+    let sse = cs[0].register(Transport::Sse, 10);
+    let ws = cs[0].register(Transport::Ws, 11);
+    let mut socks = Sockets::default();
+    cs[0].advance_timers(1500);
+    socks.flush_all(&mut cs);
+    assert_eq!(socks.text(10), ":\n\n");
+    assert_eq!(
+        socks.0.get(&11).map(Vec::as_slice),
+        Some(&[0x89u8, 0x00][..])
+    );
+    cs[0].advance_timers(3499);
+    assert_eq!(cs[0].client(ws).unwrap().write, WriteState::Ready);
+    cs[0].advance_timers(3500);
+    assert_eq!(
+        cs[0].client(ws).unwrap().write,
+        WriteState::Closing(CloseReason::IdleTimeout)
+    );
+    assert_eq!(cs[0].client(sse).unwrap().write, WriteState::Ready);
+    cs[0].remove(sse, CloseReason::PeerGone);
+    cs[0].remove(ws, CloseReason::IdleTimeout);
+    assert_eq!(cs[0].timer_entries(), 0);
+}
