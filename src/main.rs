@@ -14,7 +14,7 @@ fn main() -> ExitCode {
     ringcast::log::init_from_env();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(cfg) => match ringcast::runtime::worker::run(cfg) {
+        Command::Serve(cfg) => match ringcast::runtime::worker::run(*cfg) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ringcast: {e}");
