@@ -21,6 +21,9 @@ pub enum Resume {
 
 pub struct History {
     ring: VecDeque<Arc<Message>>,
+    /// Every message with a position above this one is in the ring (positions
+    /// are consecutive in single-node mode, sparse with a broker).
+    covered_after: u64,
     bytes: usize,
     max_len: usize,
     max_bytes: usize,
@@ -30,6 +33,7 @@ impl History {
     pub fn new(max_len: usize, max_bytes: usize) -> Self {
         Self {
             ring: VecDeque::new(),
+            covered_after: 0,
             bytes: 0,
             max_len,
             max_bytes,
@@ -41,12 +45,13 @@ impl History {
     /// the byte bound, so a resume right after it still works.
     pub fn push(&mut self, msg: Arc<Message>) {
         debug_assert!(
-            self.ring.back().is_none_or(|last| last.seq + 1 == msg.seq),
-            "history positions must be consecutive: last {:?}, new {}",
+            self.ring.back().is_none_or(|last| last.seq < msg.seq),
+            "history positions must grow: last {:?}, new {}",
             self.ring.back().map(|m| m.seq),
             msg.seq
         );
         if self.max_len == 0 {
+            self.covered_after = msg.seq;
             return;
         }
         self.bytes += msg.cost();
@@ -55,19 +60,33 @@ impl History {
         {
             if let Some(old) = self.ring.pop_front() {
                 self.bytes -= old.cost();
+                self.covered_after = old.seq;
             }
         }
     }
 
+    /// Declares that the ring holds every message after `position` (a broker-fed
+    /// history starts at the stream position where reading began).
+    pub fn cover_from(&mut self, position: u64) {
+        self.covered_after = position;
+    }
+
+    /// Messages after this position are all kept.
+    pub fn covered_after(&self) -> u64 {
+        self.covered_after
+    }
+
     /// The messages after `after`, given the topic's newest position `head`.
+    /// O(log kept + returned): a binary search, then the missed messages.
     pub fn since(&self, after: u64, head: u64) -> (Resume, impl Iterator<Item = &Arc<Message>>) {
-        let oldest = self.ring.front().map_or(head + 1, |m| m.seq);
-        let (resume, skip) = if after > head {
-            (Resume::Future, self.ring.len())
-        } else if after + 1 < oldest {
-            (Resume::Trimmed { oldest }, 0)
+        let skip = self.ring.partition_point(|m| m.seq <= after);
+        let resume = if after > head {
+            Resume::Future
+        } else if after < self.covered_after {
+            let oldest = self.ring.front().map_or(head + 1, |m| m.seq);
+            Resume::Trimmed { oldest }
         } else {
-            (Resume::Complete, (after + 1 - oldest) as usize)
+            Resume::Complete
         };
         (resume, self.ring.iter().skip(skip))
     }
@@ -94,12 +113,12 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::cursor::Epoch;
+    use crate::proto::cursor::{Epoch, IdScheme};
 
     fn msg(seq: u64, size: usize) -> Arc<Message> {
         let data = format!("\"{}\"", "x".repeat(size));
         Arc::new(Message::encode(
-            Epoch::new(1),
+            IdScheme::Local(Epoch::new(1)),
             "t".into(),
             seq,
             None,
@@ -141,6 +160,21 @@ mod tests {
     }
 
     #[test]
+    fn sparse_positions_resume_by_search_within_the_covered_range() {
+        let mut h = History::new(10, 1 << 20);
+        h.cover_from(100);
+        for seq in [105, 230, 231, 900] {
+            h.push(msg(seq, 1));
+        }
+        let (r, it) = h.since(230, 900);
+        assert_eq!((r, seqs(it)), (Resume::Complete, vec![231, 900]));
+        let (r, it) = h.since(100, 900);
+        assert_eq!((r, seqs(it)), (Resume::Complete, vec![105, 230, 231, 900]));
+        let (r, _) = h.since(99, 900);
+        assert_eq!(r, Resume::Trimmed { oldest: 105 });
+    }
+
+    #[test]
     fn a_position_never_issued_is_the_future() {
         let mut h = History::new(3, 1 << 20);
         h.push(msg(1, 1));
@@ -164,7 +198,10 @@ mod tests {
 
     #[test]
     fn an_empty_history_of_a_busy_topic_is_trimmed_to_the_head() {
-        let h = History::new(0, 0);
+        let mut h = History::new(0, 0);
+        for seq in 1..=7 {
+            h.push(msg(seq, 1));
+        }
         let (r, it) = h.since(3, 7);
         assert_eq!((r, seqs(it)), (Resume::Trimmed { oldest: 8 }, vec![]));
         let (r, _) = h.since(7, 7);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::proto::cursor::{self, Epoch};
+use crate::proto::cursor::IdScheme;
 use crate::proto::{envelope, sse};
 
 /// One message, shared read-only by every core (`Arc`) and by the topic history.
@@ -26,14 +26,14 @@ pub struct Message {
 impl Message {
     /// Encodes a message once: the envelope inside its SSE block.
     pub fn encode(
-        epoch: Epoch,
+        ids: IdScheme,
         topic: Arc<str>,
         seq: u64,
         event: Option<&str>,
         data: &[u8],
     ) -> Message {
         let mut id = Vec::with_capacity(24);
-        cursor::write_id(&mut id, epoch, seq);
+        ids.write_id(&mut id, seq);
         let mut env = Vec::with_capacity(data.len() + topic.len() + 48);
         envelope::write_envelope(&mut env, &topic, &id, event, data);
         let mut block = Vec::with_capacity(env.len() + id.len() + 32);
@@ -70,7 +70,13 @@ mod tests {
 
     #[test]
     fn one_encoding_yields_the_sse_block_and_the_envelope() {
-        let msg = Message::encode(Epoch::new(1), "news".into(), 7, Some("upd"), b"{\"a\":1}");
+        let msg = Message::encode(
+            IdScheme::Local(crate::proto::cursor::Epoch::new(1)),
+            "news".into(),
+            7,
+            Some("upd"),
+            b"{\"a\":1}",
+        );
         let id = "000000000001-7";
         let env = format!(r#"{{"topic":"news","id":"{id}","event":"upd","data":{{"a":1}}}}"#);
         assert_eq!(msg.envelope(), env.as_bytes());

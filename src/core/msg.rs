@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::message::Message;
 use super::registry::ClientId;
-use crate::proto::cursor::{self, Epoch};
+use crate::proto::cursor::IdScheme;
 use crate::proto::publish::PublishError;
 
 /// Where a subscription starts.
@@ -23,21 +23,18 @@ pub enum Since {
 impl Since {
     /// Where each of a stream's `topics` topics starts, given the id or cursor the
     /// client sent back (`Last-Event-ID`, `lastEventId`), if any.
-    pub fn from_cursor(text: Option<&[u8]>, epoch: Epoch, topics: usize) -> Vec<Since> {
+    pub fn from_cursor(text: Option<&[u8]>, ids: IdScheme, topics: usize) -> Vec<Since> {
         let one = |since: Since| vec![since; topics];
         let Some(text) = text.filter(|t| !t.is_empty()) else {
             return one(Since::Live);
         };
-        let Some(cursor) = cursor::parse_cursor(text) else {
-            return one(Since::Unknown("not an id of this server"));
-        };
-        if cursor.epoch != epoch {
-            return one(Since::Unknown("id from another server run"));
+        match ids.parse(text) {
+            Err(reason) => one(Since::Unknown(reason)),
+            Ok(keys) if keys.len() != topics => {
+                one(Since::Unknown("cursor does not match the stream's topics"))
+            }
+            Ok(keys) => keys.into_iter().map(Since::After).collect(),
         }
-        if cursor.seqs.len() != topics {
-            return one(Since::Unknown("cursor does not match the stream's topics"));
-        }
-        cursor.seqs.into_iter().map(Since::After).collect()
     }
 }
 
@@ -103,9 +100,9 @@ mod tests {
 
     #[test]
     fn a_cursor_of_this_run_resumes_each_topic_and_anything_else_is_unknown() {
-        let epoch = Epoch::new(0x1234);
+        let epoch = IdScheme::Local(crate::proto::cursor::Epoch::new(0x1234));
         let mut c = Vec::new();
-        cursor::write_cursor(&mut c, epoch, [4, 9]);
+        epoch.write_cursor(&mut c, [4, 9]);
         assert_eq!(
             Since::from_cursor(Some(&c), epoch, 2),
             vec![Since::After(4), Since::After(9)]
@@ -120,7 +117,11 @@ mod tests {
             Since::Unknown(_)
         ));
         assert!(matches!(
-            Since::from_cursor(Some(&c), Epoch::new(1), 2)[0],
+            Since::from_cursor(
+                Some(&c),
+                IdScheme::Local(crate::proto::cursor::Epoch::new(1)),
+                2
+            )[0],
             Since::Unknown(_)
         ));
         assert!(matches!(

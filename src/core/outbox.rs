@@ -11,7 +11,7 @@ use std::io::{self, IoSlice};
 
 use bytes::{Buf, Bytes};
 
-use crate::proto::cursor::{self, Epoch};
+use crate::proto::cursor::IdScheme;
 
 thread_local! {
     /// Bytes queued in every outbox of this thread, that is of this core.
@@ -49,7 +49,7 @@ pub enum Item {
 /// The cursor of a multi-topic SSE stream as written to the socket so far.
 #[derive(Debug, Clone)]
 pub struct StreamCursor {
-    pub epoch: Epoch,
+    pub ids: IdScheme,
     /// Position per topic of the stream, in the order of the request.
     pub written: Vec<u64>,
 }
@@ -184,11 +184,9 @@ impl Outbox {
                 }
                 let start = scratch.text.len();
                 scratch.text.extend_from_slice(b"id: ");
-                cursor::write_cursor(
-                    &mut scratch.text,
-                    cursor.epoch,
-                    scratch.seqs.iter().copied(),
-                );
+                cursor
+                    .ids
+                    .write_cursor(&mut scratch.text, scratch.seqs.iter().copied());
                 scratch.text.push(b'\n');
                 scratch.ranges.push((start, scratch.text.len()));
             }
@@ -280,7 +278,7 @@ mod tests {
 
     fn cursor() -> StreamCursor {
         StreamCursor {
-            epoch: Epoch::new(0xab),
+            ids: IdScheme::Local(crate::proto::cursor::Epoch::new(0xab)),
             written: vec![0, 0],
         }
     }

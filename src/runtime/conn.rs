@@ -17,7 +17,6 @@ use super::worker::Worker;
 use crate::core::state::PublishStart;
 use crate::debug;
 use crate::metrics::{self, ProcessInfo};
-use crate::proto::cursor;
 use crate::proto::http::{
     self, query_pairs, Body, ChunkedDecoder, HeadLimits, HeadScanner, HttpError, Method,
 };
@@ -409,7 +408,7 @@ async fn publish(
     let result = publish_and_wait(w, &topic, event.as_deref(), data).await;
     let keep = match result {
         Ok(seq) => {
-            let id = cursor::format_id(w.state.borrow().epoch(), seq);
+            let id = w.state.borrow().ids().format_id(seq);
             let mut body = Vec::with_capacity(40);
             body.extend_from_slice(b"{\"id\":");
             crate::proto::json::write_string(&mut body, &id);

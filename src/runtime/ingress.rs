@@ -13,7 +13,6 @@ use monoio::net::{UnixListener, UnixStream};
 
 use super::netio;
 use super::worker::Worker;
-use crate::proto::cursor;
 use crate::proto::publish::{self, Line, LineReader, PublishError};
 use crate::{debug, warn};
 
@@ -140,7 +139,7 @@ async fn serve_publisher(w: Rc<Worker>, stream: UnixStream, _open: super::conn::
             }
         }
         w.settle();
-        let epoch = w.state.borrow().epoch();
+        let ids = w.state.borrow().ids();
         for wait in waits {
             let result = match wait {
                 Wait::Ready(r) => r,
@@ -150,7 +149,7 @@ async fn serve_publisher(w: Rc<Worker>, stream: UnixStream, _open: super::conn::
                 }
             };
             match result {
-                Ok(seq) => publish::write_ok_line(&mut out, &cursor::format_id(epoch, seq)),
+                Ok(seq) => publish::write_ok_line(&mut out, &ids.format_id(seq)),
                 Err(e) => {
                     w.metrics().publish_errors.inc();
                     publish::write_error_line(&mut out, &e.to_string());

@@ -89,7 +89,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, req: Request, _open: OpenCo
         .last_event_id
         .clone()
         .or_else(|| req.param("lastEventId").map(|v| v.into_owned()));
-    let sinces = Since::from_cursor(last_id.as_deref(), w.state.borrow().epoch(), topics.len());
+    let sinces = Since::from_cursor(last_id.as_deref(), w.state.borrow().ids(), topics.len());
     drop((req, last_id));
 
     bound_unacked_writes(&w, fd);

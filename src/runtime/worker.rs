@@ -19,7 +19,7 @@ use super::{conn, ingress, netio};
 use crate::config::{Driver, ServeConfig};
 use crate::core::state::{CoreState, Limits};
 use crate::metrics::CoreMetrics;
-use crate::proto::cursor::Epoch;
+use crate::proto::cursor::{Epoch, IdScheme};
 use crate::proto::json::JsonScratch;
 use crate::{debug, error, info, warn};
 
@@ -166,7 +166,7 @@ pub fn run(cfg: ServeConfig) -> Result<(), StartError> {
                     let state = CoreState::new(
                         core,
                         cores,
-                        epoch,
+                        IdScheme::Local(epoch),
                         Limits {
                             max_outbox_bytes: cfg.max_outbox_bytes,
                             max_topics_per_client: cfg.max_topics_per_client,

@@ -28,7 +28,6 @@ use crate::core::msg::Since;
 use crate::core::registry::ClientId;
 use crate::core::state::ClientTask;
 use crate::proto::control::{self, ControlError, Op};
-use crate::proto::cursor;
 use crate::proto::http::{self, Method};
 use crate::proto::topic::{topics_from_query, TopicListError};
 use crate::proto::ws::close::code;
@@ -91,7 +90,7 @@ pub async fn serve(
     };
     bound_unacked_writes(&w, fd);
     let last_id = req.param("lastEventId").map(|v| v.into_owned());
-    let sinces = Since::from_cursor(last_id.as_deref(), w.state.borrow().epoch(), topics.len());
+    let sinces = Since::from_cursor(last_id.as_deref(), w.state.borrow().ids(), topics.len());
     let id = {
         let mut st = w.state.borrow_mut();
         let id = st.register(Transport::Ws, fd);
@@ -303,11 +302,8 @@ async fn answer_control(w: &Rc<Worker>, id: ClientId, text: &[u8]) {
             control::write_ack(&mut answer, reference, None);
             queue_text(w, id, &answer);
             let mut st = w.state.borrow_mut();
-            let sinces = Since::from_cursor(
-                since.as_deref().map(str::as_bytes),
-                st.epoch(),
-                topics.len(),
-            );
+            let sinces =
+                Since::from_cursor(since.as_deref().map(str::as_bytes), st.ids(), topics.len());
             for (topic, since) in topics.iter().zip(sinces) {
                 let _ = st.subscribe(id, topic, since);
             }
@@ -327,7 +323,7 @@ async fn answer_control(w: &Rc<Worker>, id: ClientId, text: &[u8]) {
             }
             match publish_and_wait(w, &topic, event.as_deref(), data).await {
                 Ok(seq) => {
-                    let msg_id = cursor::format_id(w.state.borrow().epoch(), seq);
+                    let msg_id = w.state.borrow().ids().format_id(seq);
                     control::write_ack(&mut answer, reference, Some(&msg_id));
                 }
                 Err(e) => {

@@ -23,7 +23,7 @@ use super::outbox::{Flush, FlushScratch, StreamCursor};
 use super::registry::{ClientId, Registry};
 use super::topics::{home_of, HomeTopics, LocalTopics};
 use crate::metrics::CoreMetrics;
-use crate::proto::cursor::{self, Epoch};
+use crate::proto::cursor::IdScheme;
 use crate::proto::publish::PublishError;
 use crate::proto::sse;
 use crate::proto::ws::frame as ws_frame;
@@ -126,7 +126,7 @@ impl<'m> Encodings<'m> {
 pub struct CoreState {
     core: u16,
     cores: usize,
-    epoch: Epoch,
+    ids: IdScheme,
     limits: Limits,
     clients: Registry<Client>,
     local: LocalTopics,
@@ -152,7 +152,7 @@ impl CoreState {
     pub fn new(
         core: usize,
         cores: usize,
-        epoch: Epoch,
+        ids: IdScheme,
         limits: Limits,
         history: (usize, usize),
         metrics: Arc<CoreMetrics>,
@@ -160,7 +160,7 @@ impl CoreState {
         Self {
             core: core as u16,
             cores,
-            epoch,
+            ids,
             limits,
             clients: Registry::new(core as u16),
             local: LocalTopics::default(),
@@ -182,8 +182,9 @@ impl CoreState {
         usize::from(self.core)
     }
 
-    pub fn epoch(&self) -> Epoch {
-        self.epoch
+    /// How positions become ids for clients.
+    pub fn ids(&self) -> IdScheme {
+        self.ids
     }
 
     pub fn metrics(&self) -> &CoreMetrics {
@@ -213,11 +214,11 @@ impl CoreState {
 
     /// Makes an SSE client's stream carry a cursor over `topics` topics.
     pub fn set_stream_cursor(&mut self, id: ClientId, topics: usize) {
-        let epoch = self.epoch;
+        let ids = self.ids;
         if let Some(c) = self.clients.get_mut(id) {
             c.multi_topic = topics > 1;
             c.cursor = Some(StreamCursor {
-                epoch,
+                ids,
                 written: vec![0; topics],
             });
         }
@@ -454,7 +455,7 @@ impl CoreState {
         let Some(key) = self.local.key(topic) else {
             return;
         };
-        let epoch = self.epoch;
+        let ids = self.ids;
         let Some(client) = self.clients.get_mut(id) else {
             return;
         };
@@ -480,7 +481,7 @@ impl CoreState {
             }
         }
         if let Some(gap) = gap {
-            queue_gap(client, topic, gap, epoch);
+            queue_gap(client, topic, gap, ids);
         }
         let mut delivered = 0u64;
         for msg in backlog {
@@ -502,7 +503,7 @@ impl CoreState {
             if let Some(c) = client.cursor.as_ref() {
                 let mut line = Vec::with_capacity(40);
                 line.extend_from_slice(b"id: ");
-                cursor::write_cursor(&mut line, c.epoch, c.written.iter().copied());
+                c.ids.write_cursor(&mut line, c.written.iter().copied());
                 line.extend_from_slice(b"\n\n");
                 client.outbox.push(Bytes::from(line));
             }
@@ -568,12 +569,12 @@ impl CoreState {
 
     /// At the home core: stamp the next position, keep it in history, fan out.
     fn home_publish(&mut self, topic: &str, event: Option<&str>, data: &[u8]) -> u64 {
-        let epoch = self.epoch;
+        let ids = self.ids;
         let here = self.core;
         let home = self.homes.get_or_create(topic);
         home.seq += 1;
         let msg = Arc::new(Message::encode(
-            epoch,
+            ids,
             home.name.clone(),
             home.seq,
             event,
@@ -844,22 +845,22 @@ fn queue_message(client: &mut Client, index: usize, enc: &mut Encodings<'_>) -> 
 }
 
 /// Queues a `ringcast.gap` event for `topic`.
-fn queue_gap(client: &mut Client, topic: &str, gap: Gap, epoch: Epoch) {
+fn queue_gap(client: &mut Client, topic: &str, gap: Gap, ids: IdScheme) {
     let mut data = Vec::with_capacity(96);
     match gap {
         Gap::Trimmed { after, oldest } => sse::write_json_object(
             &mut data,
             &[
                 ("topic", topic),
-                ("after", &cursor::format_id(epoch, after)),
-                ("oldest", &cursor::format_id(epoch, oldest)),
+                ("after", &ids.format_id(after)),
+                ("oldest", &ids.format_id(oldest)),
             ],
         ),
         Gap::Future { after } => sse::write_json_object(
             &mut data,
             &[
                 ("topic", topic),
-                ("after", &cursor::format_id(epoch, after)),
+                ("after", &ids.format_id(after)),
                 ("reason", "id never issued by this server"),
             ],
         ),

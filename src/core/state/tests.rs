@@ -25,7 +25,7 @@ fn cores(n: usize) -> Vec<CoreState> {
             CoreState::new(
                 i,
                 n,
-                Epoch::new(0xe),
+                IdScheme::Local(crate::proto::cursor::Epoch::new(0xe)),
                 limits(),
                 (100, 1 << 20),
                 Arc::new(CoreMetrics::default()),
