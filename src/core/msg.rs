@@ -92,6 +92,47 @@ pub enum CoreMsg {
     },
     /// To the topic's home: the sending core has no subscriber of it any more.
     Release { topic: Arc<str>, core: u16 },
+
+    // ---- broker mode: between the homes and the bridge ----
+    /// To the bridge: read this topic's stream for this node.
+    Watch { topic: Arc<str> },
+    /// To the bridge: stop reading this topic's stream.
+    Unwatch { topic: Arc<str> },
+    /// From the bridge: reading starts after stream position `from`.
+    Watching { topic: Arc<str>, from: u64 },
+    /// From the bridge to the topic's home: one stream entry, in stream order.
+    Entry(StreamEntry),
+    /// To the bridge: the entries of a topic in `(after, upto]`, for a resume
+    /// older than the home's history.
+    Range {
+        topic: Arc<str>,
+        after: u64,
+        upto: u64,
+        client: ClientId,
+        req: u32,
+    },
+    /// From the bridge: the answer to `Range`. `trimmed` when the stream no
+    /// longer holds every entry after `after`.
+    Ranged {
+        topic: Arc<str>,
+        after: u64,
+        upto: u64,
+        client: ClientId,
+        req: u32,
+        entries: Vec<StreamEntry>,
+        trimmed: bool,
+    },
+}
+
+/// An entry of a topic's stream, as the bridge read it.
+#[derive(Debug, Clone)]
+pub struct StreamEntry {
+    pub topic: Arc<str>,
+    /// The stream id, packed (see `IdScheme::Stream`).
+    pub key: u64,
+    pub event: Option<Box<str>>,
+    /// Minified JSON.
+    pub data: Vec<u8>,
 }
 
 #[cfg(test)]

@@ -139,6 +139,30 @@ pub struct HomeTopic {
     pub history: History,
     /// Cores with local subscribers, to which new messages go.
     pub cores: Vec<u16>,
+    /// With a broker: whether the bridge reads the topic's stream for this node.
+    pub watch: Watch,
+    /// With a broker: subscriptions waiting for the bridge (start of reading, or
+    /// older entries than the history holds).
+    pub waiting: Vec<WaitingSubscribe>,
+}
+
+/// Whether the bridge reads a topic's stream (broker mode only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watch {
+    /// Not read: no subscriber on this node (or single-node mode).
+    Off,
+    /// Asked the bridge to start; it answers with the position reading starts after.
+    Starting,
+    /// Read: every entry after the history's covered position reaches the home.
+    On,
+}
+
+/// A subscribe the home answers once the bridge has spoken.
+#[derive(Debug, Clone)]
+pub struct WaitingSubscribe {
+    pub client: ClientId,
+    pub since: crate::core::msg::Since,
+    pub req: u32,
 }
 
 pub struct HomeTopics {
@@ -168,12 +192,19 @@ impl HomeTopics {
                 seq: 0,
                 history: History::new(self.history_len, self.history_cap),
                 cores: Vec::new(),
+                watch: Watch::Off,
+                waiting: Vec::new(),
             };
             self.map.insert(name, topic);
         }
         self.map
             .get_mut(name)
             .unwrap_or_else(|| unreachable!("topic inserted above"))
+    }
+
+    /// The count and byte bounds of each history.
+    pub fn history_limits(&self) -> (usize, usize) {
+        (self.history_len, self.history_cap)
     }
 
     pub fn get_mut(&mut self, name: &str) -> Option<&mut HomeTopic> {

@@ -41,6 +41,9 @@ pub enum PublishError {
     /// The server could not take the message (for example while draining).
     #[error("server unavailable")]
     Unavailable,
+    /// A broker is configured and cannot be reached: the message was not taken.
+    #[error("broker unavailable")]
+    BrokerUnavailable,
 }
 
 impl From<JsonError> for PublishError {

@@ -16,7 +16,6 @@ use bytes::Bytes;
 use slab::Slab;
 
 use super::client::{Client, CloseReason, Subscription, Transport, WriteState};
-use super::history::Resume;
 use super::message::Message;
 use super::msg::{CoreMsg, Gap, ReplyTo, Since};
 use super::outbox::{Flush, FlushScratch, StreamCursor};
@@ -30,6 +29,7 @@ use crate::proto::ws::frame as ws_frame;
 
 #[cfg(test)]
 mod tests;
+mod home;
 mod timers;
 
 pub use timers::TimerTarget;
@@ -146,6 +146,8 @@ pub struct CoreState {
     tick_target: u64,
     /// Counter of subscribe requests (see [`Subscription::req`]).
     next_req: u32,
+    /// Topics are shared through a broker: positions come from its streams.
+    broker: bool,
 }
 
 impl CoreState {
@@ -175,7 +177,16 @@ impl CoreState {
             tick_waker: None,
             tick_target: u64::MAX,
             next_req: 0,
+            broker: false,
         }
+    }
+
+    /// Shares topics through the broker bridge (bus index `cores`): publishes go
+    /// to it, positions are its stream ids.
+    pub fn with_broker(mut self) -> Self {
+        self.broker = true;
+        self.ids = IdScheme::Stream;
+        self
     }
 
     pub fn core(&self) -> usize {
@@ -361,7 +372,7 @@ impl CoreState {
         let home = home_of(topic, self.cores);
         if home == self.core() {
             let reply = self.home_subscribe(&name, id, since, req);
-            self.handle(reply);
+            self.reply_subscribed(id, reply);
         } else {
             self.send(
                 home,
@@ -397,48 +408,6 @@ impl CoreState {
         self.unlink(&sub);
         self.update_gauges();
         true
-    }
-
-    /// At the home core: record the subscribing core and answer where the
-    /// subscription starts and what it missed.
-    fn home_subscribe(
-        &mut self,
-        topic: &Arc<str>,
-        client: ClientId,
-        since: Since,
-        req: u32,
-    ) -> CoreMsg {
-        let home = self.homes.get_or_create(topic);
-        let core = client.core() as u16;
-        if !home.cores.contains(&core) {
-            home.cores.push(core);
-        }
-        let head = home.seq;
-        let (gap, backlog) = match since {
-            Since::Live => (None, Vec::new()),
-            Since::After(after) => {
-                let (resume, missed) = home.history.since(after, head);
-                let backlog = missed.cloned().collect();
-                match resume {
-                    Resume::Complete => (None, backlog),
-                    Resume::Trimmed { oldest } => (Some(Gap::Trimmed { after, oldest }), backlog),
-                    Resume::Future => (Some(Gap::Future { after }), backlog),
-                }
-            }
-            Since::Unknown(reason) => (
-                Some(Gap::Unknown(reason)),
-                home.history.all().cloned().collect(),
-            ),
-        };
-        self.update_gauges();
-        CoreMsg::Subscribed {
-            topic: topic.clone(),
-            client,
-            req,
-            head,
-            gap,
-            backlog,
-        }
     }
 
     /// At the subscriber's core: the home's answer. Queues the gap event and the
@@ -518,7 +487,11 @@ impl CoreState {
     /// Publishes a message (topic and event already validated, `data` minified
     /// JSON). Stamped here when this core is the topic's home, else sent there.
     pub fn publish(&mut self, topic: &str, event: Option<&str>, data: Vec<u8>) -> PublishStart {
-        let home = home_of(topic, self.cores);
+        let home = if self.broker {
+            self.bridge()
+        } else {
+            home_of(topic, self.cores)
+        };
         if home == self.core() {
             return PublishStart::Done(self.home_publish(topic, event, &data));
         }
@@ -565,43 +538,6 @@ impl CoreState {
         if self.pending.contains(slot as usize) {
             self.pending.remove(slot as usize);
         }
-    }
-
-    /// At the home core: stamp the next position, keep it in history, fan out.
-    fn home_publish(&mut self, topic: &str, event: Option<&str>, data: &[u8]) -> u64 {
-        let ids = self.ids;
-        let here = self.core;
-        let home = self.homes.get_or_create(topic);
-        home.seq += 1;
-        let msg = Arc::new(Message::encode(
-            ids,
-            home.name.clone(),
-            home.seq,
-            event,
-            data,
-        ));
-        let before = home.history.bytes();
-        home.history.push(msg.clone());
-        let after = home.history.bytes();
-        let mut local = false;
-        let mut remote = Vec::new();
-        for &core in &home.cores {
-            if core == here {
-                local = true;
-            } else {
-                remote.push(usize::from(core));
-            }
-        }
-        self.homes.account(before, after);
-        for core in remote {
-            self.send(core, CoreMsg::Deliver(msg.clone()));
-        }
-        if local {
-            self.deliver(&msg);
-        }
-        self.metrics.published.inc();
-        self.update_gauges();
-        msg.seq
     }
 
     /// Queues a message to every local subscriber of its topic.
@@ -689,7 +625,7 @@ impl CoreState {
                 req,
             } => {
                 let reply = self.home_subscribe(&topic, client, since, req);
-                self.send(client.core(), reply);
+                self.reply_subscribed(client, reply);
             }
             CoreMsg::Subscribed {
                 topic,
@@ -701,10 +637,20 @@ impl CoreState {
             } => {
                 self.on_subscribed(&topic, client, req, head, gap, &backlog);
             }
-            CoreMsg::Release { topic, core } => {
-                if let Some(home) = self.homes.get_mut(&topic) {
-                    home.cores.retain(|&c| c != core);
-                }
+            CoreMsg::Release { topic, core } => self.home_release(&topic, core),
+            CoreMsg::Watching { topic, from } => self.home_watching(&topic, from),
+            CoreMsg::Entry(entry) => self.home_entry(entry),
+            CoreMsg::Ranged {
+                topic,
+                after,
+                upto,
+                client,
+                req,
+                entries,
+                trimmed,
+            } => self.home_ranged(&topic, after, upto, client, req, entries, trimmed),
+            CoreMsg::Watch { .. } | CoreMsg::Unwatch { .. } | CoreMsg::Range { .. } => {
+                debug_assert!(false, "a bridge message reached core {}", self.core);
             }
         }
     }
