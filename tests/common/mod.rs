@@ -19,6 +19,12 @@ use std::time::{Duration, Instant};
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_ringcast");
 
+/// The binary to run: `RINGCAST_TEST_BIN` when set (to run this suite against
+/// another build), else the one cargo built with the tests.
+pub fn bin() -> String {
+    std::env::var("RINGCAST_TEST_BIN").unwrap_or_else(|_| BIN.to_owned())
+}
+
 /// How long a server gets to answer `/healthz` after it is spawned.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -109,7 +115,7 @@ impl Server {
         let socket = dir.path().join("rc.sock");
         let stderr_path = dir.path().join("stderr.log");
         let stderr = fs::File::create(&stderr_path).expect("create stderr log");
-        let child = Command::new(BIN)
+        let child = Command::new(bin())
             .arg("serve")
             .arg("--listen")
             .arg(addr.to_string())
@@ -162,6 +168,14 @@ impl Server {
         fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// The last lines of stderr, for failure messages.
+    pub fn stderr_tail(&self) -> String {
+        let err = self.stderr();
+        let lines: Vec<&str> = err.lines().collect();
+        let from = lines.len().saturating_sub(20);
+        format!("server stderr (last lines):\n{}", lines[from..].join("\n"))
+    }
+
     /// Panics when stderr holds a panic message.
     pub fn assert_no_panic(&self) {
         let err = self.stderr();
@@ -187,10 +201,11 @@ impl Server {
 
     /// The `/metrics` text.
     pub fn metrics(&self) -> String {
-        let r = request(
+        let r = try_request(
             self.addr,
             b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-        );
+        )
+        .unwrap_or_else(|e| panic!("GET /metrics failed: {e}\n{}", self.stderr_tail()));
         assert_eq!(r.status, 200, "GET /metrics: {}", r.text());
         r.text()
     }
@@ -222,7 +237,13 @@ impl Server {
         // answers the server is waiting to write.
         let mut writer = p.stream.try_clone().expect("clone unix stream");
         let t = std::thread::spawn(move || writer.write_all(&payload));
-        let answers = (0..lines.len()).map(|_| p.read_answer()).collect();
+        let answers = (0..lines.len())
+            .map(|i| {
+                p.try_read_answer().unwrap_or_else(|e| {
+                    panic!("publish socket: no answer {i} of {}: {e}\n{}", lines.len(), self.stderr_tail())
+                })
+            })
+            .collect();
         t.join().expect("writer thread").expect("write publish lines");
         answers
     }
@@ -811,15 +832,22 @@ impl Publisher {
 
     /// One answer line, without its newline.
     pub fn read_answer(&mut self) -> String {
+        self.try_read_answer()
+            .unwrap_or_else(|e| panic!("publish socket: no answer: {e}"))
+    }
+
+    pub fn try_read_answer(&mut self) -> std::io::Result<String> {
         let mut line = String::new();
-        let n = self
-            .reader
-            .read_line(&mut line)
-            .unwrap_or_else(|e| panic!("publish socket: no answer: {e}"));
-        assert!(n > 0, "publish socket closed instead of answering");
+        let n = self.reader.read_line(&mut line)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                ErrorKind::UnexpectedEof,
+                "publish socket closed instead of answering",
+            ));
+        }
         assert!(line.ends_with('\n'), "answer without newline: {line:?}");
         line.pop();
-        line
+        Ok(line)
     }
 
     /// Sends one line (newline added) and returns its answer.
