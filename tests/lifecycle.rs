@@ -117,7 +117,8 @@ fn two_hundred_clients_that_vanish_after_a_message_free_their_slots_and_descript
     let server = Server::start(&[]);
     // The baseline: listeners, the publish socket, rings, and no client.
     assert!(wait_until(Duration::from_secs(5), || server.metric_sum(SSE) == 0.0));
-    let baseline = server.fd_count();
+    let baseline = server.settled_fd_count();
+    let baseline_listing = server.fd_listing();
 
     const CLIENTS: usize = 200;
     let mut clients: Vec<SseClient> = (0..CLIENTS).map(|_| server.sse("topic=churn")).collect();
@@ -144,8 +145,11 @@ fn two_hundred_clients_that_vanish_after_a_message_free_their_slots_and_descript
     assert_no_client_left(&server, "after 100 RST and 100 FIN disconnects");
     assert!(
         wait_until(Duration::from_secs(10), || server.fd_count() <= baseline),
-        "descriptors not released: {} open, baseline {baseline}",
-        server.fd_count()
+        "descriptors not released: {} open, baseline {baseline}\nnow:\n{}\nbaseline:\n{baseline_listing}\n{}\n{}",
+        server.fd_count(),
+        server.fd_listing(),
+        server.stderr_tail(),
+        server.metrics()
     );
     let closed = server.metric_sum("ringcast_connections_closed_total{transport=\"sse\"}");
     assert_eq!(closed, CLIENTS as f64, "every close is counted once");

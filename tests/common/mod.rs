@@ -199,6 +199,41 @@ impl Server {
             .count()
     }
 
+    /// What each open descriptor of the server is (`N -> socket:[inode]`), for
+    /// failure messages.
+    pub fn fd_listing(&self) -> String {
+        let mut out = Vec::new();
+        if let Ok(dir) = fs::read_dir(format!("/proc/{}/fd", self.pid())) {
+            for e in dir.flatten() {
+                let target = fs::read_link(e.path()).map(|p| p.display().to_string());
+                out.push(format!("{} -> {}", e.file_name().to_string_lossy(), target.unwrap_or_default()));
+            }
+        }
+        out.sort();
+        out.join("\n")
+    }
+
+    /// Open descriptors once connections this harness made (a `/metrics` or
+    /// `/healthz` request) have finished closing on the server's side: the same
+    /// count five readings in a row, 10 ms apart (bounded by 2 s). Reading
+    /// `/proc/PID/fd` is not atomic, so one reading alone can be off.
+    pub fn settled_fd_count(&self) -> usize {
+        let mut last = self.fd_count();
+        let mut same = 0;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while same < 5 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            let n = self.fd_count();
+            if n == last {
+                same += 1;
+            } else {
+                last = n;
+                same = 0;
+            }
+        }
+        last
+    }
+
     /// The `/metrics` text.
     pub fn metrics(&self) -> String {
         let r = try_request(
