@@ -155,3 +155,29 @@ fn two_hundred_clients_that_vanish_after_a_message_free_their_slots_and_descript
     assert_eq!(closed, CLIENTS as f64, "every close is counted once");
     server.assert_no_panic();
 }
+
+#[test]
+fn the_last_subscriber_leaving_its_topics_home_core_leaves_every_core_serving() {
+    let server = Server::start(&[]);
+    // One stream on each core, so one of them is on the topic's home core.
+    let watchers = watchers_on_both_cores(&server, "home");
+    drop(watchers);
+    assert_no_client_left(&server, "after the watchers left");
+    server.assert_no_panic();
+    let m = server.metrics();
+    assert_eq!(sum_series(&m, "ringcast_topics"), 0.0, "{m}");
+    // Releasing a topic is core-local on its home: nothing may be sent (or lost)
+    // on the bus for it.
+    assert_eq!(sum_series(&m, "ringcast_bus_overflow_total"), 0.0, "{m}");
+    // Both cores still answer: fresh connections spread over both listeners.
+    for i in 0..20 {
+        let r = try_request(server.addr, b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap_or_else(|e| panic!("request {i} got no answer: {e}\n{}", server.stderr_tail()));
+        assert_eq!(r.status, 200);
+    }
+    // And the topic works again for a new subscriber.
+    let mut c = server.sse("topic=home");
+    c.wait_cursor();
+    answer_id(&server.publish_socket(&[line_n("home", 3)])[0]);
+    assert_eq!(payload_n(&envelope(&c.next_event())), 3);
+}
