@@ -153,8 +153,10 @@ fn bad_topics_are_400_naming_the_rule() {
         let r = f.send(format!("GET /sse?topic={topic} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
         assert_refused(&r, 400, "topic must be 1-128 bytes");
         let r = f.send(
-            format!("POST /publish?topic={topic} HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\n1")
-                .as_bytes(),
+            format!(
+                "POST /publish?topic={topic} HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\n1"
+            )
+            .as_bytes(),
         );
         assert_refused(&r, 400, "topic must be 1-128 bytes");
     }
@@ -175,10 +177,16 @@ fn a_bad_socket_line_gets_an_error_and_the_connection_lives_on() {
         ("{\"data\":1}", "topic"),
         ("{\"topic\":\"a b\",\"data\":1}", "topic must be"),
         ("{\"topic\":\"a\"}", "data"),
-        ("{\"topic\":\"a\",\"data\":1,\"colour\":\"red\"}", "unknown field"),
+        (
+            "{\"topic\":\"a\",\"data\":1,\"colour\":\"red\"}",
+            "unknown field",
+        ),
     ] {
         let err = answer_error(&p.call(bad));
-        assert!(err.to_lowercase().contains(says), "{bad}: error {err:?} should mention {says:?}");
+        assert!(
+            err.to_lowercase().contains(says),
+            "{bad}: error {err:?} should mention {says:?}"
+        );
         answer_id(&p.call(&line_n("a", 1)));
     }
     f.still_serving();

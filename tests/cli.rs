@@ -26,7 +26,12 @@ fn publish_prints_the_id_and_subscribers_get_the_message() {
     c.wait_cursor();
     let sock = server.socket.to_str().unwrap();
     let out = ringcast_publish(&["--socket", sock, "cli", "{\"n\":5}"]);
-    assert!(out.status.success(), "exit {:?}; stderr {}", out.status, text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "exit {:?}; stderr {}",
+        out.status,
+        text(&out.stderr)
+    );
     let id = text(&out.stdout).trim().to_owned();
     let (epoch, seq) = split_id(&id);
     assert_eq!(epoch, server.epoch());
@@ -46,10 +51,18 @@ fn publish_to_a_bad_topic_prints_the_servers_error_and_fails() {
     let server = Server::start(&[]);
     let sock = server.socket.to_str().unwrap();
     let out = ringcast_publish(&["--socket", sock, "a b", "1"]);
-    assert!(!out.status.success(), "a bad topic must fail; stdout {}", text(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "a bad topic must fail; stdout {}",
+        text(&out.stdout)
+    );
     let err = text(&out.stderr);
     assert!(err.contains("topic must be 1-128 bytes"), "stderr: {err}");
-    assert!(text(&out.stdout).trim().is_empty(), "no id printed: {}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).trim().is_empty(),
+        "no id printed: {}",
+        text(&out.stdout)
+    );
 }
 
 #[test]

@@ -59,7 +59,11 @@ fn read_n(mut c: SseClient, n: usize, deadline: Instant) -> Seen {
         assert_eq!(b.kind(), "message", "unexpected event {b:?}");
         let e = envelope(&b);
         assert_eq!(e.topic, "fan");
-        seen.push((b.id.clone().expect("message without id:"), e.id.clone(), payload_n(&e)));
+        seen.push((
+            b.id.clone().expect("message without id:"),
+            e.id.clone(),
+            payload_n(&e),
+        ));
     }
     seen
 }
@@ -124,10 +128,16 @@ fn fan_out(args: &[&str], driver: Option<&str>) {
             );
         }
         for (line_id, env_id, _) in &seen {
-            assert_eq!(line_id, env_id, "subscriber {i}: SSE id and envelope id differ");
+            assert_eq!(
+                line_id, env_id,
+                "subscriber {i}: SSE id and envelope id differ"
+            );
         }
         let ids: Vec<String> = seen.iter().map(|s| s.1.clone()).collect();
-        assert_eq!(ids, published, "subscriber {i}: ids differ from the publish answers");
+        assert_eq!(
+            ids, published,
+            "subscriber {i}: ids differ from the publish answers"
+        );
     }
     let want = (subscribers * total) as f64;
     assert!(
@@ -182,7 +192,11 @@ fn publish_socket_answers_come_back_in_order_with_ids() {
         epochs.push(epoch);
         let topic = line.split('"').nth(3).unwrap().to_owned();
         let prev = last.insert(topic.clone(), seq).unwrap_or(0);
-        assert_eq!(seq, prev + 1, "topic {topic}: answer {answer} after seq {prev}");
+        assert_eq!(
+            seq,
+            prev + 1,
+            "topic {topic}: answer {answer} after seq {prev}"
+        );
     }
     epochs.dedup();
     assert_eq!(epochs.len(), 1, "one run, one epoch: {epochs:?}");
@@ -207,7 +221,10 @@ fn a_multi_topic_stream_gets_both_topics_in_order() {
     for _ in 0..100 {
         let b = c.next_event();
         let e = envelope(&b);
-        per_topic.entry(e.topic.clone()).or_default().push(payload_n(&e));
+        per_topic
+            .entry(e.topic.clone())
+            .or_default()
+            .push(payload_n(&e));
         // The id line is a cursor over both topics; it only moves forward.
         let line = b.id.clone().expect("id line");
         let (ep, rest) = line.split_once('-').expect("cursor shape");
@@ -218,7 +235,12 @@ fn a_multi_topic_stream_gets_both_topics_in_order() {
         last_cursor = cur;
         // The envelope id is the message's own per-topic id.
         let own = split_id(&e.id).1;
-        assert_eq!(own, if e.topic == "a" { cur.0 } else { cur.1 }, "{line} vs {}", e.id);
+        assert_eq!(
+            own,
+            if e.topic == "a" { cur.0 } else { cur.1 },
+            "{line} vs {}",
+            e.id
+        );
     }
     assert_eq!(per_topic["a"], (0..100).step_by(2).collect::<Vec<u64>>());
     assert_eq!(per_topic["b"], (1..100).step_by(2).collect::<Vec<u64>>());

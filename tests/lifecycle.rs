@@ -16,7 +16,8 @@ const SSE: &str = "ringcast_connections{transport=\"sse\"}";
 fn assert_no_client_left(server: &Server, why: &str) {
     let ok = wait_until(Duration::from_secs(10), || {
         let m = server.metrics();
-        sum_series(&m, "ringcast_connections") == 0.0 && sum_series(&m, "ringcast_subscriptions") == 0.0
+        sum_series(&m, "ringcast_connections") == 0.0
+            && sum_series(&m, "ringcast_subscriptions") == 0.0
     });
     assert!(ok, "{why}: clients left behind:\n{}", server.metrics());
 }
@@ -33,13 +34,19 @@ fn watchers_on_both_cores(server: &Server, topic: &str) -> Vec<SseClient> {
         );
         let m = server.metrics();
         let on = |core: usize| {
-            find_series(&m, &format!("ringcast_connections{{transport=\"sse\",core=\"{core}\"}}"))
-                .unwrap_or(0.0)
+            find_series(
+                &m,
+                &format!("ringcast_connections{{transport=\"sse\",core=\"{core}\"}}"),
+            )
+            .unwrap_or(0.0)
         };
         if on(0) > 0.0 && on(1) > 0.0 {
             break;
         }
-        assert!(clients.len() < 200, "SO_REUSEPORT put every connection on one core");
+        assert!(
+            clients.len() < 200,
+            "SO_REUSEPORT put every connection on one core"
+        );
     }
     for c in &mut clients {
         c.wait_cursor();
@@ -70,7 +77,8 @@ fn clients_that_close_right_after_their_request_or_mid_head_leave_nothing_behind
                 }
                 for _ in (t..MID_HEAD).step_by(4) {
                     let mut s = TcpStream::connect(addr).expect("connect");
-                    s.write_all(b"GET /sse?topic=seed HTTP/1.1\r\nHo").expect("write");
+                    s.write_all(b"GET /sse?topic=seed HTTP/1.1\r\nHo")
+                        .expect("write");
                     drop(s);
                 }
             })
@@ -99,7 +107,11 @@ fn clients_that_close_right_after_their_request_or_mid_head_leave_nothing_behind
     assert!(split_id(&id).1 < split_id(&id2).1);
     for w in &mut watchers {
         let e = envelope(&w.next_event());
-        assert_eq!(payload_n(&e), 2, "a watcher got a message published before it came");
+        assert_eq!(
+            payload_n(&e),
+            2,
+            "a watcher got a message published before it came"
+        );
     }
     let delivered = server.metric_sum("ringcast_messages_delivered_total") - delivered_before;
     assert_eq!(
@@ -116,21 +128,27 @@ fn clients_that_close_right_after_their_request_or_mid_head_leave_nothing_behind
 fn two_hundred_clients_that_vanish_after_a_message_free_their_slots_and_descriptors() {
     let server = Server::start(&[]);
     // The baseline: listeners, the publish socket, rings, and no client.
-    assert!(wait_until(Duration::from_secs(5), || server.metric_sum(SSE) == 0.0));
+    assert!(wait_until(Duration::from_secs(5), || server
+        .metric_sum(SSE)
+        == 0.0));
     let baseline = server.settled_fd_count();
     let baseline_listing = server.fd_listing();
 
     const CLIENTS: usize = 200;
     let mut clients: Vec<SseClient> = (0..CLIENTS).map(|_| server.sse("topic=churn")).collect();
     assert!(
-        wait_until(Duration::from_secs(10), || server.metric_sum(SSE) == CLIENTS as f64),
+        wait_until(Duration::from_secs(10), || server.metric_sum(SSE)
+            == CLIENTS as f64),
         "the gauge never counted {CLIENTS} clients:\n{}",
         server.metrics()
     );
     for c in &mut clients {
         c.wait_cursor();
     }
-    assert!(server.fd_count() >= baseline + CLIENTS, "each client holds a descriptor");
+    assert!(
+        server.fd_count() >= baseline + CLIENTS,
+        "each client holds a descriptor"
+    );
     answer_id(&server.publish_socket(&[line_n("churn", 7)])[0]);
     for c in &mut clients {
         assert_eq!(payload_n(&envelope(&c.next_event())), 7);
@@ -171,8 +189,11 @@ fn the_last_subscriber_leaving_its_topics_home_core_leaves_every_core_serving() 
     assert_eq!(sum_series(&m, "ringcast_bus_overflow_total"), 0.0, "{m}");
     // Both cores still answer: fresh connections spread over both listeners.
     for i in 0..20 {
-        let r = try_request(server.addr, b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-            .unwrap_or_else(|e| panic!("request {i} got no answer: {e}\n{}", server.stderr_tail()));
+        let r = try_request(
+            server.addr,
+            b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap_or_else(|e| panic!("request {i} got no answer: {e}\n{}", server.stderr_tail()));
         assert_eq!(r.status, 200);
     }
     // And the topic works again for a new subscriber.

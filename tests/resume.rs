@@ -9,7 +9,11 @@ use common::*;
 /// Publishes `{"n":n}` for each `n` to `topic` through the socket; returns the ids.
 fn publish(server: &Server, topic: &str, ns: impl IntoIterator<Item = u64>) -> Vec<String> {
     let lines: Vec<String> = ns.into_iter().map(|n| line_n(topic, n)).collect();
-    server.publish_socket(&lines).iter().map(|a| answer_id(a)).collect()
+    server
+        .publish_socket(&lines)
+        .iter()
+        .map(|a| answer_id(a))
+        .collect()
 }
 
 /// Reads `count` messages: (topic, envelope id, n, SSE id line).
@@ -54,7 +58,11 @@ fn resumes_exactly_the_missed_ones(use_query: bool) {
         SseClient::connect(server.addr, "topic=r", Some(&last))
     };
     let missed = read(&mut c, 5);
-    assert_eq!(ns(&missed), [3, 4, 5, 6, 7], "exactly the missed ones, in order");
+    assert_eq!(
+        ns(&missed),
+        [3, 4, 5, 6, 7],
+        "exactly the missed ones, in order"
+    );
     for pair in missed.windows(2) {
         assert!(split_id(&pair[0].1).1 < split_id(&pair[1].1).1);
     }
@@ -89,7 +97,11 @@ fn an_id_older_than_history_gets_a_gap_event_then_the_retained_messages() {
         use simd_json::prelude::*;
         let v = gap.json();
         assert_eq!(v.get("topic").and_then(|t| t.as_str()), Some("h"), "{v:?}");
-        assert_eq!(v.get("after").and_then(|t| t.as_str()), Some(ids[0].as_str()), "{v:?}");
+        assert_eq!(
+            v.get("after").and_then(|t| t.as_str()),
+            Some(ids[0].as_str()),
+            "{v:?}"
+        );
         assert_eq!(
             v.get("oldest").and_then(|t| t.as_str()),
             Some(later[5].as_str()),
@@ -97,7 +109,11 @@ fn an_id_older_than_history_gets_a_gap_event_then_the_retained_messages() {
         );
     }
     let kept = read(&mut c, 5);
-    assert_eq!(ns(&kept), [6, 7, 8, 9, 10], "the five messages history keeps");
+    assert_eq!(
+        ns(&kept),
+        [6, 7, 8, 9, 10],
+        "the five messages history keeps"
+    );
     then_live(&server, &mut c, "h", 11);
 }
 
@@ -122,7 +138,10 @@ fn an_id_from_another_run_gets_a_gap_event_with_a_reason() {
         let v = gap.json();
         assert_eq!(v.get("topic").and_then(|t| t.as_str()), Some("o"), "{v:?}");
         let reason = v.get("reason").and_then(|t| t.as_str()).unwrap_or("");
-        assert!(!reason.is_empty(), "a gap for a foreign id names a reason: {v:?}");
+        assert!(
+            !reason.is_empty(),
+            "a gap for a foreign id names a reason: {v:?}"
+        );
     }
     // Whatever history it replays, it is this run's, in order, and live follows.
     let live = publish(&server, "o", [100]).remove(0);
@@ -132,7 +151,11 @@ fn an_id_from_another_run_gets_a_gap_event_with_a_reason() {
         let e = envelope(&b);
         assert_eq!(split_id(&e.id).0, epoch, "ids of this run only");
         let s = split_id(&e.id).1;
-        assert!(s > last_seq, "replay out of order: {} after {last_seq}", e.id);
+        assert!(
+            s > last_seq,
+            "replay out of order: {} after {last_seq}",
+            e.id
+        );
         last_seq = s;
         if e.id == live {
             break;
@@ -148,11 +171,16 @@ fn a_fresh_stream_starts_with_an_id_only_block_that_resumes_exactly() {
     // The first blocks: an optional retry hint, then an id-only block.
     let cursor = loop {
         let b = c.next_block();
-        assert!(b.data.is_none(), "a data block before the starting cursor: {b:?}");
+        assert!(
+            b.data.is_none(),
+            "a data block before the starting cursor: {b:?}"
+        );
         if b.retry.is_some() && b.id.is_none() {
             continue;
         }
-        break b.id.expect("the first block after the retry hint is an id-only block");
+        break b
+            .id
+            .expect("the first block after the retry hint is an id-only block");
     };
     assert_eq!(c.last_event_id, cursor);
     let (_, seq) = split_id(&cursor);
@@ -160,7 +188,11 @@ fn a_fresh_stream_starts_with_an_id_only_block_that_resumes_exactly() {
     drop(c);
     publish(&server, "f", 2..5);
     let mut c = SseClient::connect(server.addr, "topic=f", Some(&cursor));
-    assert_eq!(ns(&read(&mut c, 3)), [2, 3, 4], "exactly those published meanwhile");
+    assert_eq!(
+        ns(&read(&mut c, 3)),
+        [2, 3, 4],
+        "exactly those published meanwhile"
+    );
     then_live(&server, &mut c, "f", 5);
 }
 
@@ -186,5 +218,8 @@ fn a_multi_topic_cursor_resumes_the_missed_messages_of_both_topics() {
     // Nothing more than the missed ones before a live message.
     let live = publish(&server, "b", [13]).remove(0);
     let next = read(&mut c, 1);
-    assert_eq!(next[0].1, live, "after the missed ones, the live one; got {next:?}");
+    assert_eq!(
+        next[0].1, live,
+        "after the missed ones, the live one; got {next:?}"
+    );
 }

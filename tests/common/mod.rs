@@ -143,7 +143,10 @@ impl Server {
                 let retry = err.contains("in use");
                 return Err((err, retry));
             }
-            if let Ok(r) = try_request(addr, b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n") {
+            if let Ok(r) = try_request(
+                addr,
+                b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            ) {
                 if r.status == 200 && server.socket.exists() {
                     return Ok(server);
                 }
@@ -206,7 +209,11 @@ impl Server {
         if let Ok(dir) = fs::read_dir(format!("/proc/{}/fd", self.pid())) {
             for e in dir.flatten() {
                 let target = fs::read_link(e.path()).map(|p| p.display().to_string());
-                out.push(format!("{} -> {}", e.file_name().to_string_lossy(), target.unwrap_or_default()));
+                out.push(format!(
+                    "{} -> {}",
+                    e.file_name().to_string_lossy(),
+                    target.unwrap_or_default()
+                ));
             }
         }
         out.sort();
@@ -275,11 +282,17 @@ impl Server {
         let answers = (0..lines.len())
             .map(|i| {
                 p.try_read_answer().unwrap_or_else(|e| {
-                    panic!("publish socket: no answer {i} of {}: {e}\n{}", lines.len(), self.stderr_tail())
+                    panic!(
+                        "publish socket: no answer {i} of {}: {e}\n{}",
+                        lines.len(),
+                        self.stderr_tail()
+                    )
                 })
             })
             .collect();
-        t.join().expect("writer thread").expect("write publish lines");
+        t.join()
+            .expect("writer thread")
+            .expect("write publish lines");
         answers
     }
 
@@ -346,9 +359,13 @@ fn parse_labels(labels: &str) -> Vec<(String, String)> {
 }
 
 pub fn find_series(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 pub fn sum_series(text: &str, selector: &str) -> f64 {
@@ -459,7 +476,10 @@ impl HttpConn {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| {
-                std::io::Error::new(ErrorKind::InvalidData, format!("bad status line {status_line:?}"))
+                std::io::Error::new(
+                    ErrorKind::InvalidData,
+                    format!("bad status line {status_line:?}"),
+                )
             })?;
         let headers: Vec<(String, String)> = lines
             .filter_map(|l| {
@@ -586,7 +606,8 @@ impl SseClient {
     pub fn connect(addr: SocketAddr, query: &str, last_event_id: Option<&str>) -> SseClient {
         let stream = TcpStream::connect(addr).expect("connect SSE");
         stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-        let mut req = format!("GET /sse?{query} HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n");
+        let mut req =
+            format!("GET /sse?{query} HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n");
         if let Some(id) = last_event_id {
             req.push_str(&format!("Last-Event-ID: {id}\r\n"));
         }
@@ -597,7 +618,9 @@ impl SseClient {
             last_event_id: String::new(),
             head: String::new(),
         };
-        c.stream.write_all(req.as_bytes()).expect("send SSE request");
+        c.stream
+            .write_all(req.as_bytes())
+            .expect("send SSE request");
         let deadline = Instant::now() + READ_TIMEOUT;
         let end = loop {
             if let Some(i) = find(&c.buf, b"\r\n\r\n") {
@@ -632,7 +655,10 @@ impl SseClient {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(std::io::Error::new(ErrorKind::TimedOut, "SSE read deadline"));
+                return Err(std::io::Error::new(
+                    ErrorKind::TimedOut,
+                    "SSE read deadline",
+                ));
             }
             self.stream.set_read_timeout(Some(left)).unwrap();
             match self.stream.read(&mut chunk) {
@@ -642,7 +668,10 @@ impl SseClient {
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    return Err(std::io::Error::new(ErrorKind::TimedOut, "SSE read deadline"))
+                    return Err(std::io::Error::new(
+                        ErrorKind::TimedOut,
+                        "SSE read deadline",
+                    ))
                 }
                 Err(e) => return Err(e),
             }
@@ -755,7 +784,10 @@ impl SseClient {
     pub fn wait_cursor(&mut self) -> String {
         loop {
             let b = self.next_block();
-            assert!(b.data.is_none(), "a data block before the starting cursor: {b:?}");
+            assert!(
+                b.data.is_none(),
+                "a data block before the starting cursor: {b:?}"
+            );
             if let Some(id) = b.id {
                 return id;
             }

@@ -43,7 +43,12 @@ impl CoreState {
         }
         if broker && home.watch == Watch::Off {
             home.watch = Watch::Starting;
-            self.send(bridge, CoreMsg::Watch { topic: topic.clone() });
+            self.send(
+                bridge,
+                CoreMsg::Watch {
+                    topic: topic.clone(),
+                },
+            );
         }
         let reply = self.answer_subscribe(topic, client, since, req);
         self.update_gauges();
@@ -52,7 +57,13 @@ impl CoreState {
 
     /// Answers a subscribe from the history, or parks it until the bridge has
     /// spoken.
-    fn answer_subscribe(&mut self, topic: &Arc<str>, client: ClientId, since: Since, req: u32) -> Option<CoreMsg> {
+    fn answer_subscribe(
+        &mut self,
+        topic: &Arc<str>,
+        client: ClientId,
+        since: Since,
+        req: u32,
+    ) -> Option<CoreMsg> {
         let broker = self.broker;
         let bridge = self.bridge();
         let home = self.homes.get_mut(topic)?;
@@ -63,9 +74,17 @@ impl CoreState {
         let head = home.seq;
         let (gap, backlog) = match since {
             Since::Live => (None, Vec::new()),
-            Since::After(after) if broker && after < home.history.covered_after() && after <= head => {
+            Since::After(after)
+                if broker && after < home.history.covered_after() && after <= head =>
+            {
                 let upto = home.history.covered_after();
-                let msg = CoreMsg::Range { topic: topic.clone(), after, upto, client, req };
+                let msg = CoreMsg::Range {
+                    topic: topic.clone(),
+                    after,
+                    upto,
+                    client,
+                    req,
+                };
                 self.send(bridge, msg);
                 return None;
             }
@@ -78,9 +97,19 @@ impl CoreState {
                     Resume::Future => (Some(Gap::Future { after }), backlog),
                 }
             }
-            Since::Unknown(reason) => (Some(Gap::Unknown(reason)), home.history.all().cloned().collect()),
+            Since::Unknown(reason) => (
+                Some(Gap::Unknown(reason)),
+                home.history.all().cloned().collect(),
+            ),
         };
-        Some(CoreMsg::Subscribed { topic: topic.clone(), client, req, head, gap, backlog })
+        Some(CoreMsg::Subscribed {
+            topic: topic.clone(),
+            client,
+            req,
+            head,
+            gap,
+            backlog,
+        })
     }
 
     /// Sends a home's answer to its subscriber's core (or applies it here).
@@ -96,7 +125,13 @@ impl CoreState {
         let ids = self.ids;
         let home = self.homes.get_or_create(topic);
         home.seq += 1;
-        let msg = Arc::new(Message::encode(ids, home.name.clone(), home.seq, event, data));
+        let msg = Arc::new(Message::encode(
+            ids,
+            home.name.clone(),
+            home.seq,
+            event,
+            data,
+        ));
         self.keep_and_fan_out(msg)
     }
 
@@ -104,12 +139,20 @@ impl CoreState {
     /// come in stream order; one already seen is dropped.
     pub(super) fn home_entry(&mut self, entry: StreamEntry) {
         let ids = self.ids;
-        let Some(home) = self.homes.get_mut(&entry.topic) else { return };
+        let Some(home) = self.homes.get_mut(&entry.topic) else {
+            return;
+        };
         if home.watch != Watch::On || entry.key <= home.seq {
             return;
         }
         home.seq = entry.key;
-        let msg = Arc::new(Message::encode(ids, home.name.clone(), entry.key, entry.event.as_deref(), &entry.data));
+        let msg = Arc::new(Message::encode(
+            ids,
+            home.name.clone(),
+            entry.key,
+            entry.event.as_deref(),
+            &entry.data,
+        ));
         self.keep_and_fan_out(msg);
     }
 
@@ -117,7 +160,9 @@ impl CoreState {
     /// that listens.
     fn keep_and_fan_out(&mut self, msg: Arc<Message>) -> u64 {
         let here = self.core;
-        let Some(home) = self.homes.get_mut(&msg.topic) else { return msg.seq };
+        let Some(home) = self.homes.get_mut(&msg.topic) else {
+            return msg.seq;
+        };
         let before = home.history.bytes();
         home.history.push(msg.clone());
         let after = home.history.bytes();
@@ -147,7 +192,9 @@ impl CoreState {
     pub(super) fn home_release(&mut self, topic: &str, core: u16) {
         let broker = self.broker;
         let bridge = self.bridge();
-        let Some(home) = self.homes.get_mut(topic) else { return };
+        let Some(home) = self.homes.get_mut(topic) else {
+            return;
+        };
         home.cores.retain(|&c| c != core);
         if broker && home.cores.is_empty() && home.waiting.is_empty() && home.watch != Watch::Off {
             home.watch = Watch::Off;
@@ -160,7 +207,9 @@ impl CoreState {
     /// starts there, and the parked subscribes get their answers.
     pub(super) fn home_watching(&mut self, topic: &str, from: u64) {
         let (max_len, max_bytes) = self.homes.history_limits();
-        let Some(home) = self.homes.get_mut(topic) else { return };
+        let Some(home) = self.homes.get_mut(topic) else {
+            return;
+        };
         if home.watch != Watch::Starting {
             return;
         }
@@ -192,12 +241,22 @@ impl CoreState {
         trimmed: bool,
     ) {
         let ids = self.ids;
-        let Some(home) = self.homes.get_mut(topic) else { return };
+        let Some(home) = self.homes.get_mut(topic) else {
+            return;
+        };
         let head = home.seq;
         let mut backlog: Vec<Arc<Message>> = entries
             .iter()
             .filter(|e| e.key > after && e.key <= upto)
-            .map(|e| Arc::new(Message::encode(ids, home.name.clone(), e.key, e.event.as_deref(), &e.data)))
+            .map(|e| {
+                Arc::new(Message::encode(
+                    ids,
+                    home.name.clone(),
+                    e.key,
+                    e.event.as_deref(),
+                    &e.data,
+                ))
+            })
             .collect();
         let last = backlog.last().map_or(after, |m| m.seq).max(upto);
         let (resume, rest) = home.history.since(last, head);
@@ -209,7 +268,14 @@ impl CoreState {
             after,
             oldest: backlog.first().map_or(head + 1, |m| m.seq),
         });
-        let reply = CoreMsg::Subscribed { topic: topic.clone(), client, req, head, gap, backlog };
+        let reply = CoreMsg::Subscribed {
+            topic: topic.clone(),
+            client,
+            req,
+            head,
+            gap,
+            backlog,
+        };
         self.reply_subscribed(client, Some(reply));
     }
 }

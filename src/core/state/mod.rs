@@ -27,9 +27,9 @@ use crate::proto::publish::PublishError;
 use crate::proto::sse;
 use crate::proto::ws::frame as ws_frame;
 
+mod home;
 #[cfg(test)]
 mod tests;
-mod home;
 mod timers;
 
 pub use timers::TimerTarget;
