@@ -1083,4 +1083,41 @@ mod tests {
     fn a_key_never_prints_its_secret() {
         assert_eq!(format!("{:?}", key()), "TokenKey(..)");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn random_bytes_never_panic(
+            input in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+            now in proptest::num::u64::ANY,
+        ) {
+            let _ = verify(&key(), &input, now);
+        }
+
+        #[test]
+        fn random_signed_claims_never_panic(
+            claims in proptest::collection::vec(proptest::num::u8::ANY, 0..256),
+            now in proptest::num::u64::ANY,
+        ) {
+            // Signed with the right key, so the claims parser sees the bytes.
+            let token = sign(&key(), &claims);
+            let _ = verify(&key(), token.as_bytes(), now);
+        }
+
+        #[test]
+        fn json_shaped_claims_never_panic(
+            claims in r#"\{("(exp|nbf|sub|topics|pub|x)":(-?[0-9]{1,22}(\.[0-9]+)?(e[+-]?[0-9]{1,3})?|"[a-z.*\\]{0,8}"|\[("[a-z.*]{0,6}",?){0,4}\]|null|true|\{\}),?){0,6}\}"#,
+            now in proptest::num::u64::ANY,
+        ) {
+            let token = sign(&key(), claims.as_bytes());
+            let _ = verify(&key(), token.as_bytes(), now);
+        }
+
+        #[test]
+        fn random_headers_never_panic(
+            header in proptest::collection::vec(proptest::num::u8::ANY, 0..128),
+        ) {
+            let token = sign_raw(&key(), &header, claims("").as_bytes());
+            let _ = verify(&key(), token.as_bytes(), NOW);
+        }
+    }
 }
