@@ -8,5 +8,6 @@ pub mod http;
 pub mod json;
 pub mod publish;
 pub mod sse;
+pub mod token;
 pub mod topic;
 pub mod ws;
