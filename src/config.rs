@@ -139,6 +139,10 @@ pub struct ServeConfig {
     #[arg(long, env = "RINGCAST_AUTH_COOKIE")]
     pub auth_cookie: Option<String>,
 
+    /// Share topics with other nodes through Redis Streams (`redis://HOST:PORT[/DB]`).
+    #[arg(long, env = "RINGCAST_BROKER")]
+    pub broker: Option<String>,
+
     /// Mode of the publish socket file (octal).
     #[arg(long, env = "RINGCAST_PUBLISH_SOCKET_MODE", default_value = "660", value_parser = parse_mode)]
     pub publish_socket_mode: u32,

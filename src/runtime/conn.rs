@@ -205,13 +205,16 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, open: OpenConn) {
                 None => return,
             },
             Route::Metrics => {
-                let text = metrics::render(
+                let mut text = metrics::render(
                     &w.all_metrics,
                     &ProcessInfo {
                         driver: w.driver,
                         epoch: &w.epoch_text,
                     },
                 );
+                if let Some(b) = &w.broker {
+                    super::broker::render_metrics(b, &mut text);
+                }
                 respond_typed(
                     &w,
                     &stream,
@@ -232,6 +235,18 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, open: OpenConn) {
                     &[("Retry-After", "1")],
                     b"draining",
                     false,
+                )
+                .await
+            }
+            Route::Healthz if w.broker.as_ref().is_some_and(|b| !b.is_up()) => {
+                respond(
+                    &w,
+                    &stream,
+                    fd,
+                    503,
+                    &[("Retry-After", "1")],
+                    b"broker unavailable",
+                    req.keep_alive,
                 )
                 .await
             }

@@ -2,6 +2,7 @@
 //! This layer only moves bytes and wakes tasks; decisions live in `core` and
 //! encodings in `proto`.
 
+pub mod broker;
 pub mod bus;
 pub mod conn;
 pub mod ingress;

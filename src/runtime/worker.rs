@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use monoio::net::{ListenerOpts, TcpListener, UnixListener};
 
+use super::broker::{self, BrokerStatus};
 use super::bus::{self, Bus};
 use super::shutdown::{self, Lifecycle};
 use super::{conn, ingress, netio};
@@ -40,6 +41,8 @@ pub struct Worker {
     pub epoch_text: String,
     pub started: std::time::Instant,
     pub life: Arc<Lifecycle>,
+    /// The broker bridge's health, when topics are shared through one.
+    pub broker: Option<Arc<BrokerStatus>>,
     /// The core is draining: no new streams, `/healthz` answers 503.
     pub draining: Cell<bool>,
     /// Open HTTP connections of this core (all kinds).
@@ -109,6 +112,8 @@ pub enum StartError {
     PublishSocket { path: String, reason: String },
     #[error("worker {core} failed to start: {reason}")]
     Worker { core: usize, reason: String },
+    #[error("cannot start the broker bridge: {reason}")]
+    Broker { reason: String },
 }
 
 /// Runs the server until the process is stopped.
@@ -144,13 +149,28 @@ pub fn run(cfg: ServeConfig) -> Result<(), StartError> {
     let (done_tx, done_rx) = mpsc::channel::<usize>();
     let mut publish_listener = Some(publish_listener);
     let mut threads = Vec::new();
-    for (core, bus) in bus::build(cores).into_iter().enumerate() {
+    let mut buses = bus::build(cores + usize::from(cfg.broker.is_some()));
+    let broker_status = match &cfg.broker {
+        Some(url) => {
+            let status = Arc::new(BrokerStatus::default());
+            let bridge_bus = buses.pop().ok_or_else(|| StartError::Worker {
+                core: cores,
+                reason: "no bus endpoint for the broker".into(),
+            })?;
+            broker::spawn(url, bridge_bus, cores, cfg.history, status.clone())
+                .map_err(|reason| StartError::Broker { reason })?;
+            Some(status)
+        }
+        None => None,
+    };
+    for (core, bus) in buses.into_iter().enumerate() {
         let cfg = cfg.clone();
         let all_metrics = all_metrics.clone();
         let ready = ready_tx.clone();
         let epoch_text = epoch_text.clone();
         let life = life.clone();
         let done = done_tx.clone();
+        let broker_status = broker_status.clone();
         let unix = if core == 0 {
             publish_listener.take()
         } else {
@@ -163,7 +183,7 @@ pub fn run(cfg: ServeConfig) -> Result<(), StartError> {
                     warn!("core={core} msg=\"cannot pin thread to cpu\" error=\"{e}\"");
                 }
                 let worker = move || {
-                    let state = CoreState::new(
+                    let mut state = CoreState::new(
                         core,
                         cores,
                         IdScheme::Local(epoch),
@@ -176,6 +196,9 @@ pub fn run(cfg: ServeConfig) -> Result<(), StartError> {
                         (cfg.history, cfg.history_bytes),
                         all_metrics[core].clone(),
                     );
+                    if broker_status.is_some() {
+                        state = state.with_broker();
+                    }
                     Rc::new(Worker {
                         core,
                         cfg,
@@ -188,6 +211,7 @@ pub fn run(cfg: ServeConfig) -> Result<(), StartError> {
                         epoch_text,
                         started: std::time::Instant::now(),
                         life,
+                        broker: broker_status,
                         draining: Cell::new(false),
                         open: Cell::new(0),
                         refusing: Cell::new(0),

@@ -336,8 +336,11 @@ fn label_value(line: &str, label: &str) -> Option<String> {
     Some(line[at..end].to_owned())
 }
 
+/// A metric line: name, labels, value.
+type Series<'a> = (&'a str, Vec<(String, String)>, f64);
+
 /// Splits `name{a="x",b="y"} 3` into (name, [(a,x),(b,y)], value).
-fn parse_series(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
+fn parse_series(line: &str) -> Option<Series<'_>> {
     let (key, value) = line.rsplit_once(' ')?;
     let value: f64 = value.parse().ok()?;
     let (name, labels) = match key.find('{') {
