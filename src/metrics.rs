@@ -46,7 +46,7 @@ pub const STATUSES: [u16; 18] = [
 ];
 
 /// Close reasons counted by `ringcast_connections_closed_total`.
-pub const CLOSE_REASONS: [&str; 4] = ["peer", "slow", "shutdown", "idle"];
+pub const CLOSE_REASONS: [&str; 5] = ["peer", "slow", "shutdown", "idle", "expired"];
 
 /// The counters of one core.
 #[derive(Default, Debug)]

@@ -87,10 +87,10 @@ fn the_wrong_method_is_405_with_the_allowed_one() {
     let f = Fixture::new();
     let r = f.send(b"POST /sse?topic=a HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
     assert_refused(&r, 405, "GET");
-    assert_eq!(r.header("Allow"), Some("GET"));
+    assert_eq!(r.header("Allow"), Some("GET, OPTIONS"));
     let r = f.send(b"GET /publish?topic=a HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_refused(&r, 405, "POST");
-    assert_eq!(r.header("Allow"), Some("POST"));
+    assert_eq!(r.header("Allow"), Some("POST, OPTIONS"));
     f.still_serving();
 }
 

@@ -34,6 +34,8 @@ pub enum CloseReason {
     Shutdown,
     /// A WebSocket client sent nothing (no frame, no pong) for `--idle-timeout`.
     IdleTimeout,
+    /// The client's access token expired.
+    TokenExpired,
 }
 
 impl CloseReason {
@@ -43,6 +45,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow",
             CloseReason::Shutdown => "shutdown",
             CloseReason::IdleTimeout => "idle",
+            CloseReason::TokenExpired => "expired",
         }
     }
 }
@@ -102,6 +105,8 @@ pub struct Client {
     pub last_read: u64,
     /// The client's one timer-wheel entry, due at its earliest deadline.
     pub timer: Option<TimerHandle>,
+    /// Tick at which the client's access token expires.
+    pub expires_at: Option<u64>,
 }
 
 impl Client {
@@ -121,6 +126,7 @@ impl Client {
             last_write: 0,
             last_read: 0,
             timer: None,
+            expires_at: None,
         }
     }
 

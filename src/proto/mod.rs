@@ -1,6 +1,7 @@
 //! Sans-IO protocol code: pure functions and state machines over byte slices.
 //! Nothing in here knows about sockets, clocks or monoio.
 
+pub mod access;
 pub mod control;
 pub mod cursor;
 pub mod envelope;

@@ -17,6 +17,7 @@ use super::worker::Worker;
 use crate::core::state::PublishStart;
 use crate::debug;
 use crate::metrics::{self, ProcessInfo};
+use crate::proto::access::{Presented, Refusal};
 use crate::proto::http::{
     self, query_pairs, Body, ChunkedDecoder, HeadLimits, HeadScanner, HttpError, Method,
 };
@@ -56,7 +57,8 @@ impl Route {
     /// The methods the route answers (the `Allow` header of a 405).
     fn allow(self) -> &'static str {
         match self {
-            Route::Publish => "POST",
+            Route::Publish => "POST, OPTIONS",
+            Route::Sse => "GET, OPTIONS",
             _ => "GET",
         }
     }
@@ -77,9 +79,42 @@ pub struct Request {
     pub connection_upgrade: bool,
     pub ws_key: Option<Vec<u8>>,
     pub ws_version: Option<Vec<u8>>,
+    pub origin: Option<Vec<u8>>,
+    pub host: Option<Vec<u8>>,
+    /// The token of `Authorization: Bearer`.
+    pub bearer: Option<Vec<u8>>,
+    /// The value of the `--auth-cookie` cookie.
+    pub cookie_token: Option<Vec<u8>>,
 }
 
 impl Request {
+    /// What the request presents for access control (the `token` query
+    /// parameter is borrowed from `query_token`).
+    pub fn presented<'a>(&'a self, query_token: Option<&'a [u8]>) -> Presented<'a> {
+        Presented {
+            bearer: self.bearer.as_deref(),
+            query_token,
+            cookie: self.cookie_token.as_deref(),
+            origin: self.origin.as_deref(),
+            host: self.host.as_deref(),
+        }
+    }
+
+    /// CORS headers for a browser whose origin is allowed.
+    pub fn cors(&self, w: &Worker) -> Vec<(&'static str, String)> {
+        match &self.origin {
+            Some(origin) if w.access.origin_allowed(Some(origin), self.host.as_deref()) => vec![
+                (
+                    "Access-Control-Allow-Origin",
+                    String::from_utf8_lossy(origin).into_owned(),
+                ),
+                ("Access-Control-Allow-Credentials", "true".into()),
+                ("Vary", "Origin".into()),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
     /// A query parameter as text; `Err` when it is not UTF-8.
     pub fn param(&self, name: &str) -> Option<Cow<'_, [u8]>> {
         query_pairs(&self.query)
@@ -90,7 +125,7 @@ impl Request {
 
 /// What reading a head gave.
 enum HeadRead {
-    Request(Request),
+    Request(Box<Request>),
     /// The peer closed between requests.
     Closed,
     Refused(HttpError),
@@ -155,10 +190,11 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, open: OpenConn) {
                 finish(&w, &stream, fd, &out).await;
                 return;
             }
-            Ok(Ok(HeadRead::Request(req))) => req,
+            Ok(Ok(HeadRead::Request(req))) => *req,
         };
         let allowed = match (req.route, &req.method) {
             (Route::NotFound, _) => true,
+            (Route::Sse | Route::Publish, Method::Options) => true,
             (Route::Publish, Method::Post) => true,
             (Route::Publish, _) => false,
             (_, Method::Get) => true,
@@ -178,6 +214,12 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, open: OpenConn) {
             .await;
             return;
         }
+        if req.method == Method::Options {
+            if preflight(&w, &stream, fd, &req).await {
+                continue;
+            }
+            return;
+        }
         let keep_alive = match req.route {
             Route::Sse if w.draining.get() => {
                 return sse_session::refuse(
@@ -190,14 +232,24 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, open: OpenConn) {
                 .await
             }
             Route::Sse => {
-                monoio::spawn(sse_session::serve(w, stream, req, open));
+                match sse_session::admit(&w, fd, req) {
+                    Ok(admitted) => {
+                        monoio::spawn(sse_session::serve(w, stream, admitted, open));
+                    }
+                    Err(refused) => refused.answer(&w, &stream, fd).await,
+                }
                 return;
             }
             Route::Ws | Route::Echo if w.draining.get() => {
                 return respond_error(&w, &stream, fd, 503, "draining: reconnect elsewhere").await
             }
             Route::Ws | Route::Echo => {
-                monoio::spawn(super::ws_session::serve(w, stream, req, buf, open));
+                match super::ws_session::admit(&w, fd, req) {
+                    Ok(admitted) => {
+                        monoio::spawn(super::ws_session::serve(w, stream, admitted, buf, open));
+                    }
+                    Err(refused) => refused.answer(&w, &stream, fd).await,
+                }
                 return;
             }
             Route::Publish => match publish(&w, &stream, fd, &req, &mut buf).await {
@@ -332,7 +384,7 @@ async fn read_head(
             match scanner.parse(buf, limits) {
                 Ok(Some(head)) => {
                     let req = match to_request(w, &head) {
-                        Ok(req) => req,
+                        Ok(req) => Box::new(req),
                         Err(e) => return Ok(HeadRead::Refused(e)),
                     };
                     let used = head.head_len;
@@ -373,7 +425,65 @@ fn to_request(w: &Worker, head: &http::RequestHead<'_>) -> Result<Request, HttpE
         connection_upgrade: head.connection_upgrade,
         ws_key: head.ws_key.map(<[u8]>::to_vec),
         ws_version: head.ws_version.map(<[u8]>::to_vec),
+        origin: head.origin.map(<[u8]>::to_vec),
+        host: head.host.map(<[u8]>::to_vec),
+        bearer: head.bearer().map(<[u8]>::to_vec),
+        cookie_token: w
+            .cfg
+            .auth_cookie
+            .as_deref()
+            .and_then(|name| head.cookie(name.as_bytes()))
+            .map(<[u8]>::to_vec),
     })
+}
+
+/// Seconds since the Unix epoch (token times).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Answers a refused access: 401 with `WWW-Authenticate`, or 403, with the reason.
+pub async fn refuse_access(w: &Worker, stream: &TcpStream, fd: RawFd, refusal: &Refusal) {
+    let mut out = Vec::new();
+    let body = format!("{refusal}\n");
+    let headers: &[(&str, &str)] = match refusal {
+        Refusal::Unauthorized(_) => &[("WWW-Authenticate", "Bearer error=\"invalid_token\"")],
+        Refusal::Forbidden(_) => &[],
+    };
+    http::write_response(
+        &mut out,
+        refusal.status(),
+        headers,
+        "text/plain; charset=utf-8",
+        body.as_bytes(),
+        false,
+    );
+    w.metrics().http_response(refusal.status());
+    finish(w, stream, fd, &out).await;
+}
+
+/// Answers a CORS preflight for `/sse` and `/publish`.
+async fn preflight(w: &Worker, stream: &TcpStream, fd: RawFd, req: &Request) -> bool {
+    if !w
+        .access
+        .origin_allowed(req.origin.as_deref(), req.host.as_deref())
+    {
+        respond_error(w, stream, fd, 403, "origin not allowed (--allowed-origins)").await;
+        return false;
+    }
+    let cors = req.cors(w);
+    let mut headers: Vec<(&str, &str)> = cors.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    headers.push(("Access-Control-Allow-Methods", "GET, POST, OPTIONS"));
+    headers.push((
+        "Access-Control-Allow-Headers",
+        "Authorization, Content-Type, Last-Event-ID",
+    ));
+    headers.push(("Access-Control-Max-Age", "600"));
+    let mut out = Vec::new();
+    http::write_response(&mut out, 204, &headers, "text/plain", b"", req.keep_alive);
+    send(w, stream, fd, 204, &out, req.keep_alive).await
 }
 
 /// `POST /publish?topic=T[&event=E]`: the body is the payload. Returns whether the
@@ -393,6 +503,13 @@ async fn publish(
             Err(e) => return refuse(w, stream, fd, 400, &e.to_string()).await,
         },
     };
+    if let Err(refusal) = w
+        .access
+        .publisher(req.bearer.as_deref(), &topic, unix_now())
+    {
+        refuse_access(w, stream, fd, &refusal).await;
+        return None;
+    }
     let event = match req.param("event") {
         None => None,
         Some(e) => match validate_event(&e) {

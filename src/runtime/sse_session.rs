@@ -18,7 +18,7 @@ use std::task::Poll;
 use bytes::Bytes;
 use monoio::net::TcpStream;
 
-use super::conn::{respond_error, OpenConn, Request};
+use super::conn::{refuse_access, respond_error, unix_now, OpenConn, Request};
 use super::netio;
 use super::worker::Worker;
 use crate::core::client::{CloseReason, Transport};
@@ -26,6 +26,7 @@ use crate::core::msg::Since;
 use crate::core::registry::ClientId;
 use crate::core::state::ClientTask;
 use crate::debug;
+use crate::proto::access::Refusal;
 use crate::proto::sse;
 use crate::proto::topic::topics_from_query;
 
@@ -59,6 +60,8 @@ impl Drop for ClientGuard {
 pub const SHUTDOWN_EVENT: &str = "ringcast.shutdown";
 /// The event telling a client the server is over capacity.
 pub const BUSY_EVENT: &str = "ringcast.busy";
+/// The event ending a stream whose access token expired.
+pub const EXPIRED_EVENT: &str = "ringcast.expired";
 /// The event telling a stream it is cut as a slow consumer.
 pub const SLOW_EVENT: &str = "ringcast.slow";
 
@@ -79,36 +82,71 @@ enum Wake {
     Task(ClientTask),
 }
 
-pub async fn serve(w: Rc<Worker>, stream: TcpStream, req: Request, _open: OpenConn) {
-    let fd = stream.as_raw_fd();
-    let topics = match topics_from_query(&req.query, w.cfg.max_topics_per_client) {
-        Ok(t) => t,
-        Err(e) => return respond_error(&w, &stream, fd, 400, &e.to_string()).await,
-    };
+/// Why a stream request was not admitted.
+pub enum Refused {
+    /// 400 with this reason.
+    BadRequest(String),
+    /// 401 or 403.
+    Access(Refusal),
+}
+
+impl Refused {
+    /// Answers the refusal and closes.
+    pub async fn answer(&self, w: &Worker, stream: &TcpStream, fd: RawFd) {
+        match self {
+            Refused::BadRequest(reason) => respond_error(w, stream, fd, 400, reason).await,
+            Refused::Access(refusal) => refuse_access(w, stream, fd, refusal).await,
+        }
+    }
+}
+
+/// An admitted stream: registered, subscribed, its head queued.
+pub struct Admitted {
+    id: ClientId,
+    topics: Vec<String>,
+}
+
+/// Checks an SSE request (topics, access) and registers its client. Runs before
+/// the stream's task is spawned, so the request itself never lives in that task.
+pub fn admit(w: &Rc<Worker>, fd: RawFd, req: Request) -> Result<Admitted, Refused> {
+    let topics = topics_from_query(&req.query, w.cfg.max_topics_per_client)
+        .map_err(|e| Refused::BadRequest(e.to_string()))?;
+    let query_token = req.param("token").map(|v| v.into_owned());
+    let grants = w
+        .access
+        .subscriber(&req.presented(query_token.as_deref()), &topics, unix_now())
+        .map_err(Refused::Access)?;
     let last_id = req
         .last_event_id
         .clone()
         .or_else(|| req.param("lastEventId").map(|v| v.into_owned()));
     let sinces = Since::from_cursor(last_id.as_deref(), w.state.borrow().ids(), topics.len());
-    drop((req, last_id));
-
-    bound_unacked_writes(&w, fd);
-    let id = {
-        let mut st = w.state.borrow_mut();
-        st.set_now(w.now_tick());
-        let id = st.register(Transport::Sse, fd);
-        st.set_stream_cursor(id, topics.len());
-        let mut head = Vec::with_capacity(256);
-        sse::write_stream_head(&mut head, w.cfg.sse_retry_ms, &[]);
-        st.queue(id, Bytes::from(head));
-        for (topic, since) in topics.iter().zip(sinces) {
-            // The list was validated and bounded above; a refusal here would be a
-            // bug, and the stream then simply lacks that topic.
-            let _ = st.subscribe(id, topic, since);
-        }
-        id
-    };
+    let cors = req.cors(w);
+    bound_unacked_writes(w, fd);
+    let mut st = w.state.borrow_mut();
+    st.set_now(w.now_tick());
+    let id = st.register(Transport::Sse, fd);
+    st.set_stream_cursor(id, topics.len());
+    let mut head = Vec::with_capacity(256);
+    let headers: Vec<(&str, &str)> = cors.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    sse::write_stream_head(&mut head, w.cfg.sse_retry_ms, &headers);
+    st.queue(id, Bytes::from(head));
+    if let Some(g) = &grants {
+        st.set_expiry(id, expiry_tick(w, g.exp));
+    }
+    for (topic, since) in topics.iter().zip(sinces) {
+        // The list was validated and bounded above; a refusal here would be a
+        // bug, and the stream then simply lacks that topic.
+        let _ = st.subscribe(id, topic, since);
+    }
     w.metrics().http_response(200);
+    Ok(Admitted { id, topics })
+}
+
+/// Runs an admitted stream until it ends, then removes its client.
+pub async fn serve(w: Rc<Worker>, stream: TcpStream, admitted: Admitted, _open: OpenConn) {
+    let fd = stream.as_raw_fd();
+    let Admitted { id, topics } = admitted;
     let guard = ClientGuard {
         w: w.clone(),
         id,
@@ -117,7 +155,10 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, req: Request, _open: OpenCo
     w.settle();
     let reason = run(&w, &stream, fd, id).await;
     guard.reason.set(reason);
-    if matches!(reason, CloseReason::Shutdown | CloseReason::SlowConsumer) {
+    if matches!(
+        reason,
+        CloseReason::Shutdown | CloseReason::SlowConsumer | CloseReason::TokenExpired
+    ) {
         last_words(&w, &stream, id, reason, &topics).await;
     }
 }
@@ -137,6 +178,7 @@ async fn last_words(
     }
     let (event, why) = match reason {
         CloseReason::SlowConsumer => (SLOW_EVENT, "slow consumer: outbox over --max-outbox-bytes"),
+        CloseReason::TokenExpired => (EXPIRED_EVENT, "token expired"),
         _ => (SHUTDOWN_EVENT, "draining: reconnect after retry"),
     };
     let mut out = Vec::with_capacity(128);
@@ -155,7 +197,7 @@ async fn last_words(
     sse::write_event_body(&mut out, Some(event), &data);
     w.state.borrow_mut().queue(id, Bytes::from(out));
     w.settle();
-    if reason == CloseReason::Shutdown {
+    if reason != CloseReason::SlowConsumer {
         let deadline = w.now_ms() + 1000;
         while w.state.borrow().queued(id) > 0 && w.now_ms() < deadline {
             let left = std::time::Duration::from_millis(deadline.saturating_sub(w.now_ms()));
@@ -169,6 +211,15 @@ async fn last_words(
             w.settle();
         }
     }
+}
+
+/// The wheel tick at which a token expiring at `exp` (Unix seconds) is due.
+pub fn expiry_tick(w: &Worker, exp: u64) -> u64 {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp);
+    let left = at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    w.now_tick() + crate::runtime::worker::ticks(left)
 }
 
 /// Bounds how long written data may stay unacknowledged (`TCP_USER_TIMEOUT`, the

@@ -20,6 +20,7 @@ use super::{conn, ingress, netio};
 use crate::config::{Driver, ServeConfig};
 use crate::core::state::{CoreState, Limits};
 use crate::metrics::CoreMetrics;
+use crate::proto::access::AccessPolicy;
 use crate::proto::cursor::{Epoch, IdScheme};
 use crate::proto::json::JsonScratch;
 use crate::{debug, error, info, warn};
@@ -41,6 +42,8 @@ pub struct Worker {
     pub epoch_text: String,
     pub started: std::time::Instant,
     pub life: Arc<Lifecycle>,
+    /// Who may subscribe, publish and connect from which origin.
+    pub access: Arc<AccessPolicy>,
     /// The broker bridge's health, when topics are shared through one.
     pub broker: Option<Arc<BrokerStatus>>,
     /// The core is draining: no new streams, `/healthz` answers 503.
@@ -114,6 +117,8 @@ pub enum StartError {
     Worker { core: usize, reason: String },
     #[error("cannot start the broker bridge: {reason}")]
     Broker { reason: String },
+    #[error("access control: {reason}")]
+    Access { reason: String },
 }
 
 /// Runs the server until the process is stopped.
@@ -135,6 +140,7 @@ pub fn run(cfg: ServeConfig) -> Result<(), StartError> {
     let driver: &'static str = if uring { "uring" } else { "epoll" };
     raise_nofile_limit();
 
+    let access = Arc::new(access_policy(&cfg)?);
     let epoch = new_epoch();
     let epoch_text = format!("{:012x}", epoch.get());
     let publish_listener = bind_publish_socket(&cfg)?;
@@ -171,6 +177,7 @@ pub fn run(cfg: ServeConfig) -> Result<(), StartError> {
         let life = life.clone();
         let done = done_tx.clone();
         let broker_status = broker_status.clone();
+        let access = access.clone();
         let unix = if core == 0 {
             publish_listener.take()
         } else {
@@ -212,6 +219,7 @@ pub fn run(cfg: ServeConfig) -> Result<(), StartError> {
                         started: std::time::Instant::now(),
                         life,
                         broker: broker_status,
+                        access,
                         draining: Cell::new(false),
                         open: Cell::new(0),
                         refusing: Cell::new(0),
@@ -474,6 +482,39 @@ impl Future for YieldNow {
         cx.waker().wake_by_ref();
         Poll::Pending
     }
+}
+
+/// The access rules from the flags; the secret must be long enough for HS256.
+fn access_policy(cfg: &ServeConfig) -> Result<AccessPolicy, StartError> {
+    let fail = |reason: String| StartError::Access { reason };
+    let secret = match (&cfg.auth_secret, &cfg.auth_secret_file) {
+        (Some(s), _) => Some(s.as_bytes().to_vec()),
+        (None, Some(path)) => {
+            let mut bytes = std::fs::read(path)
+                .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+            while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+                bytes.pop();
+            }
+            Some(bytes)
+        }
+        (None, None) => None,
+    };
+    if let Some(secret) = &secret {
+        if secret.len() < crate::proto::token::MIN_SECRET_LEN {
+            return Err(fail(format!(
+                "the auth secret must be at least {} bytes (RFC 7518 §3.2)",
+                crate::proto::token::MIN_SECRET_LEN
+            )));
+        }
+    }
+    if cfg.publish_key.is_some() && secret.is_none() {
+        warn!("msg=\"--publish-key has no effect without --auth-secret: publishing is open\"");
+    }
+    Ok(AccessPolicy::new(
+        secret.as_deref(),
+        cfg.publish_key.as_deref().map(str::as_bytes),
+        cfg.allowed_origins.as_deref(),
+    ))
 }
 
 /// A duration in wheel ticks, rounded up.

@@ -18,8 +18,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use monoio::net::TcpStream;
 
-use super::conn::{finish, publish_and_wait, OpenConn, Request, Route};
+use super::conn::{finish, publish_and_wait, unix_now, OpenConn, Request, Route};
 use super::netio;
+use super::sse_session::expiry_tick;
 use super::sse_session::{bound_unacked_writes, ClientGuard};
 use super::timer;
 use super::worker::Worker;
@@ -29,8 +30,10 @@ use crate::core::registry::ClientId;
 use crate::core::state::ClientTask;
 use crate::proto::control::{self, ControlError, Op};
 use crate::proto::http::{self, Method};
+use crate::proto::token::Grants;
 use crate::proto::topic::{topics_from_query, TopicListError};
 use crate::proto::ws::close::code;
+use crate::proto::ws::HandshakeError;
 use crate::proto::ws::{
     check_handshake, encode_frame, write_101, Connection, Event, HandshakeRequest, OpCode,
 };
@@ -38,14 +41,55 @@ use crate::proto::ws::{
 /// How long we wait for the peer's Close after sending ours (milliseconds).
 pub const CLOSE_TIMEOUT_MS: u64 = 5_000;
 
-pub async fn serve(
-    w: Rc<Worker>,
-    stream: TcpStream,
-    req: Request,
-    leftover: Vec<u8>,
-    _open: OpenConn,
-) {
-    let fd = stream.as_raw_fd();
+/// An admitted WebSocket: its handshake answer and what it may do.
+pub enum Admitted {
+    /// `/echo`: the 101 to send.
+    Echo(Vec<u8>),
+    /// `/ws`: registered and subscribed, the 101 queued.
+    Subscriber {
+        id: ClientId,
+        grants: Option<Grants>,
+    },
+}
+
+/// Why an upgrade was not admitted.
+pub enum Refused {
+    Handshake(HandshakeError),
+    Stream(super::sse_session::Refused),
+}
+
+impl Refused {
+    /// Answers the refusal and closes.
+    pub async fn answer(&self, w: &Worker, stream: &TcpStream, fd: RawFd) {
+        match self {
+            Refused::Handshake(e) => {
+                let headers: &[(&str, &str)] = if e.status() == 426 {
+                    &[("Sec-WebSocket-Version", "13")]
+                } else {
+                    &[]
+                };
+                let mut out = Vec::new();
+                let body = format!("{}\n", e.reason());
+                http::write_response(
+                    &mut out,
+                    e.status(),
+                    headers,
+                    "text/plain; charset=utf-8",
+                    body.as_bytes(),
+                    false,
+                );
+                w.metrics().http_response(e.status());
+                finish(w, stream, fd, &out).await;
+            }
+            Refused::Stream(r) => r.answer(w, stream, fd).await,
+        }
+    }
+}
+
+/// Checks an upgrade (handshake, topics, access, origin) and registers its
+/// client, before the session's task is spawned.
+pub fn admit(w: &Rc<Worker>, fd: RawFd, req: Request) -> Result<Admitted, Refused> {
+    use super::sse_session::Refused as R;
     let handshake = HandshakeRequest {
         method_is_get: req.method == Method::Get,
         http11_or_later: req.http11,
@@ -54,60 +98,59 @@ pub async fn serve(
         key: req.ws_key.as_deref(),
         version: req.ws_version.as_deref(),
     };
-    let accept = match check_handshake(&handshake) {
-        Ok(a) => a,
-        Err(e) => {
-            let headers: &[(&str, &str)] = if e.status() == 426 {
-                &[("Sec-WebSocket-Version", "13")]
-            } else {
-                &[]
-            };
-            let mut out = Vec::new();
-            let body = format!("{}\n", e.reason());
-            http::write_response(
-                &mut out,
-                e.status(),
-                headers,
-                "text/plain; charset=utf-8",
-                body.as_bytes(),
-                false,
-            );
-            w.metrics().http_response(e.status());
-            return finish(&w, &stream, fd, &out).await;
-        }
-    };
+    let accept = check_handshake(&handshake).map_err(Refused::Handshake)?;
     let mut hello = Vec::with_capacity(160);
     write_101(&mut hello, &accept);
     if req.route == Route::Echo {
         w.metrics().http_response(101);
-        return echo(&w, &stream, fd, &hello, leftover).await;
+        return Ok(Admitted::Echo(hello));
     }
-
     let topics = match topics_from_query(&req.query, w.cfg.max_topics_per_client) {
         Ok(t) => t,
         Err(TopicListError::Empty) => Vec::new(),
-        Err(e) => return super::conn::respond_error(&w, &stream, fd, 400, &e.to_string()).await,
+        Err(e) => return Err(Refused::Stream(R::BadRequest(e.to_string()))),
     };
-    bound_unacked_writes(&w, fd);
+    let query_token = req.param("token").map(|v| v.into_owned());
+    let grants = w
+        .access
+        .subscriber(&req.presented(query_token.as_deref()), &topics, unix_now())
+        .map_err(|r| Refused::Stream(R::Access(r)))?;
+    bound_unacked_writes(w, fd);
     let last_id = req.param("lastEventId").map(|v| v.into_owned());
     let sinces = Since::from_cursor(last_id.as_deref(), w.state.borrow().ids(), topics.len());
-    let id = {
-        let mut st = w.state.borrow_mut();
-        let id = st.register(Transport::Ws, fd);
-        st.queue(id, Bytes::from(hello));
-        for (topic, since) in topics.iter().zip(sinces) {
-            let _ = st.subscribe(id, topic, since);
-        }
-        id
-    };
+    let mut st = w.state.borrow_mut();
+    st.set_now(w.now_tick());
+    let id = st.register(Transport::Ws, fd);
+    st.queue(id, Bytes::from(hello));
+    if let Some(g) = &grants {
+        st.set_expiry(id, expiry_tick(w, g.exp));
+    }
+    for (topic, since) in topics.iter().zip(sinces) {
+        let _ = st.subscribe(id, topic, since);
+    }
     w.metrics().http_response(101);
+    Ok(Admitted::Subscriber { id, grants })
+}
+
+pub async fn serve(
+    w: Rc<Worker>,
+    stream: TcpStream,
+    admitted: Admitted,
+    leftover: Vec<u8>,
+    _open: OpenConn,
+) {
+    let fd = stream.as_raw_fd();
+    let (id, grants) = match admitted {
+        Admitted::Echo(hello) => return echo(&w, &stream, fd, &hello, leftover).await,
+        Admitted::Subscriber { id, grants } => (id, grants),
+    };
     let guard = ClientGuard {
         w: w.clone(),
         id,
         reason: Cell::new(CloseReason::PeerGone),
     };
     w.settle();
-    let reason = run(&w, &stream, fd, id, &leftover).await;
+    let reason = run(&w, &stream, fd, id, grants.as_ref(), &leftover).await;
     guard.reason.set(reason);
 }
 
@@ -123,12 +166,13 @@ async fn run(
     stream: &TcpStream,
     fd: RawFd,
     id: ClientId,
+    grants: Option<&Grants>,
     leftover: &[u8],
 ) -> CloseReason {
     let mut conn = Connection::new(w.cfg.max_message_bytes, CLOSE_TIMEOUT_MS);
     let mut reason = CloseReason::PeerGone;
     if !leftover.is_empty() {
-        feed(w, &mut conn, id, leftover).await;
+        feed(w, &mut conn, id, grants, leftover).await;
     }
     let mut readable = pin!(stream.readable(false));
     loop {
@@ -155,7 +199,7 @@ async fn run(
         match wake {
             Wake::Readable(Err(_)) => return CloseReason::PeerGone,
             Wake::Readable(Ok(())) => {
-                read_available(w, &mut conn, id, fd).await;
+                read_available(w, &mut conn, id, grants, fd).await;
                 readable.set(stream.readable(false));
             }
             Wake::Task(ClientTask::AwaitWritable) => {
@@ -174,10 +218,17 @@ async fn run(
                 if begun.is_some() {
                     let (code, text) = match why {
                         CloseReason::SlowConsumer => (code::POLICY_VIOLATION, "slow consumer"),
+                        CloseReason::TokenExpired => (code::POLICY_VIOLATION, "token expired"),
+                        CloseReason::IdleTimeout => (code::GOING_AWAY, "idle timeout"),
                         _ => (code::GOING_AWAY, "server shutting down"),
                     };
                     conn.close(w.now_ms(), code, text);
                     transmit(w, &mut conn, id);
+                    if why == CloseReason::IdleTimeout {
+                        // The peer was judged gone: do not wait for its Close.
+                        drain_outbox(w, stream, id).await;
+                        return why;
+                    }
                 }
             }
             Wake::Deadline => {
@@ -188,7 +239,13 @@ async fn run(
 }
 
 /// Reads everything the socket holds (bounded) and feeds it to the connection.
-async fn read_available(w: &Rc<Worker>, conn: &mut Connection, id: ClientId, fd: RawFd) {
+async fn read_available(
+    w: &Rc<Worker>,
+    conn: &mut Connection,
+    id: ClientId,
+    grants: Option<&Grants>,
+    fd: RawFd,
+) {
     for _ in 0..16 {
         let chunk = {
             let mut scratch = w.scratch.borrow_mut();
@@ -207,7 +264,7 @@ async fn read_available(w: &Rc<Worker>, conn: &mut Connection, id: ClientId, fd:
                     st.set_now(w.now_tick());
                     st.touch_read(id);
                 }
-                feed(w, conn, id, &bytes).await
+                feed(w, conn, id, grants, &bytes).await
             }
             None => {
                 conn.handle_eof();
@@ -219,7 +276,13 @@ async fn read_available(w: &Rc<Worker>, conn: &mut Connection, id: ClientId, fd:
 }
 
 /// Feeds bytes to the connection, answering each complete message.
-async fn feed(w: &Rc<Worker>, conn: &mut Connection, id: ClientId, mut bytes: &[u8]) {
+async fn feed(
+    w: &Rc<Worker>,
+    conn: &mut Connection,
+    id: ClientId,
+    grants: Option<&Grants>,
+    mut bytes: &[u8],
+) {
     while !bytes.is_empty() {
         let (used, result) = conn.handle_bytes(w.now_ms(), bytes);
         bytes = &bytes[used..];
@@ -234,7 +297,7 @@ async fn feed(w: &Rc<Worker>, conn: &mut Connection, id: ClientId, mut bytes: &[
             }
         };
         match event {
-            Event::Text(text) => answer_control(w, id, &text).await,
+            Event::Text(text) => answer_control(w, id, grants, &text).await,
             Event::Binary(_) => queue_text(w, id, &error_answer(None, ControlError::Binary)),
             Event::Close { .. } => w.state.borrow_mut().mute(id),
             Event::Ping(_) | Event::Pong(_) => {}
@@ -282,7 +345,7 @@ fn error_answer(reference: Option<&[u8]>, e: impl std::fmt::Display) -> Vec<u8> 
 }
 
 /// Answers one control message with an ack or an error frame.
-async fn answer_control(w: &Rc<Worker>, id: ClientId, text: &[u8]) {
+async fn answer_control(w: &Rc<Worker>, id: ClientId, grants: Option<&Grants>, text: &[u8]) {
     let parsed = {
         let mut json = w.json.borrow_mut();
         control::parse(&mut json, text)
@@ -295,6 +358,10 @@ async fn answer_control(w: &Rc<Worker>, id: ClientId, text: &[u8]) {
     let mut answer = Vec::new();
     match control.op {
         Op::Subscribe { topics, since } => {
+            if let Some(topic) = grants.and_then(|g| topics.iter().find(|t| !g.may_subscribe(t))) {
+                let e = format!("topic not granted: {topic}");
+                return queue_text(w, id, &error_answer(reference, e));
+            }
             let check = w.state.borrow().check_subscribe(id, &topics);
             if let Err(e) = check {
                 return queue_text(w, id, &error_answer(reference, e));
@@ -316,6 +383,10 @@ async fn answer_control(w: &Rc<Worker>, id: ClientId, text: &[u8]) {
             drop(st);
             control::write_ack(&mut answer, reference, None);
             queue_text(w, id, &answer);
+        }
+        Op::Publish { topic, .. } if grants.is_some_and(|g| !g.may_publish(&topic)) => {
+            let e = format!("publishing not granted: {topic}");
+            queue_text(w, id, &error_answer(reference, e));
         }
         Op::Publish { topic, event, data } => {
             if data.len() > w.cfg.max_message_bytes {

@@ -53,7 +53,16 @@ impl CoreState {
             Transport::Ws if self.limits.idle_ticks > 0 => c.last_read + self.limits.idle_ticks,
             _ => u64::MAX,
         };
-        Some(heartbeat.min(idle).max(self.now + 1))
+        let expiry = c.expires_at.unwrap_or(u64::MAX);
+        Some(heartbeat.min(idle).min(expiry).max(self.now + 1))
+    }
+
+    /// Closes the client at tick `at` (its access token's expiry).
+    pub fn set_expiry(&mut self, id: ClientId, at: u64) {
+        if let Some(c) = self.clients.get_mut(id) {
+            c.expires_at = Some(at);
+        }
+        self.arm_client(id);
     }
 
     /// Files (or re-files) the client's one wheel entry at its earliest deadline.
@@ -147,6 +156,10 @@ impl CoreState {
         };
         c.timer = None;
         if matches!(c.write, WriteState::Closing(_)) {
+            return;
+        }
+        if c.expires_at.is_some_and(|at| now >= at) {
+            self.close(id, CloseReason::TokenExpired);
             return;
         }
         if c.transport == Transport::Ws && idle > 0 && now >= c.last_read + idle {
