@@ -313,6 +313,28 @@ impl Server {
         label_value(line, "epoch").expect("epoch label")
     }
 
+    /// Sends `sig` (e.g. `libc::SIGTERM`) to the server process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the pid of a child this harness spawned and has not reaped.
+        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill({}, {sig})", self.pid());
+    }
+
+    /// Waits (bounded) for the server process to exit; its status, or `None` when
+    /// it is still running at the deadline.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Starts an SSE client on this server.
     pub fn sse(&self, query: &str) -> SseClient {
         SseClient::connect(self.addr, query, None)
