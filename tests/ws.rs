@@ -480,7 +480,7 @@ fn twenty_four_clients_on_both_cores_get_five_hundred_messages_in_per_topic_orde
     }
 
     const N: u64 = 500;
-    let topic = |n: u64| if n % 2 == 0 { "fa" } else { "fb" };
+    let topic = |n: u64| if n.is_multiple_of(2) { "fa" } else { "fb" };
     let lines: Vec<String> = (0..N).map(|n| line_n(topic(n), n)).collect();
     let ids: Vec<String> = server
         .publish_socket(&lines)
