@@ -64,6 +64,20 @@ pub struct Subscription {
     /// The request the answer must carry (an unsubscribe and a new subscribe
     /// to the same topic must not take the old request's answer).
     pub req: u32,
+    /// The acknowledgement this subscription holds back until it is confirmed
+    /// (0: none), see [`PendingAck`].
+    pub ack: u32,
+}
+
+/// An answer (a WS `ack`) sent once every subscription of one request is
+/// confirmed by its home core: from then on, everything published reaches the
+/// client.
+#[derive(Debug, Clone)]
+pub struct PendingAck {
+    pub token: u32,
+    /// Subscriptions still unconfirmed, plus one while the request is being made.
+    pub waiting: u16,
+    pub bytes: bytes::Bytes,
 }
 
 /// Write side of the connection, as the core sees it.
@@ -107,6 +121,8 @@ pub struct Client {
     pub timer: Option<TimerHandle>,
     /// Tick at which the client's access token expires.
     pub expires_at: Option<u64>,
+    /// Acknowledgements waiting for their subscriptions to be confirmed.
+    pub acks: Vec<PendingAck>,
 }
 
 impl Client {
@@ -127,12 +143,29 @@ impl Client {
             last_read: 0,
             timer: None,
             expires_at: None,
+            acks: Vec::new(),
         }
     }
 
     pub fn wake(&mut self) {
         if let Some(w) = self.waker.take() {
             w.wake();
+        }
+    }
+
+    /// One subscription of acknowledgement `token` is settled (confirmed, or
+    /// dropped while pending): queue the ack once none is left.
+    pub fn settle_ack(&mut self, token: u32) {
+        if token == 0 {
+            return;
+        }
+        let Some(i) = self.acks.iter().position(|a| a.token == token) else {
+            return;
+        };
+        self.acks[i].waiting -= 1;
+        if self.acks[i].waiting == 0 {
+            let ack = self.acks.swap_remove(i);
+            self.outbox.push(ack.bytes);
         }
     }
 

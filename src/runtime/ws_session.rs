@@ -362,17 +362,15 @@ async fn answer_control(w: &Rc<Worker>, id: ClientId, grants: Option<&Grants>, t
                 let e = format!("topic not granted: {topic}");
                 return queue_text(w, id, &error_answer(reference, e));
             }
-            let check = w.state.borrow().check_subscribe(id, &topics);
-            if let Err(e) = check {
-                return queue_text(w, id, &error_answer(reference, e));
-            }
             control::write_ack(&mut answer, reference, None);
-            queue_text(w, id, &answer);
+            let mut frame = Vec::with_capacity(answer.len() + 10);
+            encode_frame(&mut frame, OpCode::Text, true, &answer);
             let mut st = w.state.borrow_mut();
             let sinces =
                 Since::from_cursor(since.as_deref().map(str::as_bytes), st.ids(), topics.len());
-            for (topic, since) in topics.iter().zip(sinces) {
-                let _ = st.subscribe(id, topic, since);
+            if let Err(e) = st.subscribe_acked(id, &topics, sinces, Bytes::from(frame)) {
+                drop(st);
+                queue_text(w, id, &error_answer(reference, e));
             }
         }
         Op::Unsubscribe { topics } => {

@@ -15,7 +15,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use slab::Slab;
 
-use super::client::{Client, CloseReason, Subscription, Transport, WriteState};
+use super::client::{Client, CloseReason, PendingAck, Subscription, Transport, WriteState};
 use super::message::Message;
 use super::msg::{CoreMsg, Gap, ReplyTo, Since};
 use super::outbox::{Flush, FlushScratch, StreamCursor};
@@ -343,10 +343,61 @@ impl CoreState {
         topic: &str,
         since: Since,
     ) -> Result<(), SubscribeError> {
+        self.subscribe_as(id, topic, since, 0, false).map(|_| ())
+    }
+
+    /// Subscribes a client to several topics and queues `ack` once every one of
+    /// them is confirmed by its home core (after the backlog of the ones that
+    /// resume), so that a client holding the ack receives everything published
+    /// after it. Topics it already has count as confirmed.
+    pub fn subscribe_acked(
+        &mut self,
+        id: ClientId,
+        topics: &[String],
+        sinces: Vec<Since>,
+        ack: Bytes,
+    ) -> Result<(), SubscribeError> {
+        self.check_subscribe(id, topics)?;
+        self.next_req = self.next_req.wrapping_add(1);
+        let token = self.next_req.max(1);
+        if let Some(c) = self.clients.get_mut(id) {
+            c.acks.push(PendingAck {
+                token,
+                waiting: 1,
+                bytes: ack,
+            });
+        }
+        let last = topics.len().saturating_sub(1);
+        let mut released = false;
+        for (i, (topic, since)) in topics.iter().zip(sinces).enumerate() {
+            released |= self.subscribe_as(id, topic, since, token, i == last)?;
+        }
+        if !released {
+            if let Some(c) = self.clients.get_mut(id) {
+                c.settle_ack(token);
+            }
+        }
+        self.mark_dirty(id);
+        Ok(())
+    }
+
+    /// Subscribes one topic, holding back acknowledgement `ack` (0: none) until
+    /// it is confirmed. With `release`, drops the request's own hold on the ack
+    /// once this subscription holds it, so that when this last one is confirmed
+    /// at once (a home on this core) the ack still precedes its backlog. Returns
+    /// whether the hold was dropped.
+    fn subscribe_as(
+        &mut self,
+        id: ClientId,
+        topic: &str,
+        since: Since,
+        ack: u32,
+        release: bool,
+    ) -> Result<bool, SubscribeError> {
         let client = self.clients.get(id).ok_or(SubscribeError::UnknownClient)?;
         if let Some(key) = self.local.key(topic) {
             if client.sub_index(key).is_some() {
-                return Ok(());
+                return Ok(false);
             }
         }
         if client.subs.len() >= self.limits.max_topics_per_client {
@@ -363,7 +414,14 @@ impl CoreState {
                 seq: 0,
                 pending: true,
                 req,
+                ack,
             });
+            if let Some(a) = client.acks.iter_mut().find(|a| a.token == ack) {
+                a.waiting += 1;
+            }
+            if release {
+                client.settle_ack(ack);
+            }
         }
         let name = match self.local.get(key) {
             Some(t) => t.name.clone(),
@@ -385,7 +443,7 @@ impl CoreState {
             );
         }
         self.update_gauges();
-        Ok(())
+        Ok(release)
     }
 
     /// Unsubscribes a client from `topic`; false when it was not subscribed.
@@ -400,6 +458,9 @@ impl CoreState {
             return false;
         };
         let sub = client.subs.swap_remove(index);
+        if sub.pending {
+            client.settle_ack(sub.ack);
+        }
         // The subscription moved into `index` must tell its topic where it is now.
         let moved = client.subs.get(index).map(|s| (s.topic, s.pos));
         if let Some((topic, pos)) = moved {
@@ -449,6 +510,10 @@ impl CoreState {
                 *pos = start;
             }
         }
+        // The ack goes first: from here on the client gets everything of this
+        // topic (its backlog, then live messages).
+        let ack = client.subs[index].ack;
+        client.settle_ack(ack);
         if let Some(gap) = gap {
             queue_gap(client, topic, gap, ids);
         }

@@ -280,3 +280,29 @@ fn heartbeats_fill_silences_and_silent_websockets_are_closed() {
     cs[0].remove(ws, CloseReason::IdleTimeout);
     assert_eq!(cs[0].timer_entries(), 0);
 }
+
+#[test]
+fn a_subscribe_ack_waits_until_every_home_confirmed_and_precedes_the_last_backlog() {
+    let mut cs = cores(2);
+    let here = topic_homed_at(0, 2);
+    let there = topic_homed_at(1, 2);
+    publish(&mut cs, 0, &there, "1");
+    let c = cs[0].register(Transport::Sse, 10);
+    cs[0].set_stream_cursor(c, 2);
+    let topics = vec![here.clone(), there.clone()];
+    let ack = Bytes::from_static(b"ACK\n");
+    cs[0]
+        .subscribe_acked(c, &topics, vec![Since::Live, Since::After(0)], ack)
+        .unwrap();
+    let mut socks = Sockets::default();
+    socks.flush_all(&mut cs);
+    assert!(
+        !socks.text(10).contains("ACK"),
+        "no ack before the remote home answered"
+    );
+    pump(&mut cs);
+    socks.flush_all(&mut cs);
+    let text = socks.text(10);
+    let ack_at = text.find("ACK").expect("ack after the answer");
+    assert!(text.find("\"data\":1").expect("backlog") > ack_at, "{text}");
+}
