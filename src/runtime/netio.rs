@@ -41,6 +41,16 @@ pub fn writev(fd: RawFd, iov: &[IoSlice<'_>]) -> io::Result<usize> {
     }
 }
 
+/// Half-closes the socket: sends FIN, keeps the read side open.
+pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain syscall on a descriptor; no memory is passed.
+    if unsafe { libc::shutdown(fd, libc::SHUT_WR) } < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// Sets an integer socket option.
 pub fn set_sockopt(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
     // SAFETY: the option value is a live i32 and its exact size is passed.

@@ -232,7 +232,11 @@ async fn run(
                 }
             }
             Wake::Deadline => {
-                conn.handle_timeout(w.now_ms());
+                // The timer fired for `deadline`: monoio's timer and our clock round
+                // differently, and waiting again for the last millisecond would arm a
+                // zero timeout that may never fire. So the deadline counts as reached.
+                let at = deadline.unwrap_or(0);
+                conn.handle_timeout(w.now_ms().max(at));
             }
         }
     }
@@ -413,6 +417,7 @@ async fn echo(w: &Rc<Worker>, stream: &TcpStream, fd: RawFd, hello: &[u8], lefto
     let mut conn = Connection::new(w.cfg.max_message_bytes, CLOSE_TIMEOUT_MS);
     let mut input = leftover;
     let mut out = Vec::new();
+    let mut write_shut = false;
     loop {
         let mut pos = 0;
         while pos < input.len() {
@@ -442,6 +447,11 @@ async fn echo(w: &Rc<Worker>, stream: &TcpStream, fd: RawFd, hello: &[u8], lefto
         if conn.wants_close_tcp() {
             return;
         }
+        if conn.wants_shutdown_write() && !write_shut {
+            // Our Close is written: FIN now, then read until the peer's FIN.
+            let _ = netio::shutdown_write(fd);
+            write_shut = true;
+        }
         let read = netio::read_some(stream, fd, &mut input, 64 * 1024);
         let read = match conn.poll_timeout() {
             None => read.await,
@@ -450,7 +460,8 @@ async fn echo(w: &Rc<Worker>, stream: &TcpStream, fd: RawFd, hello: &[u8], lefto
                 match timer::timeout(w, left, read).await {
                     Ok(r) => r,
                     Err(_) => {
-                        conn.handle_timeout(w.now_ms());
+                        // Fired for `at`: see `Wake::Deadline` in `run`.
+                        conn.handle_timeout(w.now_ms().max(at));
                         continue;
                     }
                 }

@@ -184,6 +184,19 @@ impl Connection {
         self.state == State::Closed && self.pending_close.is_none() && self.pending_pong.is_none()
     }
 
+    /// Half-close TCP now (`shutdown(SHUT_WR)`, after flushing the outbox): we failed
+    /// the connection and our Close is out, so nothing more will be written.
+    ///
+    /// §7.1.7 lets the peer stop at once: "the endpoint MUST _Close the WebSocket
+    /// Connection_". The FIN tells it so without waiting for its Close (a client such as
+    /// Autobahn waits for the server to drop TCP first, §7.1.1). Reading goes on until
+    /// its FIN or the deadline, because closing a socket with unread input sends an RST
+    /// that can destroy our Close frame before the peer reads it.
+    #[must_use]
+    pub fn wants_shutdown_write(&self) -> bool {
+        matches!(self.state, State::Failed { .. }) && self.pending_close.is_none()
+    }
+
     /// Data frames may be queued: §5.5.1 "After sending a Close frame, the endpoint
     /// MUST NOT send any more data frames", and after the peer's Close nobody reads them.
     #[must_use]

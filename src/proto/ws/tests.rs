@@ -439,6 +439,43 @@ fn protocol_error_sends_its_close_code_and_discards_until_deadline() {
 }
 
 #[test]
+fn protocol_error_half_closes_tcp_once_the_close_frame_is_out() {
+    let mut conn = Connection::new(LIMIT, 10);
+    assert!(!conn.wants_shutdown_write());
+    let _ = conn.handle_bytes(0, &client_frame(OpCode::Text, false, b"ok"));
+    assert!(
+        !conn.wants_shutdown_write(),
+        "an open connection keeps writing"
+    );
+    let _ = conn.handle_bytes(0, &client_frame(OpCode::Continuation, false, b"\xf4\x90"));
+    assert!(
+        !conn.wants_shutdown_write(),
+        "our Close must be written before the FIN"
+    );
+    assert_eq!(
+        transmit(&mut conn),
+        server_close(1007, "invalid utf-8 in text")
+    );
+    assert!(conn.wants_shutdown_write());
+    assert!(
+        !conn.wants_close_tcp(),
+        "keep reading so that close does not RST"
+    );
+}
+
+#[test]
+fn a_clean_close_never_asks_for_a_half_close() {
+    let mut conn = Connection::new(LIMIT, 10);
+    let _ = conn.handle_bytes(0, &client_frame(OpCode::Close, true, b""));
+    let _ = transmit(&mut conn);
+    assert!(!conn.wants_shutdown_write());
+    let mut conn = Connection::new(LIMIT, 10);
+    conn.close(0, code::GOING_AWAY, "bye");
+    let _ = transmit(&mut conn);
+    assert!(!conn.wants_shutdown_write(), "we wait for the peer's Close");
+}
+
+#[test]
 fn protocol_error_then_peer_eof_closes_tcp_at_once() {
     let mut conn = Connection::new(LIMIT, 10);
     let _ = conn.handle_bytes(0, &client_frame(OpCode::Text, true, b"\xff"));
