@@ -164,9 +164,12 @@ pub struct PublishArgs {
 const BENCH_AFTER_HELP: &str = "\
 Limits: the process raises its open-file limit to the hard limit (often 20,000 here), so one
 bench process holds up to about that many connections. For more, run several bench
-processes (each with `idle`, or split the subscribers and let one of them publish), and
-spread source addresses with --source-ips so that each 127.0.0.x gets its own ephemeral
-port range (about 28,000 ports each).
+processes side by side (`idle` runs, or fan-out runs each with its own --topic-prefix and
+publisher), and spread source addresses with --source-ips so that each 127.0.0.x gets its
+own ephemeral port range (about 28,000 ports each).
+
+Cost: the bench reports its own CPU time; when it nears --threads cores, the load
+generator, not the server, is the limit (give it more threads or another machine's cores).
 
 Templates: {topic} in --url, --publish and --publish-ws-body becomes <topic-prefix><k>
 (topic-0 .. topic-{K-1}); {payload} in --publish-ws-body becomes the payload JSON
