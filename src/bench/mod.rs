@@ -250,6 +250,8 @@ fn finish_report(r: &mut Report, shared: &Shared) {
     r.connect_failed = shared.failed.load(Ordering::Relaxed);
     r.disconnected = shared.disconnected.load(Ordering::Relaxed);
     r.first_error = shared.first_error.lock().ok().and_then(|e| e.clone());
+    r.host_load = sys::load_average();
+    r.host_cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 }
 
 fn run_idle(a: &IdleArgs) -> Result<Report, String> {
@@ -437,7 +439,6 @@ fn run_fanout(a: &FanoutArgs) -> Result<Report, String> {
     r.phase_seconds = phase_seconds;
     r.bench_cpu_seconds = bench_cpu;
     r.server_cpu_seconds = server_cpu;
-    let _ = published.answered_ns;
     Ok(r)
 }
 

@@ -66,8 +66,6 @@ pub struct Published {
     pub start_ns: u64,
     /// When the last message was written.
     pub written_ns: u64,
-    /// When the last answer arrived (unix, http), or `written_ns` (ws).
-    pub answered_ns: u64,
 }
 
 /// A connected publisher, ready to run.
@@ -248,18 +246,15 @@ impl Publisher {
             progress.sent.store(i, Ordering::Release);
         }
         let written_ns = now_ns();
-        let mut answered_ns = written_ns;
         if self.answered_one_for_one {
             let deadline = Instant::now() + answer_timeout;
             while progress.answered() < total && Instant::now() < deadline {
                 std::thread::park_timeout(Duration::from_millis(1));
             }
-            answered_ns = now_ns();
         }
         Ok(Published {
             start_ns,
             written_ns,
-            answered_ns,
         })
     }
 }

@@ -66,6 +66,9 @@ pub struct Report {
     pub server_cpu_seconds: Option<f64>,
     pub server_rss_bytes: Option<u64>,
     pub rss_per_conn_bytes: Option<f64>,
+    /// The machine's 1-minute load average at the end, and its core count.
+    pub host_load: Option<f64>,
+    pub host_cores: usize,
 }
 
 fn ms(ns: u64) -> String {
@@ -241,6 +244,20 @@ impl Report {
                 ),
             );
         }
+        if let Some(load) = self.host_load {
+            row(
+                "host load",
+                format!(
+                    "{load:.2} on {} cores{}",
+                    self.host_cores,
+                    if load > self.host_cores as f64 {
+                        "  (other processes competed for the cores: numbers are pessimistic)"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
         if let Some(e) = &self.first_error {
             row("first error", e.clone());
         }
@@ -299,6 +316,8 @@ impl Report {
         j.opt_num("server_cpu_seconds", self.server_cpu_seconds);
         j.opt_num("server_rss_bytes", self.server_rss_bytes.map(|b| b as f64));
         j.opt_num("rss_per_conn_bytes", self.rss_per_conn_bytes);
+        j.opt_num("host_load_1m", self.host_load);
+        j.num("host_cores", self.host_cores as f64);
         j.opt_str("error", self.first_error.as_deref());
         j.opt_str("publish_error", self.publish_error.as_deref());
         j.finish()

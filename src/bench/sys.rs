@@ -48,6 +48,17 @@ pub fn raise_nofile_limit() -> u64 {
     }
 }
 
+/// The 1-minute load average of the machine (`/proc/loadavg`): above the core count,
+/// other processes competed with both the server and the bench.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_ascii_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// A process observed through `/proc/<pid>`.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerProc {
