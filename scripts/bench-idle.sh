@@ -11,6 +11,11 @@ cd "$(dirname "$0")/.."
 transport=${1:-sse}; conns=${2:-10000}
 shift $(( $# < 2 ? $# : 2 ))
 port=${PORT:-18080}
+# ringcast listens with SO_REUSEPORT, so a second server on a taken port starts fine and
+# silently shares the connections with the first: refuse a port someone is listening on.
+if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+  echo "port $port is already in use (set PORT=...)" >&2; exit 1
+fi
 dir=$(mktemp -d)
 sock="$dir/ringcast.sock"
 
