@@ -21,6 +21,8 @@ pub enum Command {
     Serve(Box<ServeConfig>),
     /// Publish one message over the Unix socket and print the id it got.
     Publish(PublishArgs),
+    /// Load generator: fan-out latency and throughput, or idle connections.
+    Bench(BenchArgs),
 }
 
 /// I/O driver of the worker runtimes.
@@ -198,6 +200,198 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
         .ok()
         .filter(|m| *m <= 0o777)
         .ok_or_else(|| format!("`{s}` is not an octal file mode (examples: 660, 600)"))
+}
+
+/// How much of the run one `ringcast bench` process can hold, shown after its `--help`.
+const BENCH_AFTER_HELP: &str = "\
+Limits: the process raises its open-file limit to the hard limit (often 20,000 here), so one
+bench process holds up to about that many connections. For more, run several bench
+processes side by side (`idle` runs, or fan-out runs each with its own --topic-prefix and
+publisher), and spread source addresses with --source-ips so that each 127.0.0.x gets its
+own ephemeral port range (about 28,000 ports each).
+
+Cost: the bench reports its own CPU time; when it nears --threads cores, the load
+generator, not the server, is the limit (give it more threads or another machine's cores).
+
+Templates: {topic} in --url, --publish and --publish-ws-body becomes <topic-prefix><k>
+(topic-0 .. topic-{K-1}); {payload} in --publish-ws-body becomes the payload JSON
+{\"seq\":N,\"t\":<CLOCK_MONOTONIC ns>[,\"pad\":\"...\"]}.
+
+Examples:
+  ringcast bench --url ws://127.0.0.1:8080/ws?topic={topic} -c 1000 -m 10000
+  ringcast bench --url http://127.0.0.1:8080/sse?topic={topic} --publish http://127.0.0.1:8080/publish?topic={topic}
+  ringcast bench --url ws://127.0.0.1:3000/ws?topic={topic} --publish ws://127.0.0.1:3000/ws \\
+                 --publish-ws-body '{payload}' --payload raw
+  ringcast bench idle -c 10000 --url http://127.0.0.1:8080/sse?topic=idle --server-pid $(pidof ringcast)";
+
+/// Arguments of `ringcast bench`: the fan-out run, or the `idle` mode.
+#[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true, after_help = BENCH_AFTER_HELP)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub mode: Option<BenchMode>,
+
+    #[command(flatten)]
+    pub fanout: FanoutArgs,
+}
+
+/// Modes of `ringcast bench` other than the default fan-out run.
+#[derive(Debug, Clone, Subcommand)]
+pub enum BenchMode {
+    /// Hold N idle subscribers: report the connect rate and the server's RSS per connection.
+    #[command(after_help = BENCH_AFTER_HELP)]
+    Idle(IdleArgs),
+}
+
+/// How subscribers find the sequence number and send time in a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PayloadMode {
+    /// ringcast's envelope: the payload is the envelope's `data` field.
+    Envelope,
+    /// The message text is the published body itself (nchan, most plain hubs).
+    Raw,
+}
+
+/// Flags shared by every bench mode: who subscribes, where, and what to report.
+#[derive(Debug, Clone, Args)]
+pub struct SubscriberArgs {
+    /// Subscribe URL template: ws://... for WebSocket, http://... for SSE. Repeat the flag
+    /// to mix: connections take the URLs in turn.
+    #[arg(
+        long = "url",
+        env = "RINGCAST_BENCH_URL",
+        default_value = "ws://127.0.0.1:8080/ws?topic={topic}"
+    )]
+    pub urls: Vec<String>,
+
+    /// Subscriber connections.
+    #[arg(
+        short = 'c',
+        long,
+        env = "RINGCAST_BENCH_CONNECTIONS",
+        default_value_t = 1000
+    )]
+    pub connections: usize,
+
+    /// Topics the subscribers are spread over (connection i takes topic i % K).
+    #[arg(long, env = "RINGCAST_BENCH_TOPICS", default_value_t = 1)]
+    pub topics: usize,
+
+    /// Prefix of topic names: topic k is `<prefix><k>`.
+    #[arg(long, env = "RINGCAST_BENCH_TOPIC_PREFIX", default_value = "topic-")]
+    pub topic_prefix: String,
+
+    /// Source addresses 127.0.0.1 ..= 127.0.0.k (connection i binds 127.0.0.(1 + i % k)),
+    /// so that more connections fit the ephemeral port range.
+    #[arg(long, env = "RINGCAST_BENCH_SOURCE_IPS", default_value_t = 1)]
+    pub source_ips: u8,
+
+    /// Subscriber threads, each with its own monoio runtime [default: available cores].
+    #[arg(long, env = "RINGCAST_BENCH_THREADS")]
+    pub threads: Option<usize>,
+
+    /// Connection attempts in flight at once (over all threads).
+    #[arg(
+        long,
+        env = "RINGCAST_BENCH_CONNECT_CONCURRENCY",
+        default_value_t = 512
+    )]
+    pub connect_concurrency: usize,
+
+    /// Time allowed for all subscribers to connect.
+    #[arg(long, env = "RINGCAST_BENCH_CONNECT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Text frame a WebSocket subscriber sends once open (for servers that subscribe by
+    /// message); {topic} is replaced.
+    #[arg(long, env = "RINGCAST_BENCH_WS_SUBSCRIBE_BODY")]
+    pub ws_subscribe_body: Option<String>,
+
+    /// PID of the server: its RSS (per connection) and CPU time are reported.
+    #[arg(long, env = "RINGCAST_BENCH_SERVER_PID")]
+    pub server_pid: Option<u32>,
+
+    /// Print one JSON object on stdout instead of the table.
+    #[arg(long, env = "RINGCAST_BENCH_JSON")]
+    pub json: bool,
+
+    /// No progress line on stderr.
+    #[arg(short = 'q', long, env = "RINGCAST_BENCH_QUIET")]
+    pub quiet: bool,
+}
+
+/// Flags of the fan-out run (`ringcast bench` without a mode).
+#[derive(Debug, Clone, Args)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub subs: SubscriberArgs,
+
+    /// Where to publish: unix:PATH (NDJSON lines), http://.../publish?topic={topic}
+    /// (POST, keep-alive, pipelined) or ws://... (one text frame per message).
+    #[arg(
+        long,
+        env = "RINGCAST_BENCH_PUBLISH",
+        default_value = "unix:./ringcast.sock"
+    )]
+    pub publish: String,
+
+    /// Body of a WebSocket publish; {topic} and {payload} are replaced. Use '{payload}'
+    /// for servers that broadcast what a client sends.
+    #[arg(
+        long,
+        env = "RINGCAST_BENCH_PUBLISH_WS_BODY",
+        default_value = r#"{"op":"publish","topic":"{topic}","data":{payload}}"#
+    )]
+    pub publish_ws_body: String,
+
+    /// Where subscribers find the payload in a message.
+    #[arg(
+        long,
+        env = "RINGCAST_BENCH_PAYLOAD",
+        value_enum,
+        default_value = "envelope"
+    )]
+    pub payload: PayloadMode,
+
+    /// Pad each payload to at least this many bytes.
+    #[arg(long, env = "RINGCAST_BENCH_PAYLOAD_SIZE", default_value = "0", value_parser = parse_size)]
+    pub payload_size: usize,
+
+    /// Messages to publish (round-robin over the topics), warm-up included.
+    #[arg(
+        short = 'm',
+        long,
+        env = "RINGCAST_BENCH_MESSAGES",
+        default_value_t = 10_000
+    )]
+    pub messages: u64,
+
+    /// Target publish rate in messages per second; 0 = as fast as the window allows.
+    #[arg(long, env = "RINGCAST_BENCH_RATE", default_value_t = 0.0)]
+    pub rate: f64,
+
+    /// Publishes sent but not yet answered, at most (unix and http publish).
+    #[arg(long, env = "RINGCAST_BENCH_WINDOW", default_value_t = 256)]
+    pub window: u64,
+
+    /// The first N messages are checked for loss but not recorded in the histogram.
+    #[arg(long, env = "RINGCAST_BENCH_WARMUP", default_value_t = 0)]
+    pub warmup: u64,
+
+    /// After the last publish, how long to wait for stragglers before counting loss.
+    #[arg(long, env = "RINGCAST_BENCH_DRAIN", default_value = "5s", value_parser = parse_duration)]
+    pub drain: Duration,
+}
+
+/// Flags of `ringcast bench idle`.
+#[derive(Debug, Clone, Args)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    pub subs: SubscriberArgs,
+
+    /// How long to hold the connections open once all are connected.
+    #[arg(long, env = "RINGCAST_BENCH_HOLD", default_value = "10s", value_parser = parse_duration)]
+    pub hold: Duration,
 }
 
 /// Parses a duration such as `15s`, `500ms`, `2m`, `1h` or a bare number of seconds.

@@ -4,8 +4,12 @@
 //! - [`runtime`]: monoio glue (workers, connections, the cross-core bus, publish ingress).
 //! - [`core`]: per-core, single-threaded state (client registry, topics, history, outboxes).
 //! - [`proto`]: sans-IO protocol code over byte slices (HTTP/1.1, SSE, WebSocket, publish).
+//!
+//! Beside them, [`bench`] is the load generator (`ringcast bench`), a client of the server
+//! built on the same `proto` codecs and monoio.
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
+pub mod bench;
 pub mod config;
 pub mod core;
 pub mod log;

@@ -1,4 +1,4 @@
-//! The `ringcast` binary: `serve`, `publish`.
+//! The `ringcast` binary: `serve`, `publish`, `bench`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -18,6 +18,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ringcast: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Bench(args) => match ringcast::bench::main(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ringcast bench: {e}");
                 ExitCode::FAILURE
             }
         },

@@ -28,7 +28,14 @@ fn free_port() -> u16 {
 
 fn start_echo_server(port: u16, dir: &Path) -> Server {
     let child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
-        .args(["serve", "--echo", "--max-message-bytes", "16MiB", "--cores", "1"])
+        .args([
+            "serve",
+            "--echo",
+            "--max-message-bytes",
+            "16MiB",
+            "--cores",
+            "1",
+        ])
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--publish-socket")
