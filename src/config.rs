@@ -22,7 +22,7 @@ pub enum Command {
     /// Publish one message over the Unix socket and print the id it got.
     Publish(PublishArgs),
     /// Load generator: fan-out latency and throughput, or idle connections.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
 }
 
 /// I/O driver of the worker runtimes.

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Bench(args) => match ringcast::bench::main(args) {
+        Command::Bench(args) => match ringcast::bench::main(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ringcast bench: {e}");
