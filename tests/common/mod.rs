@@ -107,15 +107,48 @@ impl Server {
         panic!("ringcast serve {args:?} did not start after 5 ports:\n{last_err}");
     }
 
+    /// Like [`Server::start`], but runs the binary through `sh -c '<prefix>; exec
+    /// <bin> serve ...'`, e.g. with `ulimit -Hn 64 -Sn 64` as the prefix. `exec`
+    /// keeps the process id, so [`Server::pid`] is the server's.
+    pub fn start_via_shell(prefix: &str, args: &[&str]) -> Server {
+        let mut last_err = String::new();
+        for _attempt in 0..5 {
+            match Self::try_start_cmd(args, Some(prefix)) {
+                Ok(s) => return s,
+                Err((err, retry)) => {
+                    if !retry {
+                        panic!("sh -c '{prefix}; exec ringcast serve {args:?}' did not start:\n{err}");
+                    }
+                    last_err = err;
+                }
+            }
+        }
+        panic!("ringcast serve {args:?} (via sh) did not start after 5 ports:\n{last_err}");
+    }
+
     /// `Err((why, worth retrying on another port))`.
     fn try_start(args: &[&str]) -> Result<Server, (String, bool)> {
+        Self::try_start_cmd(args, None)
+    }
+
+    fn try_start_cmd(args: &[&str], shell_prefix: Option<&str>) -> Result<Server, (String, bool)> {
         let dir = TempDir::new();
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let socket = dir.path().join("rc.sock");
         let stderr_path = dir.path().join("stderr.log");
         let stderr = fs::File::create(&stderr_path).expect("create stderr log");
-        let child = Command::new(bin())
+        let mut cmd = match shell_prefix {
+            None => Command::new(bin()),
+            Some(prefix) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("{prefix}; exec \"$0\" \"$@\""))
+                    .arg(bin());
+                c
+            }
+        };
+        let child = cmd
             .arg("serve")
             .arg("--listen")
             .arg(addr.to_string())
@@ -164,6 +197,39 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends `sig` (e.g. `libc::SIGTERM`) to the server process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our child's,
+        // not yet reaped (we reap only in `wait_exit` and on drop).
+        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill({}, {sig})", self.pid());
+    }
+
+    /// Waits (bounded) for the process to exit; its status, or `None` on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status
+    }
+
+    /// Resident memory of the server process (`VmRSS` of /proc/PID/status).
+    pub fn rss(&self) -> u64 {
+        proc_rss_bytes(self.pid())
+    }
+
+    /// CPU time (user + system) the server process used so far.
+    pub fn cpu_time(&self) -> Duration {
+        proc_cpu_time(self.pid())
+    }
+
+    /// Starts a WebSocket client on this server (`GET /ws?<query>`).
+    pub fn ws(&self, query: &str) -> WsClient {
+        WsClient::connect(self.addr, query)
     }
 
     /// Everything the server wrote to stderr so far.
@@ -827,6 +893,42 @@ impl SseClient {
         }
     }
 
+    /// The next raw line (comments included), without its line end.
+    pub fn try_next_line(&mut self, timeout: Duration) -> std::io::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.take_line() {
+                return Ok(line);
+            }
+            if self.fill(deadline)? == 0 {
+                return Err(std::io::Error::new(
+                    ErrorKind::UnexpectedEof,
+                    "SSE stream ended",
+                ));
+            }
+        }
+    }
+
+    /// Everything left on the stream (what is buffered, then reads) until EOF,
+    /// a reset or `timeout`: (bytes, how it ended).
+    pub fn read_rest(&mut self, timeout: Duration) -> (Vec<u8>, StreamEnd) {
+        let deadline = Instant::now() + timeout;
+        let end = loop {
+            match self.fill(deadline) {
+                Ok(0) => break StreamEnd::Eof,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::TimedOut => break StreamEnd::TimedOut,
+                Err(e) => break StreamEnd::Error(e.kind()),
+            }
+        };
+        (std::mem::take(&mut self.buf), end)
+    }
+
+    /// The socket and the bytes read past the last block taken.
+    pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
+        (self.stream, self.buf)
+    }
+
     /// Closes with a reset (SO_LINGER 0) instead of a FIN.
     pub fn reset(self) {
         reset_close(self.stream);
@@ -986,4 +1088,238 @@ pub fn answer_error(answer: &str) -> String {
 /// A publish-socket command line for `{"topic":T,"data":{"n":N}}`.
 pub fn line_n(topic: &str, n: u64) -> String {
     format!("{{\"topic\":\"{topic}\",\"data\":{{\"n\":{n}}}}}")
+}
+
+/// How a stream read to its end ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    Eof,
+    TimedOut,
+    Error(ErrorKind),
+}
+
+// ---- WebSocket -----------------------------------------------------------------
+
+/// A WebSocket client (tungstenite) over a blocking TcpStream.
+pub struct WsClient {
+    pub ws: tungstenite::WebSocket<TcpStream>,
+}
+
+impl WsClient {
+    pub fn connect(addr: SocketAddr, query: &str) -> WsClient {
+        let stream = TcpStream::connect(addr).expect("connect WS");
+        WsClient::handshake(stream, addr, query)
+            .unwrap_or_else(|e| panic!("WS handshake on /ws?{query}: {e}"))
+    }
+
+    /// The opening handshake on a connected stream (e.g. one made with
+    /// [`connect_with_rcvbuf`]).
+    pub fn handshake(stream: TcpStream, addr: SocketAddr, query: &str) -> Result<WsClient, String> {
+        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        let url = format!("ws://{addr}/ws?{query}");
+        match tungstenite::client(url.as_str(), stream) {
+            Ok((ws, _resp)) => Ok(WsClient { ws }),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The next message other than ping/pong (answered by tungstenite itself).
+    pub fn try_next(&mut self, timeout: Duration) -> Result<tungstenite::Message, tungstenite::Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(tungstenite::Error::Io(std::io::Error::new(
+                    ErrorKind::TimedOut,
+                    "WS read deadline",
+                )));
+            }
+            self.ws.get_mut().set_read_timeout(Some(left)).unwrap();
+            match self.ws.read() {
+                Ok(tungstenite::Message::Ping(_)) | Ok(tungstenite::Message::Pong(_)) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// The next text message, as an envelope.
+    pub fn next_envelope(&mut self) -> Envelope {
+        match self.try_next(READ_TIMEOUT) {
+            Ok(tungstenite::Message::Text(t)) => {
+                let b = Block {
+                    data: Some(t.as_str().to_owned()),
+                    ..Block::default()
+                };
+                envelope(&b)
+            }
+            other => panic!("WS: expected a text message, got {other:?}"),
+        }
+    }
+
+    /// Reads until the server's Close; its code, or how the stream ended instead.
+    pub fn until_close(&mut self, timeout: Duration) -> Result<Option<u16>, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.try_next(left) {
+                Ok(tungstenite::Message::Close(frame)) => {
+                    // Answer the close (tungstenite queues the reply; flush it).
+                    let _ = self.ws.flush();
+                    return Ok(frame.map(|f| u16::from(f.code)));
+                }
+                Ok(_) => continue,
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    /// Drops the TCP connection without a closing handshake (FIN).
+    pub fn drop_fin(self) {
+        drop(self.ws);
+    }
+
+    /// Drops the TCP connection with an RST.
+    pub fn reset(self) {
+        let stream = self.ws.into_inner();
+        reset_close(stream);
+    }
+}
+
+/// One server-to-client WebSocket frame parsed from raw bytes.
+#[derive(Debug, Clone)]
+pub struct RawFrame {
+    pub fin: bool,
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+/// Splits raw server bytes (unmasked frames) into frames; the bytes left over
+/// (an incomplete frame at the end) are returned as the second value.
+pub fn parse_ws_frames(mut bytes: &[u8]) -> (Vec<RawFrame>, Vec<u8>) {
+    let mut frames = Vec::new();
+    loop {
+        if bytes.len() < 2 {
+            break;
+        }
+        let fin = bytes[0] & 0x80 != 0;
+        let opcode = bytes[0] & 0x0f;
+        let masked = bytes[1] & 0x80 != 0;
+        let (len, mut at) = match bytes[1] & 0x7f {
+            126 if bytes.len() >= 4 => (u64::from(u16::from_be_bytes([bytes[2], bytes[3]])), 4),
+            127 if bytes.len() >= 10 => {
+                (u64::from_be_bytes(bytes[2..10].try_into().unwrap()), 10)
+            }
+            126 | 127 => break,
+            n => (u64::from(n), 2),
+        };
+        if masked {
+            at += 4;
+        }
+        let end = at as u64 + len;
+        if (bytes.len() as u64) < end {
+            break;
+        }
+        frames.push(RawFrame {
+            fin,
+            opcode,
+            payload: bytes[at..end as usize].to_vec(),
+        });
+        bytes = &bytes[end as usize..];
+    }
+    (frames, bytes.to_vec())
+}
+
+// ---- processes, descriptors, sockets --------------------------------------------
+
+/// Raises this process's open-file soft limit to its hard limit (children
+/// inherit it); returns the new soft limit.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit for both calls.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    lim.rlim_cur as u64
+}
+
+/// `VmRSS` of a process, in bytes (0 once it is gone).
+pub fn proc_rss_bytes(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// User plus system CPU time of a process (fields 14 and 15 of /proc/PID/stat).
+pub fn proc_cpu_time(pid: u32) -> Duration {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name may hold spaces: count fields after its closing paren.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // `after` starts at field 3 (state), so utime (14) is index 11.
+    let ticks: u64 = fields
+        .get(11..13)
+        .map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// Connects with `SO_RCVBUF` set before `connect`, so the window the peer sees
+/// stays small (the kernel doubles the value and enforces a minimum).
+pub fn connect_with_rcvbuf(addr: SocketAddr, bytes: i32) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 only: {addr}")
+    };
+    // SAFETY: plain socket calls on a descriptor created here; `sin` and `bytes`
+    // are valid, correctly sized values that live across the calls; on success
+    // the descriptor is handed to a TcpStream that owns it from then on.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let rc = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&bytes as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0, "SO_RCVBUF");
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*v4.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(
+            fd,
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            libc::close(fd);
+            panic!("connect {addr}: {e}");
+        }
+        TcpStream::from_raw_fd(fd)
+    }
+}
+
+/// Runs heavy tests of one test binary one at a time (they measure timings and
+/// memory on a shared machine); a test that panicked does not block the others.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
