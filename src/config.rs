@@ -87,7 +87,7 @@ pub struct ServeConfig {
     #[arg(long, env = "RINGCAST_MAX_OUTBOX_BYTES", default_value = "1MiB", value_parser = parse_size)]
     pub max_outbox_bytes: usize,
 
-    /// Open connections allowed in all (split evenly over cores) [default: no limit].
+    /// Open connections allowed over all cores [default: no limit].
     #[arg(long, env = "RINGCAST_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
@@ -162,12 +162,6 @@ impl ServeConfig {
     pub fn effective_idle_timeout(&self) -> Duration {
         self.idle_timeout
             .unwrap_or(self.heartbeat * 2 + Duration::from_secs(5))
-    }
-
-    /// Connections allowed per core, if limited.
-    pub fn max_connections_per_core(&self) -> Option<usize> {
-        let cores = self.core_count();
-        self.max_connections.map(|n| n.div_ceil(cores).max(1))
     }
 }
 

@@ -96,7 +96,8 @@ fn sigterm_drains_a_thousand_clients_with_their_goodbyes_and_exits_zero_within_t
     let healthz_at = t0.elapsed();
 
     // Every client, read to its end by 20 threads.
-    let mut groups: Vec<(Vec<SseClient>, Vec<WsClient>)> = (0..20).map(|_| (Vec::new(), Vec::new())).collect();
+    let mut groups: Vec<(Vec<SseClient>, Vec<WsClient>)> =
+        (0..20).map(|_| (Vec::new(), Vec::new())).collect();
     for (i, c) in sse.into_iter().enumerate() {
         groups[i % 20].0.push(c);
     }
@@ -159,7 +160,7 @@ fn sigterm_drains_a_thousand_clients_with_their_goodbyes_and_exits_zero_within_t
         .filter(|e| !(e.shutdown_event && e.retry_before_shutdown && e.eof))
         .take(3)
         .collect();
-    let bad_ws: Vec<&(Result<Option<u16>, String>, String, Duration)> = ws_ends
+    let bad_ws: Vec<_> = ws_ends
         .iter()
         .filter(|(c, _, _)| !matches!(c, Ok(Some(1001))))
         .take(3)
@@ -167,7 +168,11 @@ fn sigterm_drains_a_thousand_clients_with_their_goodbyes_and_exits_zero_within_t
     let after_kinds: std::collections::BTreeSet<&str> =
         ws_ends.iter().map(|(_, a, _)| a.as_str()).collect();
     let sse_max = sse_ends.iter().map(|e| e.at).max().unwrap_or_default();
-    let ws_max = ws_ends.iter().map(|(_, _, at)| *at).max().unwrap_or_default();
+    let ws_max = ws_ends
+        .iter()
+        .map(|(_, _, at)| *at)
+        .max()
+        .unwrap_or_default();
     eprintln!(
         "drain: {} clients connected in {connect_time:?}; SIGTERM; keep-alive /healthz after the signal: {healthz} \
          (at {healthz_at:?}, drain seen begun: {begun} at {begun_at:?}); max SSE end {sse_max:?}, max WS end {ws_max:?}; SSE retry+shutdown+EOF {sse_ok}/{PER_KIND}; WS close 1001 {ws_1001}/{PER_KIND} \
@@ -176,16 +181,27 @@ fn sigterm_drains_a_thousand_clients_with_their_goodbyes_and_exits_zero_within_t
         2 * PER_KIND,
         socket.exists()
     );
-    assert!(bad_sse.is_empty(), "SSE clients without the goodbye: {bad_sse:?}");
+    assert!(
+        bad_sse.is_empty(),
+        "SSE clients without the goodbye: {bad_sse:?}"
+    );
     // The goodbye is written at once (bounded by 1 s); the stream must end then,
     // not when the core stops at the drain deadline.
     assert!(
         sse_max <= Duration::from_secs(2),
         "an SSE stream got its EOF only {sse_max:?} after SIGTERM (drain timeout 5 s)"
     );
-    assert!(bad_ws.is_empty(), "WS clients without close 1001: {bad_ws:?}");
-    let status = status.unwrap_or_else(|| panic!("still running 9 s after SIGTERM:\n{}", server.stderr_tail()));
-    assert!(status.success(), "exit status {status}:\n{}", server.stderr_tail());
+    assert!(
+        bad_ws.is_empty(),
+        "WS clients without close 1001: {bad_ws:?}"
+    );
+    let status = status
+        .unwrap_or_else(|| panic!("still running 9 s after SIGTERM:\n{}", server.stderr_tail()));
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        server.stderr_tail()
+    );
     assert!(
         exit_at <= Duration::from_millis(5500),
         "exited {exit_at:?} after SIGTERM, --drain-timeout 5s"
@@ -208,7 +224,9 @@ fn a_second_sigterm_during_the_drain_exits_at_once_with_a_failure_status() {
         == 1.0));
     server.signal(libc::SIGTERM);
     assert!(
-        wait_until(Duration::from_secs(5), || server.stderr().contains("msg=\"draining\"")),
+        wait_until(Duration::from_secs(5), || server
+            .stderr()
+            .contains("msg=\"draining\"")),
         "the drain did not start:\n{}",
         server.stderr_tail()
     );
@@ -224,7 +242,10 @@ fn a_second_sigterm_during_the_drain_exits_at_once_with_a_failure_status() {
         server.stderr().contains("second signal")
     );
     let status = status.expect("still running 3 s after the second SIGTERM");
-    assert!(!status.success(), "a forced exit must not report success: {status}");
+    assert!(
+        !status.success(),
+        "a forced exit must not report success: {status}"
+    );
     assert!(took < Duration::from_millis(1000), "took {took:?}");
     drop(stubborn);
 }

@@ -53,7 +53,8 @@ fn outcome(mut s: TcpStream, deadline: Instant) -> Outcome {
 // ---- 3. slowloris ------------------------------------------------------------------
 
 #[test]
-fn five_hundred_half_sent_request_heads_get_408_after_the_header_timeout_while_a_stream_is_served() {
+fn five_hundred_half_sent_request_heads_get_408_after_the_header_timeout_while_a_stream_is_served()
+{
     let _serial = serial();
     raise_fd_limit();
     let server = Server::start(&["--header-timeout", "1s"]);
@@ -99,7 +100,10 @@ fn five_hundred_half_sent_request_heads_get_408_after_the_header_timeout_while_a
          all {N} judged {all_done:?} after the first connect: 408={got_408} eof={eof} reset={reset} \
          still-open={open} other={other_status:?}; ringcast_header_timeouts_total +{timeouts}"
     );
-    assert_eq!(open, 0, "connections with half a head outlived --header-timeout");
+    assert_eq!(
+        open, 0,
+        "connections with half a head outlived --header-timeout"
+    );
     assert_eq!(got_408, N, "each half-sent head gets a 408");
     assert!(timeouts >= N as f64, "header timeouts counted: {timeouts}");
     assert!(
@@ -133,7 +137,10 @@ fn sse_served(addr: std::net::SocketAddr) -> (bool, Option<TcpStream>, String) {
         if text.contains("\nid:") || text.contains("\nid: ") {
             return (true, Some(s), text);
         }
-        assert!(Instant::now() < deadline, "SSE: neither served nor refused: {text:?}");
+        assert!(
+            Instant::now() < deadline,
+            "SSE: neither served nor refused: {text:?}"
+        );
         let mut chunk = [0u8; 4096];
         match s.read(&mut chunk) {
             Ok(0) => panic!("SSE: closed without a busy event: {text:?}"),
@@ -218,13 +225,20 @@ fn over_max_connections_healthz_and_ws_get_503_and_sse_a_busy_event_until_room_f
               Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
         );
         assert_eq!(ws.status, 503, "WS upgrade over capacity: {}", ws.text());
-        assert!(ws.header("Retry-After").is_some(), "503 without Retry-After");
+        assert!(
+            ws.header("Retry-After").is_some(),
+            "503 without Retry-After"
+        );
         let (served, _, text) = sse_served(server.addr);
         assert!(!served, "a fifth stream was served");
-        assert!(text.starts_with("HTTP/1.1 200"), "busy /sse is a 200: {text:?}");
         assert!(
-            text.lines().any(|l| l.starts_with("retry:")
-                && l[6..].trim().bytes().all(|b| b.is_ascii_digit())),
+            text.starts_with("HTTP/1.1 200"),
+            "busy /sse is a 200: {text:?}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("retry:")
+                    && l[6..].trim().bytes().all(|b| b.is_ascii_digit())),
             "busy /sse without a retry: line: {text:?}"
         );
     }
@@ -243,10 +257,16 @@ fn over_max_connections_healthz_and_ws_get_503_and_sse_a_busy_event_until_room_f
     assert!(served, "a stream is served again: {text:?}");
     let mut ws = server.ws("topic=cap");
     assert!(wait_until(Duration::from_secs(5), || try_metrics(&server)
-        .is_some_and(|m| sum_series(&m, "ringcast_connections{transport=\"ws\"}") == 1.0)));
+        .is_some_and(|m| sum_series(
+            &m,
+            "ringcast_connections{transport=\"ws\"}"
+        ) == 1.0)));
     answer_id(&server.publish_socket(&[line_n("cap", 9)])[0]);
     assert_eq!(payload_n(&ws.next_envelope()), 9);
-    eprintln!("max-connections: served again {:?} after the first four closed", t.elapsed());
+    eprintln!(
+        "max-connections: served again {:?} after the first four closed",
+        t.elapsed()
+    );
     server.assert_no_panic();
 }
 
@@ -307,8 +327,19 @@ fn out_of_descriptors_the_server_backs_off_without_spinning_and_serves_again_aft
          {served} of {N} streams served while full; backoff warnings {warnings}; \
          /healthz 200 again {recovered:?} after the close; server cpu {cpu:?} over {episode:?}"
     );
-    assert!(warned, "no backoff warning on stderr:\n{}", server.stderr_tail());
-    assert!(back, "/healthz did not answer 200 again:\n{}", server.stderr_tail());
-    assert!(cpu < Duration::from_secs(1), "the server used {cpu:?} of CPU: spinning?");
+    assert!(
+        warned,
+        "no backoff warning on stderr:\n{}",
+        server.stderr_tail()
+    );
+    assert!(
+        back,
+        "/healthz did not answer 200 again:\n{}",
+        server.stderr_tail()
+    );
+    assert!(
+        cpu < Duration::from_secs(1),
+        "the server used {cpu:?} of CPU: spinning?"
+    );
     server.assert_no_panic();
 }

@@ -65,7 +65,8 @@ impl Sub {
 }
 
 #[test]
-fn four_hundred_clients_churning_five_times_leave_no_connection_timer_descriptor_or_memory_behind() {
+fn four_hundred_clients_churning_five_times_leave_no_connection_timer_descriptor_or_memory_behind()
+{
     let _serial = serial();
     raise_fd_limit();
     let server = Server::start(&[]);
@@ -237,18 +238,16 @@ fn a_stopped_websocket_peer_is_closed_by_the_idle_timeout_while_a_live_one_stays
     // Keep the live client reading (and so answering pings) until told to stop.
     let stop_live = Arc::new(AtomicBool::new(false));
     let stop = stop_live.clone();
-    let live_reader = std::thread::spawn(move || {
-        loop {
-            if stop.load(Ordering::Relaxed) {
-                return live;
-            }
-            let left = Duration::from_millis(100);
-            match live.try_next(left) {
-                Ok(m) => panic!("the live client got {m:?}"),
-                Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::TimedOut => {}
-                Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(e) => panic!("the live client was closed: {e}"),
-            }
+    let live_reader = std::thread::spawn(move || loop {
+        if stop.load(Ordering::Relaxed) {
+            return live;
+        }
+        let left = Duration::from_millis(100);
+        match live.try_next(left) {
+            Ok(m) => panic!("the live client got {m:?}"),
+            Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::TimedOut => {}
+            Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => panic!("the live client was closed: {e}"),
         }
     });
     assert!(
@@ -273,10 +272,17 @@ fn a_stopped_websocket_peer_is_closed_by_the_idle_timeout_while_a_live_one_stays
          after it (removed: {removed}; --idle-timeout 1500ms); idle_timeouts_total +{idle}; closed{{ws,idle}}={}",
         sum_series(&m, "ringcast_connections_closed_total{transport=\"ws\",reason=\"idle\"}")
     );
-    assert!(counted && idle >= 1.0, "ringcast_idle_timeouts_total did not move:\n{m}");
-    assert!(removed, "the stopped peer was not removed within 10 s:\n{m}");
     assert!(
-        counted_after >= Duration::from_millis(1400) && counted_after <= Duration::from_millis(2500),
+        counted && idle >= 1.0,
+        "ringcast_idle_timeouts_total did not move:\n{m}"
+    );
+    assert!(
+        removed,
+        "the stopped peer was not removed within 10 s:\n{m}"
+    );
+    assert!(
+        counted_after >= Duration::from_millis(1400)
+            && counted_after <= Duration::from_millis(2500),
         "idle timeout after {counted_after:?}, not about --idle-timeout 1500ms"
     );
     assert!(
@@ -364,7 +370,10 @@ fn n_in(line: &[u8]) -> Option<u64> {
     const KEY: &[u8] = b"\"data\":{\"n\":";
     let at = line.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
     let digits = line[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&line[at..at + digits]).ok()?.parse().ok()
+    std::str::from_utf8(&line[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// A fast SSE reader for bulk checks: counts `data:` lines in order.
@@ -436,7 +445,13 @@ fn rss_sampler(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> 
 /// Publishes `total` big messages over one publish connection, never more than
 /// `window` ahead of the slowest reader (pipelined: answers are read by another
 /// thread); returns once every answer is in.
-fn publish_paced(server: &Server, topic: &str, total: u64, window: u64, progress: &[Arc<AtomicU64>]) {
+fn publish_paced(
+    server: &Server,
+    topic: &str,
+    total: u64,
+    window: u64,
+    progress: &[Arc<AtomicU64>],
+) {
     let p = Publisher::connect(&server.socket);
     let mut writer = p.stream.try_clone().unwrap();
     let mut reader = p;
@@ -452,9 +467,16 @@ fn publish_paced(server: &Server, topic: &str, total: u64, window: u64, progress
     let mut batch = Vec::with_capacity(64 * (MSG_BYTES + 64));
     let mut n = 0;
     while n < total {
-        let slowest = progress.iter().map(|p| p.load(Ordering::Relaxed)).min().unwrap_or(total);
+        let slowest = progress
+            .iter()
+            .map(|p| p.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(total);
         if n >= slowest + window {
-            assert!(Instant::now() < deadline, "readers stalled at {slowest} of {total}");
+            assert!(
+                Instant::now() < deadline,
+                "readers stalled at {slowest} of {total}"
+            );
             std::thread::sleep(Duration::from_millis(1));
             continue;
         }
@@ -527,8 +549,10 @@ fn an_sse_client_that_never_reads_is_cut_while_a_hundred_readers_get_fifty_mib_i
     let slow_cut = sum_series(&m, "ringcast_slow_consumers_total{transport=\"sse\"}");
     // A cut client is disconnected without any help from it: it never reads.
     let t_wait = Instant::now();
+    // The readers' streams were dropped with their threads: only the slow one
+    // could still be registered.
     let removed_unread = wait_until(Duration::from_secs(4), || {
-        server.metric_sum("ringcast_connections") == READERS as f64
+        server.metric_sum("ringcast_connections") == 0.0
     });
     eprintln!(
         "slow sse: cut client removed without reading: {removed_unread} (waited {:?})",
@@ -549,9 +573,16 @@ fn an_sse_client_that_never_reads_is_cut_while_a_hundred_readers_get_fifty_mib_i
     let data_lines: Vec<&str> = text.lines().filter(|l| l.starts_with("data:")).collect();
     let complete = data_lines.iter().filter(|l| l.ends_with("}}")).count();
     let slow_event = text.contains("event: ringcast.slow");
-    let tail: String = text.chars().rev().take(160).collect::<Vec<_>>().into_iter().rev().collect();
+    let tail: String = text
+        .chars()
+        .rev()
+        .take(160)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     let removed = wait_until(Duration::from_secs(5), || {
-        server.metric_sum("ringcast_connections") == READERS as f64
+        server.metric_sum("ringcast_connections") == 0.0
     });
     let rss_after = server.rss();
     // Descriptors: the readers' plus the listeners'; the cut one's must be gone.
@@ -574,7 +605,11 @@ fn an_sse_client_that_never_reads_is_cut_while_a_hundred_readers_get_fifty_mib_i
         rss_during as f64 / MIB as f64,
         rss_after as f64 / MIB as f64
     );
-    assert!(failed.is_empty(), "readers failed: {:?}", &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "readers failed: {:?}",
+        &failed[..failed.len().min(5)]
+    );
     assert!(slow_cut >= 1.0, "the slow client was not cut:\n{m}");
     assert!(
         removed_unread,
@@ -609,7 +644,8 @@ fn a_websocket_client_that_never_reads_is_cut_with_close_1008_on_frame_boundarie
     const TOTAL: u64 = 2_560; // x 4 KiB = 10 MiB
 
     let slow_stream = connect_with_rcvbuf(server.addr, 4096);
-    let slow = WsClient::handshake(slow_stream, server.addr, "topic=wbulk").expect("slow handshake");
+    let slow =
+        WsClient::handshake(slow_stream, server.addr, "topic=wbulk").expect("slow handshake");
     let mut readers: Vec<WsClient> = (0..READERS).map(|_| server.ws("topic=wbulk")).collect();
     assert!(wait_until(Duration::from_secs(10), || server
         .metric_sum("ringcast_subscriptions")
@@ -631,7 +667,9 @@ fn a_websocket_client_that_never_reads_is_cut_with_close_1008_on_frame_boundarie
                     addr,
                     b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
                 ) {
-                    if sum_series(&r.text(), "ringcast_slow_consumers_total{transport=\"ws\"}") >= 1.0 {
+                    if sum_series(&r.text(), "ringcast_slow_consumers_total{transport=\"ws\"}")
+                        >= 1.0
+                    {
                         cut = true;
                         break;
                     }
@@ -656,7 +694,9 @@ fn a_websocket_client_that_never_reads_is_cut_with_close_1008_on_frame_boundarie
                 t_cut.elapsed()
             );
             let mut stream = slow.ws.into_inner();
-            stream.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(8)))
+                .unwrap();
             let mut got = Vec::new();
             let end = loop {
                 let mut chunk = [0u8; 65536];
@@ -689,7 +729,10 @@ fn a_websocket_client_that_never_reads_is_cut_with_close_1008_on_frame_boundarie
     // A WS reader (tungstenite, one thread each) is slower than the SSE ones:
     // keep the publisher at most 128 KiB ahead of it, under the outbox bound.
     publish_paced(&server, "wbulk", TOTAL, 32, &progress);
-    let readers: Vec<WsClient> = threads.into_iter().map(|t| t.join().expect("WS reader")).collect();
+    let readers: Vec<WsClient> = threads
+        .into_iter()
+        .map(|t| t.join().expect("WS reader"))
+        .collect();
     let all_time = t0.elapsed();
     let (cut, removed_unread, got, end) = cut_watch.join().expect("slow watcher");
     stop.store(true, Ordering::Relaxed);
@@ -709,7 +752,10 @@ fn a_websocket_client_that_never_reads_is_cut_with_close_1008_on_frame_boundarie
         .collect();
     let close = frames.iter().find(|f| f.opcode == 8).map(|f| {
         let code = f.payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
-        (code, String::from_utf8_lossy(f.payload.get(2..).unwrap_or(&[])).into_owned())
+        (
+            code,
+            String::from_utf8_lossy(f.payload.get(2..).unwrap_or(&[])).into_owned(),
+        )
     });
     let odd_opcodes: Vec<u8> = frames
         .iter()

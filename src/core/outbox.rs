@@ -77,6 +77,8 @@ pub enum Flush {
 pub struct Outbox {
     items: VecDeque<Item>,
     bytes: usize,
+    /// The front item is partly on the wire: dropping it would cut a frame.
+    front_started: bool,
 }
 
 impl Drop for Outbox {
@@ -129,6 +131,39 @@ impl Outbox {
     /// Items queued (messages dropped if the client goes now).
     pub fn len(&self) -> usize {
         self.items.len()
+    }
+
+    /// Takes every queued byte out, in order (cursor markers, which only exist
+    /// before a close began, are skipped).
+    pub fn take_bytes(&mut self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.bytes);
+        for item in std::mem::take(&mut self.items) {
+            if let Item::Bytes(b) = item {
+                out.extend_from_slice(&b);
+            }
+        }
+        self.shrink(self.bytes);
+        self.front_started = false;
+        out
+    }
+
+    /// Drops everything not yet started on the wire, keeping the rest of a
+    /// partly written item so the stream stays well-formed for a last frame.
+    /// Returns how many items were dropped.
+    pub fn drop_unsent(&mut self) -> usize {
+        let keep = usize::from(self.front_started && !self.items.is_empty());
+        let mut dropped = 0;
+        while self.items.len() > keep {
+            if let Some(item) = self.items.pop_back() {
+                let cost = match &item {
+                    Item::Bytes(b) => b.len(),
+                    Item::Cursor { .. } => CURSOR_COST,
+                };
+                self.shrink(cost);
+                dropped += 1;
+            }
+        }
+        dropped
     }
 
     /// Writes as much as the socket takes through `write` (a vectored, non-blocking
@@ -213,11 +248,13 @@ impl Outbox {
                     if written < len {
                         b.advance(written);
                         self.shrink(written);
+                        self.front_started = true;
                         return;
                     }
                     written -= len;
                     self.shrink(len);
                     self.items.pop_front();
+                    self.front_started = false;
                 }
                 Item::Cursor { topic, seq } => {
                     let (topic, seq) = (*topic, *seq);
@@ -236,11 +273,13 @@ impl Outbox {
                         *front = Item::Bytes(rest);
                         self.shrink(CURSOR_COST);
                         self.grow(rest_len);
+                        self.front_started = true;
                         return;
                     }
                     written -= len;
                     self.shrink(CURSOR_COST);
                     self.items.pop_front();
+                    self.front_started = false;
                 }
             }
         }
@@ -332,6 +371,29 @@ mod tests {
             assert_eq!(c.written, vec![5, 9]);
             assert_eq!(outbox.bytes(), 0, "room {room}");
         }
+    }
+
+    #[test]
+    fn dropping_the_unsent_keeps_the_rest_of_a_partly_written_frame() {
+        let mut outbox = Outbox::default();
+        outbox.push(Bytes::from_static(b"frame-one"));
+        outbox.push(Bytes::from_static(b"frame-two"));
+        let mut sock = FakeSocket {
+            out: Vec::new(),
+            room: 4,
+        };
+        let r = outbox.flush(None, &mut FlushScratch::default(), |iov| sock.write(iov));
+        assert_eq!(r, Flush::Blocked);
+        assert_eq!(outbox.drop_unsent(), 1);
+        sock.room = 100;
+        outbox.push(Bytes::from_static(b"+bye"));
+        outbox.flush(None, &mut FlushScratch::default(), |iov| sock.write(iov));
+        assert_eq!(sock.out, b"frame-one+bye");
+        assert_eq!(outbox.bytes(), 0);
+        let mut idle = Outbox::default();
+        idle.push(Bytes::from_static(b"x"));
+        assert_eq!(idle.drop_unsent(), 1);
+        assert!(idle.is_empty());
     }
 
     #[test]

@@ -139,6 +139,7 @@ pub struct OpenConn(Rc<Worker>);
 impl OpenConn {
     pub fn new(w: &Rc<Worker>) -> Self {
         w.open.set(w.open.get() + 1);
+        w.life.count_open(true);
         OpenConn(w.clone())
     }
 }
@@ -146,6 +147,7 @@ impl OpenConn {
 impl Drop for OpenConn {
     fn drop(&mut self) {
         self.0.open.set(self.0.open.get() - 1);
+        self.0.life.count_open(false);
     }
 }
 

@@ -43,8 +43,19 @@ pub fn writev(fd: RawFd, iov: &[IoSlice<'_>]) -> io::Result<usize> {
 
 /// Half-closes the socket: sends FIN, keeps the read side open.
 pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
+    shutdown(fd, libc::SHUT_WR)
+}
+
+/// Ends both directions of a connection now (what was written still goes out,
+/// followed by FIN), whoever else still holds the descriptor: a readiness wait
+/// in flight keeps the socket open until it completes, and this completes it.
+pub fn shutdown_both(fd: RawFd) -> io::Result<()> {
+    shutdown(fd, libc::SHUT_RDWR)
+}
+
+fn shutdown(fd: RawFd, how: i32) -> io::Result<()> {
     // SAFETY: plain syscall on a descriptor; no memory is passed.
-    if unsafe { libc::shutdown(fd, libc::SHUT_WR) } < 0 {
+    if unsafe { libc::shutdown(fd, how) } < 0 {
         Err(io::Error::last_os_error())
     } else {
         Ok(())

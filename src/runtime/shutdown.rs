@@ -8,7 +8,7 @@
 //! lets publish connections answer what they read, and stops when its last
 //! connection is gone or `--drain-timeout` has passed.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
@@ -16,6 +16,9 @@ use atomic_waker::AtomicWaker;
 /// Process-wide lifecycle state shared by the main thread and the workers.
 pub struct Lifecycle {
     draining: AtomicBool,
+    /// Open connections over all cores (for `--max-connections`); changes only
+    /// when a connection opens or closes, never on the message path.
+    open: AtomicUsize,
     /// One per core: its drain watcher.
     wakers: Vec<AtomicWaker>,
 }
@@ -24,12 +27,27 @@ impl Lifecycle {
     pub fn new(cores: usize) -> Self {
         Self {
             draining: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
             wakers: (0..cores).map(|_| AtomicWaker::new()).collect(),
         }
     }
 
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// Counts a connection opened (`+1`) or closed (`-1`) on some core.
+    pub fn count_open(&self, opened: bool) {
+        if opened {
+            self.open.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Open connections over all cores.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
     }
 
     /// Starts the drain on every core.

@@ -37,13 +37,22 @@ pub struct ClientGuard {
     pub reason: Cell<CloseReason>,
 }
 
-impl Drop for ClientGuard {
-    fn drop(&mut self) {
+impl ClientGuard {
+    /// Removes the client now; `shutdown` also ends the connection at once
+    /// (a readiness wait in flight would otherwise keep the socket open).
+    fn remove(&self, shutdown: bool) {
         let reason = self.reason.get();
         let transport = {
             let mut st = self.w.state.borrow_mut();
             let transport = st.client(self.id).map(|c| c.transport.label());
-            st.remove(self.id, reason);
+            if shutdown {
+                if let Some(fd) = st.fd(self.id) {
+                    let _ = netio::shutdown_both(fd);
+                }
+            }
+            if !st.remove(self.id, reason) {
+                return;
+            }
             transport
         };
         self.w.settle();
@@ -54,6 +63,40 @@ impl Drop for ClientGuard {
             reason.label()
         );
     }
+
+    /// Takes the client out of the core with what it is still owed, for a last
+    /// bounded write by [`linger`]: it no longer counts, nor receives, meanwhile.
+    pub fn retire(&self, reason: CloseReason) -> Vec<u8> {
+        self.reason.set(reason);
+        let rest = self.w.state.borrow_mut().take_rest(self.id);
+        self.remove(false);
+        rest
+    }
+}
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.remove(true);
+    }
+}
+
+/// How long a client the server cut may take to read its last bytes.
+pub const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Writes a retired client's last bytes for at most `limit`, then ends the
+/// connection, so a peer that reads late still sees a well-formed end (whole
+/// frames, then the goodbye) and one that never reads costs nothing for long.
+pub async fn linger(
+    w: &Worker,
+    stream: &TcpStream,
+    fd: RawFd,
+    rest: &[u8],
+    limit: std::time::Duration,
+) {
+    if !rest.is_empty() {
+        let _ = super::timer::timeout(w, limit, netio::write_all(stream, fd, rest)).await;
+    }
+    let _ = netio::shutdown_both(fd);
 }
 
 /// The event telling a stream the server is going away.
@@ -159,7 +202,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, admitted: Admitted, _open: 
         reason,
         CloseReason::Shutdown | CloseReason::SlowConsumer | CloseReason::TokenExpired
     ) {
-        last_words(&w, &stream, id, reason, &topics).await;
+        last_words(&w, &stream, &guard, reason, &topics).await;
     }
 }
 
@@ -169,17 +212,26 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, admitted: Admitted, _open: 
 async fn last_words(
     w: &Rc<Worker>,
     stream: &TcpStream,
-    id: ClientId,
+    guard: &ClientGuard,
     reason: CloseReason,
     topics: &[String],
 ) {
+    let id = guard.id;
     if w.state.borrow_mut().begin_close(id).is_none() {
         return;
     }
-    let (event, why) = match reason {
-        CloseReason::SlowConsumer => (SLOW_EVENT, "slow consumer: outbox over --max-outbox-bytes"),
-        CloseReason::TokenExpired => (EXPIRED_EVENT, "token expired"),
-        _ => (SHUTDOWN_EVENT, "draining: reconnect after retry"),
+    let (event, why, limit) = match reason {
+        CloseReason::SlowConsumer => (
+            SLOW_EVENT,
+            "slow consumer: outbox over --max-outbox-bytes",
+            LINGER,
+        ),
+        CloseReason::TokenExpired => (EXPIRED_EVENT, "token expired", LINGER),
+        _ => (
+            SHUTDOWN_EVENT,
+            "draining: reconnect after retry",
+            std::time::Duration::from_secs(1),
+        ),
     };
     let mut out = Vec::with_capacity(128);
     sse::write_retry(&mut out, w.retry_with_jitter());
@@ -195,22 +247,9 @@ async fn last_words(
     crate::proto::json::write_string(&mut data, why);
     data.push(b'}');
     sse::write_event_body(&mut out, Some(event), &data);
-    w.state.borrow_mut().queue(id, Bytes::from(out));
-    w.settle();
-    if reason != CloseReason::SlowConsumer {
-        let deadline = w.now_ms() + 1000;
-        while w.state.borrow().queued(id) > 0 && w.now_ms() < deadline {
-            let left = std::time::Duration::from_millis(deadline.saturating_sub(w.now_ms()));
-            if !matches!(
-                super::timer::timeout(w, left, stream.writable(false)).await,
-                Ok(Ok(()))
-            ) {
-                break;
-            }
-            w.state.borrow_mut().flush_client(id, netio::writev);
-            w.settle();
-        }
-    }
+    let mut rest = guard.retire(reason);
+    rest.extend_from_slice(&out);
+    linger(w, stream, stream.as_raw_fd(), &rest, limit).await;
 }
 
 /// The wheel tick at which a token expiring at `exp` (Unix seconds) is due.
@@ -254,14 +293,38 @@ async fn run(w: &Rc<Worker>, stream: &TcpStream, fd: RawFd, id: ClientId) -> Clo
                 readable.set(stream.readable(false));
             }
             Wake::Task(ClientTask::AwaitWritable) => {
-                if stream.writable(false).await.is_err() {
-                    return CloseReason::PeerGone;
+                if let Some(reason) = await_writable(w, stream, id).await {
+                    return reason;
                 }
-                w.state.borrow_mut().flush_client(id, netio::writev);
-                w.settle();
             }
             Wake::Task(ClientTask::Close(reason)) => return reason,
         }
+    }
+}
+
+/// Waits until a full socket takes more, then flushes; returns early with the
+/// reason when the core asks to close the client meanwhile (a slow consumer
+/// that never reads must not hold its task forever).
+pub async fn await_writable(
+    w: &Rc<Worker>,
+    stream: &TcpStream,
+    id: ClientId,
+) -> Option<CloseReason> {
+    let mut writable = std::pin::pin!(stream.writable(false));
+    let outcome = std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = writable.as_mut().poll(cx) {
+            return Poll::Ready(r.map_err(|_| CloseReason::PeerGone));
+        }
+        w.state.borrow_mut().poll_close_request(id, cx).map(Err)
+    })
+    .await;
+    match outcome {
+        Ok(()) => {
+            w.state.borrow_mut().flush_client(id, netio::writev);
+            w.settle();
+            None
+        }
+        Err(reason) => Some(reason),
     }
 }
 

@@ -355,7 +355,7 @@ async fn worker_main(
 }
 
 async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
-    let limit = w.cfg.max_connections_per_core();
+    let limit = w.cfg.max_connections;
     let mut backoff = Duration::from_millis(5);
     let mut accept = std::pin::pin!(listener.accept());
     loop {
@@ -373,7 +373,7 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
                 backoff = Duration::from_millis(5);
                 w.metrics().accepted.inc();
                 let _ = stream.set_nodelay(true);
-                if limit.is_some_and(|l| w.open.get() >= l) {
+                if limit.is_some_and(|l| w.life.open() >= l) {
                     // Over capacity: answer 503 (or a retry hint on /sse), with a
                     // bound on how many refusals may be pending at once.
                     if limit.is_some_and(|l| w.refusing.get() < l.max(16)) {

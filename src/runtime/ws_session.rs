@@ -21,7 +21,7 @@ use monoio::net::TcpStream;
 use super::conn::{finish, publish_and_wait, unix_now, OpenConn, Request, Route};
 use super::netio;
 use super::sse_session::expiry_tick;
-use super::sse_session::{bound_unacked_writes, ClientGuard};
+use super::sse_session::{await_writable, bound_unacked_writes, linger, ClientGuard, LINGER};
 use super::timer;
 use super::worker::Worker;
 use crate::core::client::{CloseReason, Transport};
@@ -152,6 +152,10 @@ pub async fn serve(
     w.settle();
     let reason = run(&w, &stream, fd, id, grants.as_ref(), &leftover).await;
     guard.reason.set(reason);
+    if reason == CloseReason::SlowConsumer {
+        let rest = guard.retire(reason);
+        linger(&w, &stream, fd, &rest, LINGER).await;
+    }
 }
 
 /// What woke the session.
@@ -203,11 +207,22 @@ async fn run(
                 readable.set(stream.readable(false));
             }
             Wake::Task(ClientTask::AwaitWritable) => {
-                if stream.writable(false).await.is_err() {
+                let wait = await_writable(w, stream, id);
+                let outcome = match conn.poll_timeout() {
+                    // Closing: a peer that does not read gets until the close deadline.
+                    Some(at) => {
+                        let left = Duration::from_millis(at.saturating_sub(w.now_ms()));
+                        match timer::timeout(w, left, wait).await {
+                            Ok(outcome) => outcome,
+                            Err(_) => return reason,
+                        }
+                    }
+                    None => wait.await,
+                };
+                // Any other close request is taken by the next turn of the loop.
+                if outcome == Some(CloseReason::PeerGone) {
                     return CloseReason::PeerGone;
                 }
-                w.state.borrow_mut().flush_client(id, netio::writev);
-                w.settle();
             }
             Wake::Task(ClientTask::Close(why)) => {
                 if why == CloseReason::PeerGone {
@@ -224,10 +239,15 @@ async fn run(
                     };
                     conn.close(w.now_ms(), code, text);
                     transmit(w, &mut conn, id);
-                    if why == CloseReason::IdleTimeout {
+                    match why {
                         // The peer was judged gone: do not wait for its Close.
-                        drain_outbox(w, stream, id).await;
-                        return why;
+                        CloseReason::IdleTimeout => {
+                            drain_outbox(w, stream, id).await;
+                            return why;
+                        }
+                        // The peer does not read: its task writes the rest alone.
+                        CloseReason::SlowConsumer => return why,
+                        _ => {}
                     }
                 }
             }

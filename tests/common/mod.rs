@@ -117,7 +117,9 @@ impl Server {
                 Ok(s) => return s,
                 Err((err, retry)) => {
                     if !retry {
-                        panic!("sh -c '{prefix}; exec ringcast serve {args:?}' did not start:\n{err}");
+                        panic!(
+                            "sh -c '{prefix}; exec ringcast serve {args:?}' did not start:\n{err}"
+                        );
                     }
                     last_err = err;
                 }
@@ -377,28 +379,6 @@ impl Server {
             .find(|l| l.starts_with("ringcast_info{"))
             .expect("ringcast_info");
         label_value(line, "epoch").expect("epoch label")
-    }
-
-    /// Sends `sig` (e.g. `libc::SIGTERM`) to the server process.
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on the pid of a child this harness spawned and has not reaped.
-        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, sig) };
-        assert_eq!(rc, 0, "kill({}, {sig})", self.pid());
-    }
-
-    /// Waits (bounded) for the server process to exit; its status, or `None` when
-    /// it is still running at the deadline.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
     }
 
     /// Starts an SSE client on this server.
@@ -1124,7 +1104,10 @@ impl WsClient {
     }
 
     /// The next message other than ping/pong (answered by tungstenite itself).
-    pub fn try_next(&mut self, timeout: Duration) -> Result<tungstenite::Message, tungstenite::Error> {
+    pub fn try_next(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<tungstenite::Message, tungstenite::Error> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -1206,9 +1189,7 @@ pub fn parse_ws_frames(mut bytes: &[u8]) -> (Vec<RawFrame>, Vec<u8>) {
         let masked = bytes[1] & 0x80 != 0;
         let (len, mut at) = match bytes[1] & 0x7f {
             126 if bytes.len() >= 4 => (u64::from(u16::from_be_bytes([bytes[2], bytes[3]])), 4),
-            127 if bytes.len() >= 10 => {
-                (u64::from_be_bytes(bytes[2..10].try_into().unwrap()), 10)
-            }
+            127 if bytes.len() >= 10 => (u64::from_be_bytes(bytes[2..10].try_into().unwrap()), 10),
             126 | 127 => break,
             n => (u64::from(n), 2),
         };
@@ -1246,7 +1227,7 @@ pub fn raise_fd_limit() -> u64 {
         lim.rlim_cur = lim.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 /// `VmRSS` of a process, in bytes (0 once it is gone).

@@ -805,11 +805,19 @@ impl CoreState {
         let WriteState::Closing(reason) = client.write else {
             return None;
         };
-        self.metrics.dropped.add(client.outbox.len() as u64);
-        client.outbox = Default::default();
+        let dropped = client.outbox.drop_unsent();
+        self.metrics.dropped.add(dropped as u64);
         client.muted = true;
         client.write = WriteState::Ready;
         Some(reason)
+    }
+
+    /// Takes what is still queued to a closing client (the rest of a partly
+    /// written frame, then its last frames), for its task to write on its own.
+    pub fn take_rest(&mut self, id: ClientId) -> Vec<u8> {
+        self.clients
+            .get_mut(id)
+            .map_or_else(Vec::new, |c| c.outbox.take_bytes())
     }
 
     /// Stops queueing messages to a client whose connection is closing.
@@ -822,6 +830,26 @@ impl CoreState {
     /// Bytes still queued to a client.
     pub fn queued(&self, id: ClientId) -> usize {
         self.clients.get(id).map_or(0, |c| c.outbox.bytes())
+    }
+
+    /// Ready when the core asks the task of `id` to close it (or `id` is gone),
+    /// for a task that waits on something else meanwhile (a full socket).
+    pub fn poll_close_request(&mut self, id: ClientId, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        let Some(client) = self.clients.get_mut(id) else {
+            return Poll::Ready(CloseReason::PeerGone);
+        };
+        match client.write {
+            WriteState::Closing(reason) => Poll::Ready(reason),
+            _ => {
+                client.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    /// The socket of a client, for the last act of its connection task.
+    pub fn fd(&self, id: ClientId) -> Option<RawFd> {
+        self.clients.get(id).map(|c| c.fd)
     }
 
     /// Asks the connection task of `id` to close the connection.
