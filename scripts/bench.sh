@@ -114,7 +114,7 @@ pre="$RUN_DIR/preamble.md"
     echo "requests per second, k6 messages received per second. CPU per message is the server's"
     echo "(or the load generator's) utime+stime over the run divided by messages delivered,"
     echo "connection set-up included."
-    ((${#skipped[@]})) && printf '\nSkipped: %s.\n' "$(IFS=,; echo "${skipped[*]}")"
+    if ((${#skipped[@]})); then printf '\nSkipped: %s.\n' "$(IFS=,; echo "${skipped[*]}")"; fi
 } >"$pre"
 "${BENCH_TOOL[@]}" report --dir "$REC_DIR" --out "$OUT_DIR/results.md" \
     --title "ringcast benchmarks" --preamble "$pre"

@@ -63,6 +63,16 @@ def proc_cpu_s(pid):
 
 
 def proc_rss(pid):
+    """Proportional set size (smaps_rollup Pss): shared pages (nginx's shared memory,
+    libraries) are split between the processes that map them, so a group's sum counts
+    them once. Falls back to VmRSS."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -155,11 +165,19 @@ def parse_output(text, k6_summary=None):
     flat = flatten(objs[-1])
     # The bench's JSON is still settling: look for its figures under likely names.
     fig["tool"] = "ringcast-bench"
-    fig["delivered"] = pick(flat, r"(^|\.)received$", r"(^|\.)delivered$", r"(^|\.)distinct$")
+    # Names as `ringcast bench --json` prints them (src/bench/report.rs), then fallbacks.
+    fig["delivered"] = pick(flat, r"(^|\.)delivered$", r"(^|\.)distinct$", r"(^|\.)received$")
+    fig["received"] = pick(flat, r"(^|\.)received$")
+    fig["expected"] = pick(flat, r"(^|\.)expected$")
+    fig["dup"] = pick(flat, r"(^|\.)dup$")
     fig["lost"] = pick(flat, r"(^|\.)lost$")
-    fig["rate"] = pick(flat, r"deliver\w*_per_s", r"received_per_s", r"(^|\.)delivery_rate",
+    fig["rate"] = pick(flat, r"^delivered_per_sec$", r"deliver\w*_per_s", r"received_per_s", r"(^|\.)delivery_rate",
                        r"(^|\.)deliveries_per_sec", r"(^|\.)msgs_per_s")
     fig["publish_rate"] = pick(flat, r"publish\w*(per_s|rate)", r"published_per_s")
+    msgs, psecs = pick(flat, r"^messages$"), pick(flat, r"^publish_seconds$")
+    if fig["publish_rate"] is None and msgs and psecs:
+        fig["publish_rate"] = msgs / psecs
+    fig["server_cpu_self"] = pick(flat, r"^server_cpu_seconds$")
     fig["p50_ms"] = ms(pick(flat, r"latency\w*\.p50(_ns|_us|_ms)?$", r"p50"), flat, "p50")
     fig["p99_ms"] = ms(pick(flat, r"latency\w*\.p99(_ns|_us|_ms)?$", r"p99$", r"p99_"), flat, "p99")
     fig["p999_ms"] = ms(pick(flat, r"p99(9|_9)"), flat, "p999")
@@ -167,7 +185,9 @@ def parse_output(text, k6_summary=None):
     fig["connect_rate"] = pick(flat, r"connect\w*_per_s", r"connect_rate")
     fig["rss_per_conn"] = pick(flat, r"rss_per_conn\w*", r"bytes_per_conn\w*")
     fig["bench_cpu_self"] = pick(flat, r"bench_cpu", r"self_cpu")
-    fig["duration_s"] = pick(flat, r"(^|\.)duration_s$", r"(^|\.)elapsed_s$")
+    fig["duration_s"] = pick(flat, r"^phase_seconds$", r"(^|\.)duration_s$", r"(^|\.)elapsed_s$")
+    fig["bench_error"] = next((o.get("error") or o.get("publish_error") for o in objs[-1:]
+                               if isinstance(o, dict)), None)
     return fig
 
 
@@ -210,6 +230,9 @@ def cmd_measure(a):
     with open(a.out + ".stdout", encoding="utf-8", errors="replace") as f:
         text = f.read()
     fig = parse_output(text, a.k6_summary)
+    if a.scenario.startswith("publish-") and fig.get("publish_rate"):
+        # Publish throughput: the rate publishes were accepted (1 subscriber checks them).
+        fig["rate"] = fig["publish_rate"]
     if fig.get("rate") is None and fig.get("delivered") and wall > 0:
         fig["rate"] = fig["delivered"] / wall
         fig["rate_from_wall"] = True
@@ -312,6 +335,8 @@ def cmd_report(a):
         if r["server"] not in server_order:
             server_order.append(r["server"])
     baselines = [b for b in (a.baseline or "").split(",") if b]
+    server_order = [b for b in baselines if b in server_order] + sorted(
+        s for s in server_order if s not in baselines)
     lines = [f"# {a.title}", ""]
     if a.preamble and os.path.exists(a.preamble):
         with open(a.preamble) as f:
@@ -339,7 +364,7 @@ def cmd_report(a):
         lines += [f"## {sc}", ""]
         head = ["server", "runs (failed)"]
         if key == "rss_per_conn":
-            head += ["connections", "RSS / conn", "server RSS (peak)", "connect rate"]
+            head += ["connections", "PSS / conn", "server PSS (peak)", "connect rate"]
         else:
             head += ["rate (median)", "p50 ms", "p99 ms", "delivered", "lost/errors",
                      "server CPU µs/msg", "bench CPU µs/msg"]
