@@ -19,7 +19,8 @@
 # process each (the open-file limit is 20,000 per process).
 #
 # Environment: as scripts/bench.sh (RINGCAST_BIN, RINGCAST_BENCH_BIN, OUT_DIR, scales
-# in scripts/lib/scenarios.sh), plus SERVERS, SCENARIOS, RUNS, COMPARE_PUBLISH.
+# in scripts/lib/scenarios.sh), plus SERVERS, SCENARIOS, RUNS, COMPARE_PUBLISH,
+# IDLE_TRANSPORTS [sse ws], RUN_TIMEOUT [300 s per measured run].
 set -euo pipefail
 : "${IDLE_CONNS:=15000}"
 source "$(dirname "$0")/lib/common.sh"
@@ -27,6 +28,7 @@ source "$ROOT/scripts/lib/scenarios.sh"
 
 : "${RUNS:=3}" "${OUT_DIR:=$ROOT/target/bench}" "${COMPARE_PUBLISH:=http}"
 : "${SERVERS:=ringcast-c1 ringcast-c2 bun nchan node}"
+: "${IDLE_TRANSPORTS:=sse ws}"
 : "${SCENARIOS:=ws-fanout ws-topics sse-fanout publish-wrk idle}"
 IDLE_PER_SERVER=$IDLE_CONNS
 
@@ -77,13 +79,24 @@ for sc in $SCENARIOS; do
                 ((run == 1)) && na+=("sse-fanout/$sv (Bun has no SSE pub/sub)")
                 continue
             fi
+            if [[ $sc == idle ]]; then
+                for IDLE_TRANSPORT in $IDLE_TRANSPORTS; do
+                    if [[ $IDLE_TRANSPORT == sse && $sv == bun* ]]; then
+                        ((run == 1)) && na+=("idle-sse/$sv (no SSE)")
+                        continue
+                    fi
+                    up "$sv"
+                    idle_run "idle-$IDLE_TRANSPORT" "$sv" "$run" "$IDLE_CONNS" "$HP" "$PID"
+                    stop_all
+                done
+                continue
+            fi
             up "$sv"
             case $sc in
             ws-fanout) sc_ws_fanout "$sv" "$HP" "$PID" "$PUB" "$PAYLOAD" "$run" ;;
             ws-topics) sc_ws_topics "$sv" "$HP" "$PID" "$PUB" "$PAYLOAD" "$run" ;;
             sse-fanout) sc_sse_fanout "$sv" "$HP" "$PID" "$PUB" "$PAYLOAD" "$run" ;;
             publish-wrk) sc_publish_wrk "$sv" "$HP" "$PID" "" "" "$run" ;;
-            idle) idle_run "idle-$IDLE_TRANSPORT" "$sv" "$run" "$IDLE_CONNS" "$HP" "$PID" ;;
             *) die "unknown scenario $sc" ;;
             esac
             stop_all
@@ -102,7 +115,7 @@ pre="$RUN_DIR/preamble.md"
     echo
     echo "Scale: ws-fanout $FANOUT_SUBS subs x $FANOUT_MESSAGES msgs; ws-topics $TOPICS_SUBS subs /"
     echo "$TOPICS_TOPICS topics x $TOPICS_MESSAGES msgs; sse-fanout $SSE_SUBS subs x $SSE_MESSAGES msgs;"
-    echo "wrk -t$WRK_THREADS -c$WRK_CONNS ${WRK_DURATION}s POST /publish (no subscribers); idle $IDLE_CONNS $IDLE_TRANSPORT connections."
+    echo "wrk -t$WRK_THREADS -c$WRK_CONNS ${WRK_DURATION}s POST /publish (no subscribers); idle $IDLE_CONNS connections ($IDLE_TRANSPORTS)."
     echo
     echo "Rates are deliveries per second (fan-out) or requests per second (wrk). CPU per"
     echo "message: the server's utime+stime (all its processes and threads, /proc/PID/stat)"
@@ -110,7 +123,7 @@ pre="$RUN_DIR/preamble.md"
     echo "connection set-up included. The load generator shares the 2 cores with the server."
     if ((${#na[@]})); then printf '\nNot applicable: %s.\n' "$(IFS=,; echo "${na[*]}")"; fi
 } >"$pre"
-baselines=$(for s in $SERVERS; do [[ $s == ringcast-* ]] && printf '%s,' "$s"; done)
+baselines=$(for s in $SERVERS; do if [[ $s == ringcast-* ]]; then printf '%s,' "$s"; fi; done)
 "${BENCH_TOOL[@]}" report --dir "$REC_DIR" --out "$OUT_DIR/compare.md" \
     --title "ringcast against its peers" --preamble "$pre" --baseline "${baselines%,}"
 log "wrote $OUT_DIR/compare.md"

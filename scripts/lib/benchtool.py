@@ -23,6 +23,7 @@ import http.client
 import json
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -219,13 +220,34 @@ def cmd_measure(a):
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     t0 = time.monotonic()
+    timed_out = False
     with open(a.out + ".stdout", "wb") as out:
-        p = subprocess.Popen(a.command, stdout=out)
-        _, status, ru = os.wait4(p.pid, 0)
+        # Own session, so that a run over its time limit is stopped with all its children.
+        p = subprocess.Popen(a.command, stdout=out, start_new_session=True)
+        deadline = t0 + a.timeout if a.timeout > 0 else None
+        while True:
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                break
+            if deadline and time.monotonic() > deadline and not timed_out:
+                timed_out = True
+                print(f"benchtool: {a.scenario}/{a.server} run {a.run}: over {a.timeout:.0f} s, "
+                      "stopping it", file=sys.stderr)
+                os.killpg(p.pid, signal.SIGTERM)
+                deadline = time.monotonic() + 5
+                continue
+            if timed_out and time.monotonic() > deadline:
+                os.killpg(p.pid, signal.SIGKILL)
+                deadline = None
+            time.sleep(0.05)
+        try:
+            os.killpg(p.pid, signal.SIGKILL)  # anything the command left behind
+        except ProcessLookupError:
+            pass
     wall = time.monotonic() - t0
     stop.set()
     sampler.join()
-    rc = os.waitstatus_to_exitcode(status)
+    rc = 124 if timed_out else os.waitstatus_to_exitcode(status)
     after = server_snapshot(a.group)
     with open(a.out + ".stdout", encoding="utf-8", errors="replace") as f:
         text = f.read()
@@ -238,6 +260,7 @@ def cmd_measure(a):
         fig["rate_from_wall"] = True
     rec = {
         "scenario": a.scenario, "server": a.server, "run": a.run, "rc": rc,
+        "timed_out": timed_out,
         "cmd": a.command, "wall_s": wall,
         "bench_cpu_s": ru.ru_utime + ru.ru_stime,
         "server_cpu_s": after["cpu_s"] - before["cpu_s"],
@@ -252,7 +275,7 @@ def cmd_measure(a):
         # held), over the connections asked for; the bench's own figure is kept apart.
         rec["bench_rss_per_conn"] = fig.get("rss_per_conn")
         base = a.baseline_rss or before["rss"]
-        held = fig.get("connections") or a.conns
+        held = fig.get("connections")  # as the bench counted them; none if it failed
         rec["rss_per_conn"] = (peak[0] - base) / held if held else None
     with open(a.out, "w") as f:
         json.dump(rec, f, indent=1)
@@ -305,6 +328,8 @@ def fmt(v, kind):
     if kind == "us":
         return f"{v:.3f}"
     if kind == "bytes":
+        if abs(v) >= 1024 * 1024:
+            return f"{v / 1048576:.1f} MiB"
         return f"{v / 1024:.1f} KiB" if abs(v) >= 1024 else f"{v:.0f} B"
     if kind == "int":
         return f"{v:,.0f}"
@@ -360,7 +385,7 @@ def cmd_report(a):
             d["runs"] = len(rs)
             d["failed"] = sum(1 for r in rs if r["rc"] != 0)
             rows[sv] = d
-        key, better = PRIMARY.get(sc.split(":")[0], ("rate", "higher"))
+        key, better = PRIMARY.get("idle" if sc.startswith("idle") else sc, ("rate", "higher"))
         lines += [f"## {sc}", ""]
         head = ["server", "runs (failed)"]
         if key == "rss_per_conn":
@@ -396,8 +421,10 @@ def cmd_report(a):
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
         if baselines:
-            what = "rate" if better == "higher" else "RSS per connection (peer ÷ baseline)"
-            lines += [f"Ratios: baseline's {what} over the row's; > 1 means the baseline is better.", ""]
+            if better == "higher":
+                lines += ["Ratios: the baseline's rate over the row's; > 1 means the baseline is faster.", ""]
+            else:
+                lines += ["Ratios: the row's PSS per connection over the baseline's; > 1 means the baseline uses less.", ""]
     with open(a.out, "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -413,6 +440,8 @@ def main():
     m.add_argument("--run", type=int, default=1)
     m.add_argument("--group", type=int, action="append", default=[])
     m.add_argument("--k6-summary")
+    m.add_argument("--timeout", type=float, default=float(os.environ.get("RUN_TIMEOUT", 300)),
+                   help="stop the run after this many seconds [RUN_TIMEOUT or 300]")
     m.add_argument("--conns", type=int, default=0, help="connections held (idle runs)")
     m.add_argument("--baseline-rss", type=int, default=0, help="server RSS before connecting")
     m.add_argument("command", nargs=argparse.REMAINDER)

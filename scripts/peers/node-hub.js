@@ -90,7 +90,8 @@ const server = http.createServer((req, res) => {
     req.on("data", (c) => chunks.push(c));
     req.on("end", () => {
       broadcast(topic, Buffer.concat(chunks).toString());
-      res.writeHead(202, { "content-type": "application/json" }).end("{}\n");
+      // An explicit length: without it Node answers chunked, for a 3-byte body.
+      res.writeHead(202, { "content-type": "application/json", "content-length": 3 }).end("{}\n");
     });
     return;
   }
