@@ -396,11 +396,43 @@ async fn read_head(
                 Ok(None) => {}
                 Err(e) => return Ok(HeadRead::Refused(e)),
             }
+            let room = READ_CHUNK
+                .min(limits.max_header_bytes + 1 - buf.len().min(limits.max_header_bytes));
+            if netio::read_some(stream, fd, buf, room.max(1)).await? == 0 {
+                return Ok(HeadRead::Closed);
+            }
+            continue;
         }
-        let room =
-            READ_CHUNK.min(limits.max_header_bytes + 1 - buf.len().min(limits.max_header_bytes));
-        if netio::read_some(stream, fd, buf, room.max(1)).await? == 0 {
-            return Ok(HeadRead::Closed);
+        // Nothing buffered: read into the core's scratch buffer and parse there.
+        // A head that arrives whole (nearly always) never costs the connection a
+        // buffer of its own; only a partial head, or bytes after it, are kept.
+        stream.readable(false).await?;
+        let mut scratch = w.scratch.borrow_mut();
+        let n = match netio::recv(fd, &mut scratch) {
+            Ok(0) => return Ok(HeadRead::Closed),
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
+        let got = &scratch[..n];
+        match http::parse_request(got, limits) {
+            Ok(Some(head)) => {
+                let req = match to_request(w, &head) {
+                    Ok(req) => Box::new(req),
+                    Err(e) => return Ok(HeadRead::Refused(e)),
+                };
+                buf.extend_from_slice(&got[head.head_len..]);
+                return Ok(HeadRead::Request(req));
+            }
+            Ok(None) => buf.extend_from_slice(got),
+            Err(e) => return Ok(HeadRead::Refused(e)),
         }
     }
 }
