@@ -123,6 +123,12 @@ pub struct Client {
     pub expires_at: Option<u64>,
     /// Acknowledgements waiting for their subscriptions to be confirmed.
     pub acks: Vec<PendingAck>,
+    /// Nothing is written yet: the response head (`200`, `101`) waits until
+    /// every topic of the request is confirmed by its home core, so a client
+    /// that sees it receives everything published from then on.
+    pub gated: bool,
+    /// Open the gate as soon as no subscription is pending.
+    pub open_when_ready: bool,
 }
 
 impl Client {
@@ -144,6 +150,8 @@ impl Client {
             timer: None,
             expires_at: None,
             acks: Vec::new(),
+            gated: false,
+            open_when_ready: false,
         }
     }
 

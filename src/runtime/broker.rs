@@ -452,8 +452,9 @@ impl Bridge {
                 .map_err(|_| "XRANGE timed out".to_string())?;
         let (range, info) = match reply {
             Ok(v) => v,
-            // A stream that does not exist has no XINFO: nothing to resume.
-            Err(e) if e.to_string().contains("no such key") => return Ok((Vec::new(), false)),
+            // A stream that does not exist has no XINFO: nothing to resume, and
+            // any position but the start is gone.
+            Err(e) if e.to_string().contains("no such key") => return Ok((Vec::new(), after != 0)),
             Err(e) => return Err(e.to_string()),
         };
         let mut entries = parse_entries(topic, range);

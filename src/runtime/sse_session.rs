@@ -177,11 +177,15 @@ pub fn admit(w: &Rc<Worker>, fd: RawFd, req: Request) -> Result<Admitted, Refuse
     if let Some(g) = &grants {
         st.set_expiry(id, expiry_tick(w, g.exp));
     }
+    // The 200 goes out once every topic is confirmed by its home core: a client
+    // that sees it gets everything published from then on.
+    st.hold(id);
     for (topic, since) in topics.iter().zip(sinces) {
         // The list was validated and bounded above; a refusal here would be a
         // bug, and the stream then simply lacks that topic.
         let _ = st.subscribe(id, topic, since);
     }
+    st.open_when_ready(id);
     w.metrics().http_response(200);
     Ok(Admitted { id, topics })
 }
@@ -258,7 +262,8 @@ pub fn expiry_tick(w: &Worker, exp: u64) -> u64 {
     let left = at
         .duration_since(std::time::SystemTime::now())
         .unwrap_or_default();
-    w.now_tick() + crate::runtime::worker::ticks(left)
+    // Rounded up from the worker's origin as a whole, never early.
+    crate::runtime::worker::ticks(w.started.elapsed() + left)
 }
 
 /// Bounds how long written data may stay unacknowledged (`TCP_USER_TIMEOUT`, the

@@ -54,7 +54,8 @@ impl Drop for Sleep<'_> {
 
 /// Sleeps `d` on the core's wheel (rounded up to whole ticks).
 pub fn sleep(w: &Worker, d: Duration) -> Sleep<'_> {
-    let deadline = w.now_tick() + ticks(d).max(1);
+    // Rounded up from the worker's origin as a whole, so it never fires early.
+    let deadline = ticks(w.started.elapsed() + d).max(w.now_tick() + 1);
     Sleep {
         w,
         deadline,

@@ -140,6 +140,7 @@ pub fn run(cfg: ServeConfig) -> Result<(), StartError> {
     let driver: &'static str = if uring { "uring" } else { "epoll" };
     raise_nofile_limit();
 
+    refuse_a_port_in_use(cfg.listen)?;
     let access = Arc::new(access_policy(&cfg)?);
     let epoch = new_epoch();
     let epoch_text = format!("{:012x}", epoch.get());
@@ -305,6 +306,9 @@ pub fn run(cfg: ServeConfig) -> Result<(), StartError> {
         }
     }
     let _ = std::fs::remove_file(&cfg.publish_socket);
+    let mut lock_path = cfg.publish_socket.clone().into_os_string();
+    lock_path.push(".lock");
+    let _ = std::fs::remove_file(lock_path);
     info!("msg=\"stopped\" cores_stopped={stopped}");
     Ok(())
 }
@@ -484,6 +488,28 @@ impl Future for YieldNow {
     }
 }
 
+/// Refuses to share the listen address with a live server: with `SO_REUSEPORT`
+/// the kernel would silently split connections between the two. A port that
+/// answers a few times in a row is taken (a killed server's listener can answer
+/// for a moment after it is gone).
+fn refuse_a_port_in_use(addr: std::net::SocketAddr) -> Result<(), StartError> {
+    for attempt in 0..5 {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            return Ok(());
+        }
+        if attempt < 4 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Err(StartError::Listen {
+        addr: addr.to_string(),
+        source: io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "another server is listening on it",
+        ),
+    })
+}
+
 /// The access rules from the flags; the secret must be long enough for HS256.
 fn access_policy(cfg: &ServeConfig) -> Result<AccessPolicy, StartError> {
     let fail = |reason: String| StartError::Access { reason };
@@ -563,10 +589,30 @@ fn bind_publish_socket(cfg: &ServeConfig) -> Result<std::os::unix::net::UnixList
         path: path.display().to_string(),
         reason,
     };
+    // Whether another server owns the socket is told by a lock the kernel
+    // drops with its owner, not by whether the socket still answers: a killed
+    // server's io_uring listener can accept for a moment after it is gone.
+    let mut lock_path = path.clone().into_os_string();
+    lock_path.push(".lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| fail(format!("cannot open {}: {e}", lock_path.to_string_lossy())))?;
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    if unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&lock),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    } != 0
+    {
+        return Err(fail("another server is using it".into()));
+    }
+    // Held until the process exits.
+    std::mem::forget(lock);
     if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(fail("another server is listening on it".into()));
-        }
         std::fs::remove_file(path).map_err(|e| fail(format!("cannot remove stale socket: {e}")))?;
     }
     let listener = std::os::unix::net::UnixListener::bind(path).map_err(|e| fail(e.to_string()))?;

@@ -125,9 +125,12 @@ pub fn admit(w: &Rc<Worker>, fd: RawFd, req: Request) -> Result<Admitted, Refuse
     if let Some(g) = &grants {
         st.set_expiry(id, expiry_tick(w, g.exp));
     }
+    // The 101 goes out once every topic of the URL is confirmed by its home core.
+    st.hold(id);
     for (topic, since) in topics.iter().zip(sinces) {
         let _ = st.subscribe(id, topic, since);
     }
+    st.open_when_ready(id);
     w.metrics().http_response(101);
     Ok(Admitted::Subscriber { id, grants })
 }

@@ -527,6 +527,10 @@ impl CoreState {
         let client = &mut *client;
         client.subs[index].seq = client.subs[index].seq.max(head);
         client.subs[index].pending = false;
+        if client.open_when_ready && client.subs.iter().all(|s| !s.pending) {
+            client.open_when_ready = false;
+            client.gated = false;
+        }
         if client.transport == Transport::Sse
             && client.fresh
             && client.subs.iter().all(|s| !s.pending)
@@ -750,6 +754,9 @@ impl CoreState {
         for &id in &dirty {
             if let Some(client) = self.clients.get_mut(id) {
                 client.dirty = false;
+                if client.gated {
+                    continue;
+                }
                 if client.write == WriteState::Ready {
                     flush_one(client, self.now, &mut self.scratch, &mut write);
                 } else {
@@ -775,7 +782,7 @@ impl CoreState {
             if client.write == WriteState::Blocked {
                 client.write = WriteState::Ready;
             }
-            if client.write == WriteState::Ready {
+            if client.write == WriteState::Ready && !client.gated {
                 flush_one(client, self.now, &mut self.scratch, &mut write);
             }
         }
@@ -794,6 +801,27 @@ impl CoreState {
                 client.waker = Some(cx.waker().clone());
                 Poll::Pending
             }
+        }
+    }
+
+    /// Holds everything queued to a new client until [`CoreState::open_when_ready`].
+    pub fn hold(&mut self, id: ClientId) {
+        if let Some(c) = self.clients.get_mut(id) {
+            c.gated = true;
+        }
+    }
+
+    /// Lets a held client's output go once every subscription made so far is
+    /// confirmed (at once when none is pending).
+    pub fn open_when_ready(&mut self, id: ClientId) {
+        let Some(c) = self.clients.get_mut(id) else {
+            return;
+        };
+        if c.subs.iter().any(|s| s.pending) {
+            c.open_when_ready = true;
+        } else {
+            c.gated = false;
+            self.mark_dirty(id);
         }
     }
 

@@ -87,6 +87,7 @@ impl CoreState {
     pub fn insert_wake(&mut self, deadline: u64, waker: Waker) -> TimerHandle {
         let handle = self.wheel.insert(deadline, TimerTarget::Wake(waker));
         self.kick_ticks(deadline);
+        self.metrics.timer_entries.set(self.wheel.len() as u64);
         handle
     }
 
@@ -108,6 +109,7 @@ impl CoreState {
         if let Some(TimerTarget::Client(id)) = self.wheel.cancel(handle) {
             debug_assert!(false, "a wake handle cancelled the timer of client {id:?}");
         }
+        self.metrics.timer_entries.set(self.wheel.len() as u64);
     }
 
     /// Wakes the tick task when a deadline comes before the one it sleeps until.
