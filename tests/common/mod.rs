@@ -675,14 +675,18 @@ impl SseClient {
     /// Connects, sends `GET /sse?<query>` (with `Last-Event-ID` when given) and
     /// checks the `200 text/event-stream` head.
     pub fn connect(addr: SocketAddr, query: &str, last_event_id: Option<&str>) -> SseClient {
+        let extra = last_event_id.map_or(String::new(), |id| format!("Last-Event-ID: {id}\r\n"));
+        Self::connect_with(addr, query, &extra)
+    }
+
+    /// Like [`connect`](Self::connect), with `extra` header lines (each ending in
+    /// CRLF) added to the request, e.g. `Authorization` or `Cookie`.
+    pub fn connect_with(addr: SocketAddr, query: &str, extra: &str) -> SseClient {
         let stream = TcpStream::connect(addr).expect("connect SSE");
         stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-        let mut req =
-            format!("GET /sse?{query} HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n");
-        if let Some(id) = last_event_id {
-            req.push_str(&format!("Last-Event-ID: {id}\r\n"));
-        }
-        req.push_str("\r\n");
+        let req = format!(
+            "GET /sse?{query} HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n{extra}\r\n"
+        );
         let mut c = SseClient {
             stream,
             buf: Vec::new(),

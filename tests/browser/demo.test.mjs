@@ -1,0 +1,388 @@
+// The demo page (`GET /`) in a real headless Chromium, against the real binary.
+//
+// Run: `node --test tests/browser/` from the repository root, with the server binary
+// in RINGCAST_BIN (default target/release/ringcast, else target/debug/ringcast).
+// Needs Debian's `chromium` and `npm install --prefix tests/browser` (puppeteer-core).
+//
+// Every wait is bounded (waitForFunction with a timeout, polling with a deadline).
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFile } from 'node:child_process';
+import { createHmac } from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import puppeteer from 'puppeteer-core';
+
+const execFileP = promisify(execFile);
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const SHOTS = path.join(ROOT, 'target', 'browser');
+const SECRET = 'browser-test-secret-0123456789-abcdef'; // 37 bytes: HS256 needs >= 32
+const WAIT = 15_000;
+
+function serverBinary() {
+  if (process.env.RINGCAST_BIN) return process.env.RINGCAST_BIN;
+  for (const p of ['target/release/ringcast', 'target/debug/ringcast']) {
+    const abs = path.join(ROOT, p);
+    if (fs.existsSync(abs)) return abs;
+  }
+  throw new Error('no ringcast binary: build it (cargo build) or set RINGCAST_BIN');
+}
+const BIN = serverBinary();
+
+// ---- helpers ----------------------------------------------------------------------
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function until(what, cond, timeout = WAIT) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    if (await cond()) return;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+async function httpStatus(port, p) {
+  try {
+    const r = await fetch(`http://127.0.0.1:${port}${p}`);
+    await r.arrayBuffer();
+    return r.status;
+  } catch {
+    return 0;
+  }
+}
+
+/** `ringcast serve` on 127.0.0.1:port with its own publish socket; ready when /healthz is 200. */
+async function startServer({ port, dir, args = [] }) {
+  port ??= await freePort();
+  dir ??= fs.mkdtempSync(path.join(os.tmpdir(), 'rc-browser-'));
+  const socket = path.join(dir, 'rc.sock');
+  fs.rmSync(socket, { force: true });
+  const stderr = [];
+  const child = spawn(
+    BIN,
+    ['serve', '--listen', `127.0.0.1:${port}`, '--publish-socket', socket, '--cores', '2', ...args],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  child.stderr.on('data', (d) => stderr.push(d));
+  let exited = null;
+  child.on('exit', (code, sig) => { exited = { code, sig }; });
+  const server = {
+    port, dir, socket, child,
+    url: `http://127.0.0.1:${port}/`,
+    stderr: () => Buffer.concat(stderr).toString(),
+    exited: () => exited,
+  };
+  try {
+    await until('/healthz 200', async () => {
+      if (exited) throw new Error(`server exited ${JSON.stringify(exited)}:\n${server.stderr()}`);
+      return (await httpStatus(port, '/healthz')) === 200 && fs.existsSync(socket);
+    });
+  } catch (e) {
+    child.kill('SIGKILL');
+    throw e;
+  }
+  return server;
+}
+
+async function kill(server) {
+  if (server.exited()) return;
+  const gone = new Promise((r) => server.child.once('exit', r));
+  server.child.kill('SIGKILL');
+  await gone;
+}
+
+/** `ringcast publish --socket S topic data`: the id it printed. */
+async function publish(server, topic, data) {
+  const { stdout } = await execFileP(BIN, ['publish', '--socket', server.socket, topic, data]);
+  const id = stdout.trim().replace(/^"|"$/g, '');
+  assert.ok(id.length > 0, 'ringcast publish printed no id');
+  return id;
+}
+
+const b64url = (buf) => Buffer.from(buf).toString('base64url');
+/** An HS256 JWT over `claims`, as an issuer would make it. */
+function sign(claims, secret = SECRET) {
+  const head = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }));
+  const body = b64url(JSON.stringify(claims));
+  const mac = createHmac('sha256', secret).update(`${head}.${body}`).digest();
+  return `${head}.${body}.${b64url(mac)}`;
+}
+const inMinutes = (m) => Math.floor(Date.now() / 1000) + m * 60;
+
+/** The log lines of a panel ('sse' | 'ws'): {kind, id, topic, text}. */
+function logOf(page, panel) {
+  return page.$$eval(`#${panel}-log li`, (lis) =>
+    lis.map((li) => ({ kind: li.dataset.kind, id: li.dataset.id, topic: li.dataset.topic, text: li.textContent })));
+}
+
+/** Waits until a panel's log has a line of `kind` whose text contains `needle`. */
+async function waitLog(page, panel, kind, needle, timeout = WAIT) {
+  try {
+    await page.waitForFunction(
+      (panel, kind, needle) => [...document.querySelectorAll(`#${panel}-log li`)]
+        .some((li) => li.dataset.kind === kind && li.textContent.includes(needle)),
+      { timeout, polling: 50 }, panel, kind, needle,
+    );
+  } catch (e) {
+    const lines = (await logOf(page, panel)).map((l) => `  [${l.kind}] ${l.text}`).join('\n');
+    throw new Error(`${panel} panel: no ${kind} line containing ${JSON.stringify(needle)} within ${timeout} ms; log:\n${lines}`);
+  }
+  const lines = await logOf(page, panel);
+  return lines.find((l) => l.kind === kind && l.text.includes(needle));
+}
+
+async function waitState(page, panel, state, timeout = WAIT) {
+  try {
+    await page.waitForFunction(
+      (panel, state) => document.getElementById(`${panel}-state`).dataset.state === state,
+      { timeout, polling: 50 }, panel, state,
+    );
+  } catch (e) {
+    const now = await page.$eval(`#${panel}-state`, (el) => el.textContent);
+    const lines = (await logOf(page, panel)).map((l) => `  [${l.kind}] ${l.text}`).join('\n');
+    throw new Error(`${panel} panel never reached state ${state} (is: ${now}); log:\n${lines}`);
+  }
+}
+
+async function fill(page, selector, value) {
+  await page.$eval(selector, (el, v) => { el.value = v; }, value);
+}
+
+async function subscribeBoth(page, topics) {
+  await fill(page, '#sse-topics', topics);
+  await fill(page, '#ws-topics', topics);
+  await page.click('#sse-connect');
+  await page.click('#ws-connect');
+}
+
+/**
+ * Waits until both panels are live on `topic`: publishes warm-up messages until one
+ * shows on both. (An EventSource's `open` and a WebSocket's 101 come before the
+ * topic's home core has recorded the subscription; a message published in between
+ * is lost, see tests/subscribe_race.rs.) Then clears both logs.
+ */
+async function warmUp(page, server, topic) {
+  const deadline = Date.now() + WAIT;
+  for (let k = 0; ; k++) {
+    if (Date.now() > deadline) throw new Error(`panels never live on ${topic}`);
+    const marker = `warmup-${topic}-${k}`;
+    await publish(server, topic, JSON.stringify({ warmup: marker }));
+    try {
+      await page.waitForFunction((marker) => ['sse', 'ws'].every((p) =>
+        [...document.querySelectorAll(`#${p}-log li`)].some((li) => li.textContent.includes(marker))),
+      { timeout: 500, polling: 50 }, marker);
+      break;
+    } catch {
+      // Not live on both yet: publish the next one.
+    }
+  }
+  await page.click('#sse-clear');
+  await page.click('#ws-clear');
+}
+
+async function screenshot(page, name) {
+  fs.mkdirSync(SHOTS, { recursive: true });
+  const file = path.join(SHOTS, name);
+  await page.screenshot({ path: file, fullPage: true });
+  return file;
+}
+
+// ---- the browser --------------------------------------------------------------------
+
+let browser;
+let profile;
+before(async () => {
+  profile = fs.mkdtempSync(path.join(os.tmpdir(), 'rc-chromium-'));
+  browser = await puppeteer.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    defaultViewport: { width: 1280, height: 900 },
+    args: [
+      '--headless=new', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      `--user-data-dir=${profile}`,
+    ],
+  });
+});
+after(async () => {
+  await browser?.close();
+  if (profile) fs.rmSync(profile, { recursive: true, force: true });
+});
+
+async function openPage(server) {
+  const page = await browser.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  await page.goto(server.url, { waitUntil: 'load' });
+  page.errors = errors;
+  return page;
+}
+
+// ---- tests ----------------------------------------------------------------------------
+
+test('the demo page is served from the binary and needs nothing from outside', async () => {
+  const server = await startServer({});
+  try {
+    const r = await fetch(server.url);
+    assert.equal(r.status, 200);
+    assert.match(r.headers.get('content-type'), /text\/html/);
+    const html = await r.text();
+    // Works offline: no external scripts, styles or fonts.
+    assert.doesNotMatch(html, /(src|href)\s*=\s*["']?(https?:)?\/\//i);
+    for (const id of ['sse-topics', 'sse-connect', 'sse-state', 'sse-reconnects', 'sse-log',
+      'ws-topics', 'ws-connect', 'ws-state', 'ws-reconnects', 'ws-log', 'token',
+      'pub-topic', 'pub-data', 'pub-send', 'pub-result', 'm-sse', 'm-ws', 'm-published', 'm-delivered']) {
+      assert.match(html, new RegExp(`id="${id}"`), `element #${id}`);
+    }
+  } finally {
+    await kill(server);
+  }
+});
+
+test('both panels receive published messages, and the EventSource resumes across a server restart with a gap', async () => {
+  let server = await startServer({});
+  const page = await openPage(server);
+  // The headers Chromium really sent (Last-Event-ID is added below the page's view).
+  const sseRequests = [];
+  const cdp = await page.createCDPSession();
+  await cdp.send('Network.enable');
+  const sseIds = new Set();
+  cdp.on('Network.requestWillBeSent', (e) => {
+    if (e.request.url.includes('/sse?')) sseIds.add(e.requestId);
+  });
+  cdp.on('Network.requestWillBeSentExtraInfo', (e) => {
+    const lower = Object.fromEntries(Object.entries(e.headers).map(([k, v]) => [k.toLowerCase(), v]));
+    if (sseIds.has(e.requestId) || (lower[':path'] || '').startsWith('/sse?') || lower.accept === 'text/event-stream') {
+      sseRequests.push(lower);
+    }
+  });
+  try {
+    await subscribeBoth(page, 'news, sport');
+    await waitState(page, 'sse', 'open');
+    await waitState(page, 'ws', 'open');
+    await warmUp(page, server, 'news');
+    await warmUp(page, server, 'sport');
+
+    // Published through the Unix socket: both panels show it with its id.
+    const id1 = await publish(server, 'news', '{"n":1,"text":"first"}');
+    const sse1 = await waitLog(page, 'sse', 'message', '"first"');
+    const ws1 = await waitLog(page, 'ws', 'message', '"first"');
+    assert.equal(sse1.id, id1);
+    assert.equal(ws1.id, id1);
+    assert.equal(sse1.topic, 'news');
+    const id2 = await publish(server, 'sport', 'plain text');
+    assert.equal((await waitLog(page, 'sse', 'message', 'plain text')).id, id2);
+    assert.equal((await waitLog(page, 'ws', 'message', 'plain text')).id, id2);
+
+    // Published from the page's form over the WebSocket publish op: ack shown, both get it.
+    await fill(page, '#pub-topic', 'news');
+    await fill(page, '#pub-data', '{"from":"form"}');
+    await page.click('#pub-send');
+    await page.waitForFunction(() => document.getElementById('pub-result').dataset.op === 'ack', { timeout: WAIT });
+    assert.match(await page.$eval('#pub-result', (e) => e.textContent), /ack ref \d+ id \w+-\d+/);
+    await waitLog(page, 'sse', 'message', '"form"');
+    await waitLog(page, 'ws', 'message', '"form"');
+
+    // The live counters come from /metrics.
+    await page.waitForFunction(() => Number(document.getElementById('m-sse').textContent) >= 1
+      && Number(document.getElementById('m-ws').textContent) >= 1
+      && Number(document.getElementById('m-published').textContent) >= 3
+      && Number(document.getElementById('m-delivered').textContent) >= 6, { timeout: WAIT });
+    const shot = await screenshot(page, 'demo.png');
+    console.log(`screenshot: ${shot}`);
+
+    // SIGKILL, then a new run (new epoch) on the same port.
+    await kill(server);
+    await waitState(page, 'sse', 'connecting');
+    const before = sseRequests.length;
+    server = await startServer({ port: server.port, dir: server.dir });
+
+    // The EventSource reconnects by itself with Last-Event-ID and is told of the gap.
+    // The gap is the home core's answer to the resumed subscription: once it is
+    // shown for news, news is live.
+    const gap = await waitLog(page, 'sse', 'ringcast.gap', '"topic":"news"', 20_000);
+    assert.match(gap.text, /another server run/);
+    await waitState(page, 'sse', 'open');
+    const resumed = sseRequests.slice(before).find((h) => h['last-event-id']);
+    assert.ok(resumed, `no reconnect carried Last-Event-ID: ${JSON.stringify(sseRequests.slice(before))}`);
+    assert.match(resumed['last-event-id'], /^[0-9a-f]{12}-\d+\.\d+$/, 'a two-topic cursor of the previous run');
+    assert.ok(Number(await page.$eval('#sse-reconnects', (e) => e.textContent)) >= 1);
+    // The WebSocket panel reconnects too (its own backoff) and is told of its gap.
+    await waitLog(page, 'ws', 'ringcast.gap', '"topic":"news"', 20_000);
+    await waitState(page, 'ws', 'open');
+
+    const id3 = await publish(server, 'news', '{"n":3,"text":"after restart"}');
+    assert.notEqual(id3.split('-')[0], id1.split('-')[0], 'a new run has a new epoch');
+    assert.equal((await waitLog(page, 'sse', 'message', 'after restart')).id, id3);
+    assert.equal((await waitLog(page, 'ws', 'message', 'after restart')).id, id3);
+    await screenshot(page, 'demo-after-restart.png');
+    assert.deepEqual(page.errors, []);
+  } finally {
+    await page.close();
+    await kill(server);
+  }
+});
+
+test('with --auth-secret: no token is refused, a valid token receives, a topic it lacks is refused', async () => {
+  const server = await startServer({ args: ['--auth-secret', SECRET] });
+  const page = await openPage(server);
+  try {
+    // The page itself and /metrics stay public.
+    await page.waitForFunction(() => document.getElementById('m-status').textContent === 'HTTP 200', { timeout: WAIT });
+
+    // No token: both refused with 401, shown in the panels.
+    await subscribeBoth(page, 'news');
+    await waitState(page, 'sse', 'failed');
+    await waitLog(page, 'sse', 'error', 'HTTP 401');
+    await waitState(page, 'ws', 'failed');
+    await waitLog(page, 'ws', 'error', 'HTTP 401');
+
+    // A valid token for news: messages arrive on both.
+    await fill(page, '#token', sign({ exp: inMinutes(10), topics: ['news'], pub: ['news'] }));
+    await subscribeBoth(page, 'news');
+    await waitState(page, 'sse', 'open');
+    await waitState(page, 'ws', 'open');
+    await warmUp(page, server, 'news');
+    const id = await publish(server, 'news', '{"secure":true}');
+    assert.equal((await waitLog(page, 'sse', 'message', '"secure"')).id, id);
+    assert.equal((await waitLog(page, 'ws', 'message', '"secure"')).id, id);
+
+    // Publishing from the page: granted topic acked, another one refused.
+    await fill(page, '#pub-topic', 'news');
+    await fill(page, '#pub-data', 'granted');
+    await page.click('#pub-send');
+    await page.waitForFunction(() => document.getElementById('pub-result').dataset.op === 'ack', { timeout: WAIT });
+    await fill(page, '#pub-topic', 'secret');
+    await page.click('#pub-send');
+    await page.waitForFunction(() => document.getElementById('pub-result').dataset.op === 'error', { timeout: WAIT });
+    assert.match(await page.$eval('#pub-result', (e) => e.textContent), /publishing not granted: secret/);
+
+    // A topic the token does not grant: 403 naming it, on both.
+    await subscribeBoth(page, 'secret');
+    await waitState(page, 'sse', 'failed');
+    await waitLog(page, 'sse', 'error', 'HTTP 403: topic not granted: secret');
+    await waitState(page, 'ws', 'failed');
+    await waitLog(page, 'ws', 'error', 'HTTP 403: topic not granted: secret');
+    await screenshot(page, 'demo-auth.png');
+    assert.deepEqual(page.errors, []);
+  } finally {
+    await page.close();
+    await kill(server);
+  }
+});
