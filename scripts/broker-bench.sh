@@ -175,6 +175,9 @@ measure() { # measure NAME -> "tput p50 p99 max"
 
 read -r s_tput s_p50 s_p99 s_max < <(measure single)
 read -r r_tput r_p50 r_p99 r_max < <(measure redis)
+# Check the publishes through Redis really are in its stream.
+added=$(redis-cli -p "$REDIS_PORT" XINFO STREAM ringcast:tput-redis | awk 'prev=="entries-added"{print; exit} {prev=$0}')
+[[ $added == "$PUBLISHES" ]] || { echo "ringcast:tput-redis has $added entries added, expected $PUBLISHES" >&2; exit 1; }
 
 ratio() { python3 -c "print('%.2fx' % ($1 / $2))"; }
 echo
