@@ -653,14 +653,15 @@ fn while_redis_is_down_publishes_fail_at_once_healthz_is_503_subscribers_stay_an
     // Subscribers stay connected and keep getting heartbeats, and nothing else.
     for s in subs.iter_mut() {
         let beats = s.heartbeats();
+        // 500 ms heartbeats: one is due within any 1.2 s, with room for a loaded machine.
         assert!(
-            s.quiet_for(Duration::from_millis(700)),
+            s.quiet_for(Duration::from_millis(1200)),
             "{} during the outage",
             s.name()
         );
         assert!(
             s.heartbeats() > beats,
-            "{}: no heartbeat within 700 ms during the outage",
+            "{}: no heartbeat within 1.2 s during the outage",
             s.name()
         );
     }
