@@ -880,7 +880,6 @@ fn a_token_expiring_in_two_seconds_closes_a_live_ws_with_1008_and_a_live_sse_wit
 }
 
 #[test]
-#[ignore = "server bug: token expiry fires up to one tick before exp (expiry_tick rounds down)"]
 fn a_token_never_closes_a_stream_before_its_exp() {
     for _ in 0..3 {
         expiry_closes_both(0.0);

@@ -1,15 +1,8 @@
 //! A message published after a subscriber was told it is subscribed must reach it.
 //!
-//! FAILS as of this commit, so `#[ignore]`d: run with `cargo test --test
-//! subscribe_race -- --ignored`. Server bug: a
-//! WebSocket's 101 (for `?topic=`) and a `subscribe` op's ack are queued before
-//! the topic's home core has recorded the subscription (`ws_session::admit`
-//! queues the 101, then `CoreState::subscribe` sends `CoreMsg::Subscribe` to the
-//! home; `answer_control` writes the ack before subscribing). A publish that
-//! reaches the home first is stamped before the subscription, which then starts
-//! `Since::Live` after it: the message is lost, with no gap event. SSE streams
-//! have a signal (the id-only cursor block once every topic is live); WebSocket
-//! clients have none.
+//! The server holds a WebSocket's 101 (for `?topic=`) and a `subscribe` op's
+//! ack until every topic's home core has recorded the subscription, so a
+//! publish that follows them cannot be stamped before the subscription.
 
 mod common;
 
@@ -60,7 +53,6 @@ fn missed(by_op: bool) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "server bug: a WebSocket's 101 comes before its subscriptions are live"]
 fn a_message_published_right_after_the_101_reaches_a_websocket_subscribed_by_url() {
     let missed = missed(false);
     assert!(
@@ -72,7 +64,6 @@ fn a_message_published_right_after_the_101_reaches_a_websocket_subscribed_by_url
 }
 
 #[test]
-#[ignore = "server bug: a subscribe op is acked before the subscription is live"]
 fn a_message_published_right_after_the_ack_reaches_a_websocket_subscribed_by_op() {
     let missed = missed(true);
     assert!(

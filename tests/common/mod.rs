@@ -81,6 +81,10 @@ pub struct Server {
     pub socket: PathBuf,
     stderr_path: PathBuf,
     dir: TempDir,
+    /// The extra arguments it was started with (for [`Server::restart`]).
+    args: Vec<String>,
+    /// The shell prefix it was started through, if any.
+    shell_prefix: Option<String>,
 }
 
 fn free_port() -> u16 {
@@ -139,7 +143,32 @@ impl Server {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let socket = dir.path().join("rc.sock");
         let stderr_path = dir.path().join("stderr.log");
-        let stderr = fs::File::create(&stderr_path).expect("create stderr log");
+        let child = Self::spawn(addr, &socket, &stderr_path, args, shell_prefix);
+        let mut server = Server {
+            child,
+            addr,
+            socket,
+            stderr_path,
+            dir,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            shell_prefix: shell_prefix.map(str::to_owned),
+        };
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    fn spawn(
+        addr: SocketAddr,
+        socket: &Path,
+        stderr_path: &Path,
+        args: &[&str],
+        shell_prefix: Option<&str>,
+    ) -> Child {
+        let stderr = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(stderr_path)
+            .expect("open stderr log");
         let mut cmd = match shell_prefix {
             None => Command::new(bin()),
             Some(prefix) => {
@@ -150,12 +179,11 @@ impl Server {
                 c
             }
         };
-        let child = cmd
-            .arg("serve")
+        cmd.arg("serve")
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--publish-socket")
-            .arg(&socket)
+            .arg(socket)
             .arg("--cores")
             .arg("2")
             .args(args)
@@ -163,14 +191,66 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr))
             .spawn()
-            .expect("spawn ringcast");
-        let mut server = Server {
-            child,
-            addr,
-            socket,
-            stderr_path,
-            dir,
-        };
+            .expect("spawn ringcast")
+    }
+
+    /// Kills the process (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills the process (SIGKILL) and starts it again on the same address,
+    /// publish socket and arguments; waits until `/healthz` answers 200.
+    /// stderr of both runs goes to the same log.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.start_again();
+    }
+
+    /// Starts the (killed) process again, as [`Server::restart`] does. A start
+    /// refused because the old run's port or publish socket still looks in use
+    /// is retried (bounded); returns how many starts it took.
+    pub fn start_again(&mut self) -> usize {
+        let deadline = Instant::now() + START_TIMEOUT;
+        for attempt in 1.. {
+            match self.try_start_again_once() {
+                Ok(()) => return attempt,
+                Err(err) if Instant::now() < deadline && Self::looks_in_use(&err) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(err) => panic!("ringcast did not restart on {}:\n{err}", self.addr),
+            }
+        }
+        unreachable!()
+    }
+
+    /// One start on the same address, publish socket and arguments.
+    pub fn try_start_again_once(&mut self) -> Result<(), String> {
+        let owned = self.args.clone();
+        let args: Vec<&str> = owned.iter().map(String::as_str).collect();
+        // Only this run's stderr in the answer (the last run's checked first).
+        self.assert_no_panic();
+        let _ = fs::write(&self.stderr_path, b"");
+        let prefix = self.shell_prefix.clone();
+        self.child = Self::spawn(
+            self.addr,
+            &self.socket,
+            &self.stderr_path,
+            &args,
+            prefix.as_deref(),
+        );
+        self.wait_ready().map_err(|(err, _)| err)
+    }
+
+    fn looks_in_use(err: &str) -> bool {
+        err.contains("in use") || err.contains("another server is listening")
+    }
+
+    /// Waits until `/healthz` answers 200 and the publish socket exists.
+    fn wait_ready(&mut self) -> Result<(), (String, bool)> {
+        let server = self;
+        let addr = server.addr;
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(Some(status)) = server.child.try_wait() {
@@ -183,7 +263,7 @@ impl Server {
                 b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
             ) {
                 if r.status == 200 && server.socket.exists() {
-                    return Ok(server);
+                    return Ok(());
                 }
             }
             if Instant::now() >= deadline {
@@ -669,6 +749,8 @@ pub struct SseClient {
     /// The last event id as a browser would hold it.
     pub last_event_id: String,
     pub head: String,
+    /// Comment lines (heartbeats) read so far.
+    pub comments: usize,
 }
 
 impl SseClient {
@@ -692,6 +774,7 @@ impl SseClient {
             buf: Vec::new(),
             last_event_id: String::new(),
             head: String::new(),
+            comments: 0,
         };
         c.stream
             .write_all(req.as_bytes())
@@ -794,6 +877,7 @@ impl SseClient {
                     continue;
                 }
                 if line.starts_with(':') {
+                    self.comments += 1;
                     continue;
                 }
                 let (field, value) = match line.split_once(':') {
@@ -1307,4 +1391,256 @@ pub fn connect_with_rcvbuf(addr: SocketAddr, bytes: i32) -> TcpStream {
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---- Redis -------------------------------------------------------------------
+
+/// A private `redis-server` (no persistence) on a free port, killed on drop.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    dir: TempDir,
+}
+
+/// How long `redis-server` gets to answer `PING`.
+const REDIS_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Redis {
+    pub fn start() -> Redis {
+        let mut last = String::new();
+        for _attempt in 0..5 {
+            let mut r = Redis {
+                child: None,
+                port: free_port(),
+                dir: TempDir::new(),
+            };
+            match r.spawn() {
+                Ok(()) => return r,
+                Err(e) => last = e,
+            }
+        }
+        panic!("redis-server did not start after 5 ports:\n{last}");
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open redis log");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().expect("clone log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| format!("spawn redis-server: {e}"))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + REDIS_START_TIMEOUT;
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return Err(format!("redis-server exited ({status}):\n{}", self.log()));
+            }
+            if matches!(self.try_cmd(&["PING"]), Ok(Resp::Simple(ref s)) if s == "PONG") {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "redis-server: no PONG within {REDIS_START_TIMEOUT:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same port (bounded retries while the port is released).
+    pub fn start_again(&mut self) {
+        let deadline = Instant::now() + REDIS_START_TIMEOUT;
+        loop {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(e) if Instant::now() >= deadline => panic!("redis did not restart: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// One command over a fresh connection (raw RESP).
+    pub fn try_cmd(&self, args: &[&str]) -> std::io::Result<Resp> {
+        let stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut req = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            req.extend_from_slice(a.as_bytes());
+            req.extend_from_slice(b"\r\n");
+        }
+        (&stream).write_all(&req)?;
+        read_resp(&mut BufReader::new(stream))
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Resp {
+        self.try_cmd(args)
+            .unwrap_or_else(|e| panic!("redis {args:?}: {e}"))
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A RESP2 reply.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resp {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Resp>>),
+}
+
+impl Resp {
+    pub fn int(&self) -> i64 {
+        match self {
+            Resp::Int(n) => *n,
+            other => panic!("not an integer reply: {other:?}"),
+        }
+    }
+}
+
+fn read_resp(r: &mut impl BufRead) -> std::io::Result<Resp> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::new(
+            ErrorKind::UnexpectedEof,
+            "redis closed",
+        ));
+    }
+    let line = line.trim_end_matches("\r\n");
+    let bad = || std::io::Error::new(ErrorKind::InvalidData, format!("bad RESP {line:?}"));
+    let (kind, rest) = line.split_at(1.min(line.len()));
+    let number = || rest.parse::<i64>().map_err(|_| bad());
+    Ok(match kind {
+        "+" => Resp::Simple(rest.to_owned()),
+        "-" => Resp::Error(rest.to_owned()),
+        ":" => Resp::Int(number()?),
+        "$" => match number()? {
+            n if n < 0 => Resp::Bulk(None),
+            n => {
+                let mut b = vec![0; n as usize + 2];
+                r.read_exact(&mut b)?;
+                b.truncate(n as usize);
+                Resp::Bulk(Some(b))
+            }
+        },
+        "*" => match number()? {
+            n if n < 0 => Resp::Array(None),
+            n => Resp::Array(Some(
+                (0..n)
+                    .map(|_| read_resp(r))
+                    .collect::<std::io::Result<_>>()?,
+            )),
+        },
+        _ => return Err(bad()),
+    })
+}
+
+// ---- WebSocket -----------------------------------------------------------------
+
+/// A tungstenite client over a blocking `TcpStream` with bounded reads.
+pub struct TungsteniteClient {
+    pub ws: tungstenite::WebSocket<TcpStream>,
+    /// Pings seen so far (the server's heartbeats).
+    pub pings: usize,
+}
+
+/// What a WS read gave: a text message, or nothing within the time.
+pub enum WsRead {
+    Text(String),
+    TimedOut,
+    Closed(String),
+}
+
+impl TungsteniteClient {
+    pub fn connect(addr: SocketAddr, path: &str) -> TungsteniteClient {
+        use tungstenite::client::IntoClientRequest;
+        let stream = TcpStream::connect(addr).expect("connect WS");
+        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let req = format!("ws://{addr}{path}")
+            .into_client_request()
+            .expect("WS request");
+        let (ws, resp) = tungstenite::client::client(req, stream)
+            .unwrap_or_else(|e| panic!("WS handshake on {path}: {e}"));
+        assert_eq!(resp.status().as_u16(), 101);
+        TungsteniteClient { ws, pings: 0 }
+    }
+
+    pub fn send(&mut self, text: &str) {
+        self.ws
+            .send(tungstenite::Message::text(text))
+            .expect("WS send");
+    }
+
+    /// The next text message; pings are counted (tungstenite answers them).
+    pub fn read(&mut self, timeout: Duration) -> WsRead {
+        use tungstenite::Message;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return WsRead::TimedOut;
+            }
+            self.ws.get_mut().set_read_timeout(Some(left)).unwrap();
+            match self.ws.read() {
+                Ok(Message::Text(t)) => return WsRead::Text(t.as_str().to_owned()),
+                Ok(Message::Ping(_)) => self.pings += 1,
+                Ok(Message::Close(c)) => return WsRead::Closed(format!("close {c:?}")),
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+                {
+                    return WsRead::TimedOut
+                }
+                Err(e) => return WsRead::Closed(e.to_string()),
+            }
+        }
+    }
+
+    pub fn next_text(&mut self) -> String {
+        match self.read(READ_TIMEOUT) {
+            WsRead::Text(t) => t,
+            WsRead::TimedOut => panic!("WS: no message within {READ_TIMEOUT:?}"),
+            WsRead::Closed(why) => panic!("WS: closed: {why}"),
+        }
+    }
 }

@@ -306,3 +306,31 @@ fn a_subscribe_ack_waits_until_every_home_confirmed_and_precedes_the_last_backlo
     let ack_at = text.find("ACK").expect("ack after the answer");
     assert!(text.find("\"data\":1").expect("backlog") > ack_at, "{text}");
 }
+
+#[test]
+fn an_earlier_deadline_for_an_existing_entry_wakes_the_tick_task() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Wake, Waker};
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let mut cs = cores(1);
+    let c = cs[0].register(Transport::Sse, 10);
+    let count = Arc::new(Count(AtomicUsize::new(0)));
+    let waker = Waker::from(count.clone());
+    cs[0].park_ticks(&mut Context::from_waker(&waker));
+    cs[0].set_expiry(c, 200);
+    assert_eq!(
+        count.0.load(Ordering::SeqCst),
+        1,
+        "the tick task sleeps until the heartbeat otherwise"
+    );
+    cs[0].advance_timers(200);
+    assert_eq!(
+        cs[0].client(c).unwrap().write,
+        WriteState::Closing(CloseReason::TokenExpired)
+    );
+}

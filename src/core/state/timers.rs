@@ -73,6 +73,7 @@ impl CoreState {
         let existing = self.clients.get(id).and_then(|c| c.timer);
         if let Some(handle) = existing {
             if self.wheel.reschedule(handle, deadline) {
+                self.kick_ticks(deadline);
                 return;
             }
         }
