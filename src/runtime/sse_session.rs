@@ -206,7 +206,8 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, admitted: Admitted, _open: 
         reason,
         CloseReason::Shutdown | CloseReason::SlowConsumer | CloseReason::TokenExpired
     ) {
-        last_words(&w, &stream, &guard, reason, &topics).await;
+        // Boxed: a cold path that would otherwise size every idle stream's task.
+        Box::pin(last_words(&w, &stream, &guard, reason, &topics)).await;
     }
 }
 
@@ -298,7 +299,7 @@ async fn run(w: &Rc<Worker>, stream: &TcpStream, fd: RawFd, id: ClientId) -> Clo
                 readable.set(stream.readable(false));
             }
             Wake::Task(ClientTask::AwaitWritable) => {
-                if let Some(reason) = await_writable(w, stream, id).await {
+                if let Some(reason) = Box::pin(await_writable(w, stream, id)).await {
                     return reason;
                 }
             }
