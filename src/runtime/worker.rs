@@ -42,6 +42,9 @@ pub struct Worker {
     pub epoch_text: String,
     pub started: std::time::Instant,
     pub life: Arc<Lifecycle>,
+    /// A flush is due (see [`Worker::settle`]), and the flush task's waker.
+    flush_due: Cell<bool>,
+    flusher: Cell<Option<std::task::Waker>>,
     /// Who may subscribe, publish and connect from which origin.
     pub access: Arc<AccessPolicy>,
     /// The broker bridge's health, when topics are shared through one.
@@ -58,6 +61,10 @@ pub struct Worker {
 impl Worker {
     /// After any change to the core state: hands queued cross-core messages to the
     /// bus, writes to every client touched, and wakes the cores sent to.
+    ///
+    /// Cross-core messages leave at once; the writes are left to the flush task,
+    /// which runs after every task already woken in this turn of the event loop,
+    /// so all the messages a turn fans out reach each client in one write.
     pub fn settle(&self) {
         let mut st = self.state.borrow_mut();
         st.set_now(self.now_tick());
@@ -69,11 +76,32 @@ impl Worker {
             }
         }
         st.metrics().bus_overflow.add(overflowed);
-        st.metrics()
-            .outbox_bytes
-            .set(crate::core::outbox::queued_on_this_core() as u64);
-        st.flush_dirty(netio::writev);
         bus.wake_peers();
+        if !self.flush_due.replace(true) {
+            if let Some(w) = self.flusher.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// The flush task: writes every client touched since the last flush, once
+    /// per turn of the event loop.
+    pub async fn run_flush(self: Rc<Self>) {
+        loop {
+            std::future::poll_fn(|cx| {
+                if self.flush_due.replace(false) {
+                    return Poll::Ready(());
+                }
+                self.flusher.set(Some(cx.waker().clone()));
+                Poll::Pending
+            })
+            .await;
+            let mut st = self.state.borrow_mut();
+            st.flush_dirty(netio::writev);
+            st.metrics()
+                .outbox_bytes
+                .set(crate::core::outbox::queued_on_this_core() as u64);
+        }
     }
 
     /// The current tick of the core's timer wheel.
@@ -219,6 +247,8 @@ pub fn run(cfg: ServeConfig) -> Result<(), StartError> {
                         epoch_text,
                         started: std::time::Instant::now(),
                         life,
+                        flush_due: Cell::new(false),
+                        flusher: Cell::new(None),
                         broker: broker_status,
                         access,
                         draining: Cell::new(false),
@@ -347,6 +377,7 @@ async fn worker_main(
         }
     }
     monoio::spawn(run_bus(w.clone()));
+    monoio::spawn(w.clone().run_flush());
     monoio::spawn(super::timer::run_ticks(w.clone()));
     info!(
         "core={} driver={} msg=\"worker started\" listen={}",
