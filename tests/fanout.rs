@@ -246,3 +246,40 @@ fn a_multi_topic_stream_gets_both_topics_in_order() {
     assert_eq!(per_topic["b"], (1..100).step_by(2).collect::<Vec<u64>>());
     assert_eq!(last_cursor, (50, 50));
 }
+
+#[test]
+fn pipelined_http_publishes_are_answered_in_order_with_increasing_ids() {
+    let server = Server::start(&[]);
+    let mut sub = server.sse("topic=piped");
+    sub.wait_cursor();
+    let mut conn = HttpConn::connect(server.addr);
+    let mut burst = Vec::new();
+    for n in 0..50 {
+        let body = format!("{{\"n\":{n}}}");
+        burst.extend_from_slice(
+            format!(
+                "POST /publish?topic=piped HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    }
+    conn.send(&burst);
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        let r = conn.read_response();
+        assert_eq!(r.status, 202, "{}", r.text());
+        use simd_json::prelude::*;
+        let mut text = r.text().trim().as_bytes().to_vec();
+        let v = simd_json::to_owned_value(&mut text).expect("a JSON answer");
+        ids.push(split_id(v.get("id").and_then(|i| i.as_str()).expect("id")).1);
+    }
+    assert!(
+        ids.windows(2).all(|p| p[0] + 1 == p[1]),
+        "ids in order: {ids:?}"
+    );
+    for n in 0..50u64 {
+        assert_eq!(payload_n(&envelope(&sub.next_event())), n);
+    }
+    server.assert_no_panic();
+}

@@ -161,6 +161,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, open: OpenConn) {
     let limits = HeadLimits {
         max_header_bytes: w.cfg.max_header_bytes,
     };
+    let mut answers = Answers::default();
     loop {
         scanner.reset();
         let read = timer::timeout(
@@ -169,6 +170,12 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, open: OpenConn) {
             read_head(&w, &stream, fd, &mut buf, &mut scanner, &limits),
         )
         .await;
+        // Pipelined publishes are answered before anything else is.
+        let another_publish = matches!(&read, Ok(Ok(HeadRead::Request(r)))
+            if r.route == Route::Publish && r.method == Method::Post);
+        if !another_publish && !answers.send(&w, &stream, fd).await {
+            return;
+        }
         let req = match read {
             Err(_elapsed) => {
                 if !buf.is_empty() {
@@ -254,10 +261,22 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, open: OpenConn) {
                 }
                 return;
             }
-            Route::Publish => match publish(&w, &stream, fd, &req, &mut buf).await {
-                Some(keep) => keep,
-                None => return,
-            },
+            Route::Publish => {
+                if publish(&w, &stream, fd, &req, &mut buf, &mut answers)
+                    .await
+                    .is_none()
+                {
+                    return;
+                }
+                // More pipelined requests already here: start them before answering.
+                if req.keep_alive
+                    && answers.pending.len() < MAX_PIPELINED
+                    && http::head_complete(&buf, 0).is_some()
+                {
+                    continue;
+                }
+                answers.send(&w, &stream, fd).await
+            }
             Route::Metrics => {
                 let mut text = metrics::render(
                     &w.all_metrics,
@@ -522,25 +541,109 @@ async fn preflight(w: &Worker, stream: &TcpStream, fd: RawFd, req: &Request) -> 
 
 /// `POST /publish?topic=T[&event=E]`: the body is the payload. Returns whether the
 /// connection stays open, `None` when it must close at once.
+/// Publishes read from one connection and not answered yet. Pipelined
+/// publishes are all started before the first is answered, so a burst reaches
+/// the topics' home cores together and fans out in one batch.
+#[derive(Default)]
+struct Answers {
+    pending: Vec<Pending>,
+}
+
+/// One started publish and how to answer it.
+struct Pending {
+    start: PublishStart,
+    keep_alive: bool,
+    cors: Vec<(&'static str, String)>,
+}
+
+/// Most publishes of one connection in flight before they are answered.
+const MAX_PIPELINED: usize = 256;
+
+impl Answers {
+    /// Answers every started publish, in order, in one write. Returns whether
+    /// the connection stays open.
+    async fn send(&mut self, w: &Rc<Worker>, stream: &TcpStream, fd: RawFd) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        let mut out = Vec::with_capacity(self.pending.len() * 160);
+        let mut keep = true;
+        for p in self.pending.drain(..) {
+            let result = match p.start {
+                PublishStart::Done(seq) => Ok(seq),
+                PublishStart::Pending(slot) => {
+                    PendingPublish {
+                        w,
+                        slot,
+                        done: false,
+                    }
+                    .await
+                }
+            };
+            let headers: Vec<(&str, &str)> = p.cors.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            match result {
+                Ok(seq) => {
+                    let id = w.state.borrow().ids().format_id(seq);
+                    let mut body = Vec::with_capacity(40);
+                    body.extend_from_slice(b"{\"id\":");
+                    crate::proto::json::write_string(&mut body, &id);
+                    body.extend_from_slice(b"}\n");
+                    http::write_response(
+                        &mut out,
+                        202,
+                        &headers,
+                        "application/json",
+                        &body,
+                        p.keep_alive,
+                    );
+                    w.metrics().http_response(202);
+                }
+                Err(e) => {
+                    w.metrics().publish_errors.inc();
+                    let mut with_retry = headers.clone();
+                    with_retry.push(("Retry-After", "1"));
+                    let body = format!("{e}\n");
+                    http::write_response(
+                        &mut out,
+                        503,
+                        &with_retry,
+                        "text/plain; charset=utf-8",
+                        body.as_bytes(),
+                        p.keep_alive,
+                    );
+                    w.metrics().http_response(503);
+                }
+            }
+            keep = p.keep_alive;
+        }
+        netio::write_all(stream, fd, &out).await.is_ok() && keep
+    }
+}
+
+/// `POST /publish?topic=T[&event=E]`: the body is the payload. Starts the
+/// publish and leaves its answer in `answers`; `None` when the connection must
+/// close (the refusal already answered, after the publishes before it).
 async fn publish(
     w: &Rc<Worker>,
     stream: &TcpStream,
     fd: RawFd,
     req: &Request,
     buf: &mut Vec<u8>,
-) -> Option<bool> {
+    answers: &mut Answers,
+) -> Option<()> {
     // Check what can be checked before the body is read.
     let topic = match req.param("topic") {
-        None => return refuse(w, stream, fd, 400, "missing ?topic=NAME").await,
+        None => return refuse_after(w, stream, fd, answers, 400, "missing ?topic=NAME").await,
         Some(t) => match validate_topic(&t) {
             Ok(t) => t.to_owned(),
-            Err(e) => return refuse(w, stream, fd, 400, &e.to_string()).await,
+            Err(e) => return refuse_after(w, stream, fd, answers, 400, &e.to_string()).await,
         },
     };
     if let Err(refusal) = w
         .access
         .publisher(req.bearer.as_deref(), &topic, unix_now())
     {
+        answers.send(w, stream, fd).await;
         refuse_access(w, stream, fd, &refusal).await;
         return None;
     }
@@ -548,12 +651,17 @@ async fn publish(
         None => None,
         Some(e) => match validate_event(&e) {
             Ok(e) => Some(e.to_owned()),
-            Err(e) => return refuse(w, stream, fd, 400, &e.to_string()).await,
+            Err(e) => return refuse_after(w, stream, fd, answers, 400, &e.to_string()).await,
         },
     };
+    if req.expect_continue {
+        // The client waits for 100 Continue: answer what is pending first.
+        answers.send(w, stream, fd).await;
+    }
     let body = match read_body(w, stream, fd, req, buf).await {
         Ok(body) => body,
         Err(BodyError::Http(e)) => {
+            answers.send(w, stream, fd).await;
             let mut out = Vec::new();
             http::error_response(&mut out, e);
             w.metrics().http_response(e.status());
@@ -568,43 +676,33 @@ async fn publish(
     };
     let data = match data {
         Ok(d) => d,
-        Err(e @ PublishError::TooLarge) => return refuse(w, stream, fd, 413, &e.to_string()).await,
-        Err(e) => return refuse(w, stream, fd, 400, &e.to_string()).await,
-    };
-    let result = publish_and_wait(w, &topic, event.as_deref(), data).await;
-    let keep = match result {
-        Ok(seq) => {
-            let id = w.state.borrow().ids().format_id(seq);
-            let mut body = Vec::with_capacity(40);
-            body.extend_from_slice(b"{\"id\":");
-            crate::proto::json::write_string(&mut body, &id);
-            body.extend_from_slice(b"}\n");
-            respond_typed(
-                w,
-                stream,
-                fd,
-                202,
-                "application/json",
-                &body,
-                req.keep_alive,
-            )
-            .await
+        Err(e @ PublishError::TooLarge) => {
+            return refuse_after(w, stream, fd, answers, 413, &e.to_string()).await
         }
-        Err(e) => {
-            w.metrics().publish_errors.inc();
-            respond(
-                w,
-                stream,
-                fd,
-                503,
-                &[("Retry-After", "1")],
-                e.to_string().as_bytes(),
-                false,
-            )
-            .await
-        }
+        Err(e) => return refuse_after(w, stream, fd, answers, 400, &e.to_string()).await,
     };
-    Some(keep)
+    let start = w.state.borrow_mut().publish(&topic, event.as_deref(), data);
+    w.settle();
+    answers.pending.push(Pending {
+        start,
+        keep_alive: req.keep_alive,
+        cors: req.cors(w),
+    });
+    Some(())
+}
+
+/// Answers the publishes before a refusal, then the refusal; `None` to close.
+async fn refuse_after(
+    w: &Rc<Worker>,
+    stream: &TcpStream,
+    fd: RawFd,
+    answers: &mut Answers,
+    status: u16,
+    reason: &str,
+) -> Option<()> {
+    answers.send(w, stream, fd).await;
+    respond_error(w, stream, fd, status, reason).await;
+    None
 }
 
 /// Publishes through this core (stamped here or at the topic's home) and waits
@@ -719,18 +817,6 @@ async fn read_body(
             }
         }
     }
-}
-
-/// Answers with an error and closes: `None` for the caller to return.
-async fn refuse(
-    w: &Worker,
-    stream: &TcpStream,
-    fd: RawFd,
-    status: u16,
-    reason: &str,
-) -> Option<bool> {
-    respond_error(w, stream, fd, status, reason).await;
-    None
 }
 
 /// An error response (text reason) followed by a lingering close.
