@@ -4,10 +4,8 @@
 //! cores, not by round trips.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::task::Poll;
 
 use monoio::net::{UnixListener, UnixStream};
 
@@ -22,14 +20,9 @@ const READ_CHUNK: usize = 64 * 1024;
 pub async fn serve(w: Rc<Worker>, listener: UnixListener) {
     let mut accept = std::pin::pin!(listener.accept());
     loop {
-        let accepted = std::future::poll_fn(|cx| {
-            if let Poll::Ready(r) = accept.as_mut().poll(cx) {
-                return Poll::Ready(Some(r));
-            }
-            w.life.poll_drain(w.core, cx).map(|()| None)
-        })
-        .await;
-        let Some(accepted) = accepted else { return };
+        let Some(accepted) = w.life.unless_draining(w.core, accept.as_mut()).await else {
+            return;
+        };
         accept.set(listener.accept());
         match accepted {
             Ok((stream, _)) => {
@@ -80,15 +73,9 @@ async fn serve_publisher(w: Rc<Worker>, stream: UnixStream, _open: super::conn::
                     lines.filled(READ_CHUNK, 0);
                     // Idle: wait for input, or stop when the server drains (the
                     // commands already read were all answered).
-                    let mut readable = std::pin::pin!(stream.readable(false));
-                    let ready = std::future::poll_fn(|cx| {
-                        if let Poll::Ready(r) = readable.as_mut().poll(cx) {
-                            return Poll::Ready(r.is_ok());
-                        }
-                        w.life.poll_drain(w.core, cx).map(|()| false)
-                    })
-                    .await;
-                    if !ready {
+                    let readable = std::pin::pin!(stream.readable(false));
+                    let ready = w.life.unless_draining(w.core, readable).await;
+                    if !matches!(ready, Some(Ok(()))) {
                         break None;
                     }
                 }

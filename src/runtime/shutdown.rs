@@ -8,6 +8,8 @@
 //! lets publish connections answer what they read, and stops when its last
 //! connection is gone or `--drain-timeout` has passed.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
@@ -56,6 +58,22 @@ impl Lifecycle {
         for w in &self.wakers {
             w.wake();
         }
+    }
+
+    /// Waits for `fut` (pinned by the caller, so it can be waited on again) or
+    /// the start of the drain, whichever comes first: `None` on drain.
+    pub async fn unless_draining<F: Future>(
+        &self,
+        core: usize,
+        mut fut: Pin<&mut F>,
+    ) -> Option<F::Output> {
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(v));
+            }
+            self.poll_drain(core, cx).map(|()| None)
+        })
+        .await
     }
 
     /// Ready once the drain has started.

@@ -394,14 +394,9 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
     let mut backoff = Duration::from_millis(5);
     let mut accept = std::pin::pin!(listener.accept());
     loop {
-        let accepted = std::future::poll_fn(|cx| {
-            if let Poll::Ready(r) = accept.as_mut().poll(cx) {
-                return Poll::Ready(Some(r));
-            }
-            w.life.poll_drain(w.core, cx).map(|()| None)
-        })
-        .await;
-        let Some(accepted) = accepted else { return };
+        let Some(accepted) = w.life.unless_draining(w.core, accept.as_mut()).await else {
+            return;
+        };
         accept.set(listener.accept());
         match accepted {
             Ok((stream, _peer)) => {
