@@ -255,9 +255,9 @@ async fn run(
                 }
             }
             Wake::Deadline => {
-                // The timer fired for `deadline`: monoio's timer and our clock round
-                // differently, and waiting again for the last millisecond would arm a
-                // zero timeout that may never fire. So the deadline counts as reached.
+                // The timer fired for `deadline`: the wheel's 10 ms ticks and this
+                // millisecond clock round differently, and waiting again for the
+                // last millisecond would arm a zero timeout. The deadline is reached.
                 let at = deadline.unwrap_or(0);
                 conn.handle_timeout(w.now_ms().max(at));
             }
