@@ -144,7 +144,7 @@ pub async fn serve(
 ) {
     let fd = stream.as_raw_fd();
     let (id, grants) = match admitted {
-        Admitted::Echo(hello) => return echo(&w, &stream, fd, &hello, leftover).await,
+        Admitted::Echo(hello) => return Box::pin(echo(&w, &stream, fd, &hello, leftover)).await,
         Admitted::Subscriber { id, grants } => (id, grants),
     };
     let guard = ClientGuard {
@@ -157,7 +157,7 @@ pub async fn serve(
     guard.reason.set(reason);
     if reason == CloseReason::SlowConsumer {
         let rest = guard.retire(reason);
-        linger(&w, &stream, fd, &rest, LINGER).await;
+        Box::pin(linger(&w, &stream, fd, &rest, LINGER)).await;
     }
 }
 
@@ -179,12 +179,12 @@ async fn run(
     let mut conn = Connection::new(w.cfg.max_message_bytes, CLOSE_TIMEOUT_MS);
     let mut reason = CloseReason::PeerGone;
     if !leftover.is_empty() {
-        feed(w, &mut conn, id, grants, leftover).await;
+        Box::pin(feed(w, &mut conn, id, grants, leftover)).await;
     }
     let mut readable = pin!(stream.readable(false));
     loop {
         if conn.wants_close_tcp() {
-            drain_outbox(w, stream, id).await;
+            Box::pin(drain_outbox(w, stream, id)).await;
             return reason;
         }
         let deadline = conn.poll_timeout();
@@ -206,11 +206,13 @@ async fn run(
         match wake {
             Wake::Readable(Err(_)) => return CloseReason::PeerGone,
             Wake::Readable(Ok(())) => {
-                read_available(w, &mut conn, id, grants, fd).await;
+                // Boxed, as are the other cold paths below: they would otherwise
+                // size every idle connection's task.
+                Box::pin(read_available(w, &mut conn, id, grants, fd)).await;
                 readable.set(stream.readable(false));
             }
             Wake::Task(ClientTask::AwaitWritable) => {
-                let wait = await_writable(w, stream, id);
+                let wait = Box::pin(await_writable(w, stream, id));
                 let outcome = match conn.poll_timeout() {
                     // Closing: a peer that does not read gets until the close deadline.
                     Some(at) => {
@@ -245,7 +247,7 @@ async fn run(
                     match why {
                         // The peer was judged gone: do not wait for its Close.
                         CloseReason::IdleTimeout => {
-                            drain_outbox(w, stream, id).await;
+                            Box::pin(drain_outbox(w, stream, id)).await;
                             return why;
                         }
                         // The peer does not read: its task writes the rest alone.
