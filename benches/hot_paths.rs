@@ -1,0 +1,175 @@
+//! Micro-benchmarks of the hot paths (criterion): `cargo bench`.
+//!
+//! HTTP head parse, WebSocket frame encode/decode (small and 64 KiB), SSE
+//! encoding, envelope building from a publish command (simd-json), timer-wheel
+//! insert/cancel/advance, and the fan-out of one message to 10,000 outboxes on
+//! one core (queue and flush, with a socket that takes everything).
+
+use std::io::IoSlice;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use ringcast::core::client::Transport;
+use ringcast::core::message::Message;
+use ringcast::core::msg::Since;
+use ringcast::core::state::{CoreState, Limits};
+use ringcast::core::wheel::TimerWheel;
+use ringcast::metrics::CoreMetrics;
+use ringcast::proto::cursor::{Epoch, IdScheme};
+use ringcast::proto::http::{parse_request, HeadLimits};
+use ringcast::proto::json::JsonScratch;
+use ringcast::proto::publish::parse_command;
+use ringcast::proto::ws::{encode_frame, text_frame, Decoder, OpCode};
+
+const HEAD: &[u8] = b"GET /sse?topic=news&topic=chat.room-1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\
+User-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\nAccept: text/event-stream\r\n\
+Cache-Control: no-cache\r\nLast-Event-ID: 0abcdef01234-42\r\nConnection: keep-alive\r\n\r\n";
+
+fn http(c: &mut Criterion) {
+    let limits = HeadLimits {
+        max_header_bytes: 8192,
+    };
+    c.bench_function("http/parse_request", |b| {
+        b.iter(|| parse_request(std::hint::black_box(HEAD), &limits).map(|h| h.map(|h| h.head_len)))
+    });
+}
+
+/// A masked client frame carrying `payload`.
+fn client_frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    out.push(0x81);
+    let len = payload.len();
+    if len < 126 {
+        out.push(0x80 | len as u8);
+    } else if len <= 0xffff {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    let key = [1u8, 2, 3, 4];
+    out.extend_from_slice(&key);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    out
+}
+
+fn ws(c: &mut Criterion) {
+    for (name, size) in [("small", 64usize), ("64KiB", 64 * 1024)] {
+        let payload = vec![b'x'; size];
+        let mut g = c.benchmark_group(format!("ws/{name}"));
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function("encode", |b| {
+            let mut out = Vec::with_capacity(size + 14);
+            b.iter(|| {
+                out.clear();
+                encode_frame(&mut out, OpCode::Text, true, std::hint::black_box(&payload));
+            })
+        });
+        g.bench_function("shared_text_frame", |b| {
+            b.iter(|| text_frame(std::hint::black_box(&payload)))
+        });
+        let frame = client_frame(&payload);
+        g.bench_function("decode", |b| {
+            b.iter_batched(
+                || Decoder::new(1 << 20),
+                |mut d| d.handle_bytes(std::hint::black_box(&frame)).0,
+                BatchSize::SmallInput,
+            )
+        });
+        g.finish();
+    }
+}
+
+fn sse_and_envelope(c: &mut Criterion) {
+    let ids = IdScheme::Local(Epoch::new(0xabc));
+    let topic: Arc<str> = Arc::from("news");
+    c.bench_function("sse/encode_message", |b| {
+        b.iter(|| {
+            Message::encode(
+                ids,
+                topic.clone(),
+                42,
+                Some("update"),
+                std::hint::black_box(br#"{"headline":"hi","n":1}"#),
+            )
+        })
+    });
+    let line =
+        br#"{"topic":"news","data":{"headline":"hi","n":1,"tags":["a","b"]},"event":"update"}"#;
+    let mut scratch = JsonScratch::new();
+    c.bench_function("publish/parse_command", |b| {
+        b.iter(|| {
+            parse_command(&mut scratch, std::hint::black_box(line), 1 << 20).map(|c| c.data.len())
+        })
+    });
+}
+
+fn wheel(c: &mut Criterion) {
+    c.bench_function("wheel/insert_cancel", |b| {
+        let mut w: TimerWheel<u32> = TimerWheel::new();
+        let mut t = 0u64;
+        b.iter(|| {
+            t += 1;
+            let h = w.insert(t + 1500, 7);
+            w.cancel(h)
+        })
+    });
+    c.bench_function("wheel/advance_10k_due", |b| {
+        b.iter_batched(
+            || {
+                let mut w: TimerWheel<u32> = TimerWheel::with_capacity(10_000);
+                for i in 0..10_000u64 {
+                    w.insert(1 + i % 100, 0);
+                }
+                w
+            },
+            |mut w| {
+                let mut n = 0;
+                w.advance(100, |_, _| n += 1);
+                n
+            },
+            BatchSize::LargeInput,
+        )
+    });
+}
+
+fn fan_out(c: &mut Criterion) {
+    const SUBS: usize = 10_000;
+    let limits = Limits {
+        max_outbox_bytes: 1 << 30,
+        max_topics_per_client: 64,
+        heartbeat_ticks: 1500,
+        idle_ticks: 3500,
+    };
+    let mut core = CoreState::new(
+        0,
+        1,
+        IdScheme::Local(Epoch::new(1)),
+        limits,
+        (1000, 8 << 20),
+        Arc::new(CoreMetrics::default()),
+    );
+    for i in 0..SUBS {
+        let id = core.register(Transport::Sse, 1000 + i as i32);
+        core.set_stream_cursor(id, 1);
+        let _ = core.subscribe(id, "news", Since::Live);
+    }
+    // Every socket takes everything: the cost measured is the core's.
+    let mut sink = |_fd: i32, iov: &[IoSlice<'_>]| -> std::io::Result<usize> {
+        Ok(iov.iter().map(|s| s.len()).sum())
+    };
+    core.flush_dirty(&mut sink);
+    let mut g = c.benchmark_group("fan_out");
+    g.throughput(Throughput::Elements(SUBS as u64));
+    g.bench_function("one_message_to_10k_sse_outboxes", |b| {
+        b.iter(|| {
+            core.publish("news", None, br#"{"headline":"hi"}"#.to_vec());
+            core.flush_dirty(&mut sink);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, http, ws, sse_and_envelope, wheel, fan_out);
+criterion_main!(benches);
