@@ -18,86 +18,18 @@ use std::task::Poll;
 use bytes::Bytes;
 use monoio::net::TcpStream;
 
-use super::conn::{refuse_access, respond_error, unix_now, OpenConn, Request};
+use super::conn::{unix_now, OpenConn, Request};
 use super::netio;
+use super::session::{
+    await_writable, bound_unacked_writes, expiry_tick, linger, ClientGuard, Refused, LINGER,
+};
 use super::worker::Worker;
 use crate::core::client::{CloseReason, Transport};
 use crate::core::msg::Since;
 use crate::core::registry::ClientId;
 use crate::core::state::ClientTask;
-use crate::debug;
-use crate::proto::access::Refusal;
 use crate::proto::sse;
 use crate::proto::topic::topics_from_query;
-
-/// Removes its client from the core when dropped: the one exit of every session.
-pub struct ClientGuard {
-    pub w: Rc<Worker>,
-    pub id: ClientId,
-    pub reason: Cell<CloseReason>,
-}
-
-impl ClientGuard {
-    /// Removes the client now; `shutdown` also ends the connection at once
-    /// (a readiness wait in flight would otherwise keep the socket open).
-    fn remove(&self, shutdown: bool) {
-        let reason = self.reason.get();
-        let transport = {
-            let mut st = self.w.state.borrow_mut();
-            let transport = st.client(self.id).map(|c| c.transport.label());
-            if shutdown {
-                if let Some(fd) = st.fd(self.id) {
-                    let _ = netio::shutdown_both(fd);
-                }
-            }
-            if !st.remove(self.id, reason) {
-                return;
-            }
-            transport
-        };
-        self.w.settle();
-        debug!(
-            "core={} msg=\"client closed\" transport={} reason={}",
-            self.w.core,
-            transport.unwrap_or("?"),
-            reason.label()
-        );
-    }
-
-    /// Takes the client out of the core with what it is still owed, for a last
-    /// bounded write by [`linger`]: it no longer counts, nor receives, meanwhile.
-    pub fn retire(&self, reason: CloseReason) -> Vec<u8> {
-        self.reason.set(reason);
-        let rest = self.w.state.borrow_mut().take_rest(self.id);
-        self.remove(false);
-        rest
-    }
-}
-
-impl Drop for ClientGuard {
-    fn drop(&mut self) {
-        self.remove(true);
-    }
-}
-
-/// How long a client the server cut may take to read its last bytes.
-pub const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Writes a retired client's last bytes for at most `limit`, then ends the
-/// connection, so a peer that reads late still sees a well-formed end (whole
-/// frames, then the goodbye) and one that never reads costs nothing for long.
-pub async fn linger(
-    w: &Worker,
-    stream: &TcpStream,
-    fd: RawFd,
-    rest: &[u8],
-    limit: std::time::Duration,
-) {
-    if !rest.is_empty() {
-        let _ = super::timer::timeout(w, limit, netio::write_all(stream, fd, rest)).await;
-    }
-    let _ = netio::shutdown_both(fd);
-}
 
 /// The event telling a stream the server is going away.
 pub const SHUTDOWN_EVENT: &str = "ringcast.shutdown";
@@ -123,24 +55,6 @@ pub async fn refuse(w: &Worker, stream: &TcpStream, fd: RawFd, event: &str, reas
 enum Wake {
     Readable(io::Result<()>),
     Task(ClientTask),
-}
-
-/// Why a stream request was not admitted.
-pub enum Refused {
-    /// 400 with this reason.
-    BadRequest(String),
-    /// 401 or 403.
-    Access(Refusal),
-}
-
-impl Refused {
-    /// Answers the refusal and closes.
-    pub async fn answer(&self, w: &Worker, stream: &TcpStream, fd: RawFd) {
-        match self {
-            Refused::BadRequest(reason) => respond_error(w, stream, fd, 400, reason).await,
-            Refused::Access(refusal) => refuse_access(w, stream, fd, refusal).await,
-        }
-    }
 }
 
 /// An admitted stream: registered, subscribed, its head queued.
@@ -257,28 +171,6 @@ async fn last_words(
     linger(w, stream, stream.as_raw_fd(), &rest, limit).await;
 }
 
-/// The wheel tick at which a token expiring at `exp` (Unix seconds) is due.
-pub fn expiry_tick(w: &Worker, exp: u64) -> u64 {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp);
-    let left = at
-        .duration_since(std::time::SystemTime::now())
-        .unwrap_or_default();
-    // Rounded up from the worker's origin as a whole, never early.
-    crate::runtime::worker::ticks(w.started.elapsed() + left)
-}
-
-/// Bounds how long written data may stay unacknowledged (`TCP_USER_TIMEOUT`, the
-/// idle timeout): a peer that vanished without FIN or RST is found by the next
-/// heartbeat's write failing, not by the next broadcast hours later.
-pub fn bound_unacked_writes(w: &Worker, fd: RawFd) {
-    let ms = w
-        .cfg
-        .effective_idle_timeout()
-        .as_millis()
-        .min(i32::MAX as u128) as i32;
-    let _ = netio::set_sockopt(fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms);
-}
-
 /// The session loop; returns why it ended.
 async fn run(w: &Rc<Worker>, stream: &TcpStream, fd: RawFd, id: ClientId) -> CloseReason {
     let mut readable = pin!(stream.readable(false));
@@ -305,32 +197,6 @@ async fn run(w: &Rc<Worker>, stream: &TcpStream, fd: RawFd, id: ClientId) -> Clo
             }
             Wake::Task(ClientTask::Close(reason)) => return reason,
         }
-    }
-}
-
-/// Waits until a full socket takes more, then flushes; returns early with the
-/// reason when the core asks to close the client meanwhile (a slow consumer
-/// that never reads must not hold its task forever).
-pub async fn await_writable(
-    w: &Rc<Worker>,
-    stream: &TcpStream,
-    id: ClientId,
-) -> Option<CloseReason> {
-    let mut writable = std::pin::pin!(stream.writable(false));
-    let outcome = std::future::poll_fn(|cx| {
-        if let Poll::Ready(r) = writable.as_mut().poll(cx) {
-            return Poll::Ready(r.map_err(|_| CloseReason::PeerGone));
-        }
-        w.state.borrow_mut().poll_close_request(id, cx).map(Err)
-    })
-    .await;
-    match outcome {
-        Ok(()) => {
-            w.state.borrow_mut().flush_client(id, netio::writev);
-            w.settle();
-            None
-        }
-        Err(reason) => Some(reason),
     }
 }
 

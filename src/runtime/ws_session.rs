@@ -20,8 +20,10 @@ use monoio::net::TcpStream;
 
 use super::conn::{finish, publish_and_wait, unix_now, OpenConn, Request, Route};
 use super::netio;
-use super::sse_session::expiry_tick;
-use super::sse_session::{await_writable, bound_unacked_writes, linger, ClientGuard, LINGER};
+use super::session::{
+    await_writable, bound_unacked_writes, expiry_tick, linger, ClientGuard,
+    Refused as StreamRefused, LINGER,
+};
 use super::timer;
 use super::worker::Worker;
 use crate::core::client::{CloseReason, Transport};
@@ -55,7 +57,7 @@ pub enum Admitted {
 /// Why an upgrade was not admitted.
 pub enum Refused {
     Handshake(HandshakeError),
-    Stream(super::sse_session::Refused),
+    Stream(StreamRefused),
 }
 
 impl Refused {
@@ -89,7 +91,7 @@ impl Refused {
 /// Checks an upgrade (handshake, topics, access, origin) and registers its
 /// client, before the session's task is spawned.
 pub fn admit(w: &Rc<Worker>, fd: RawFd, req: Request) -> Result<Admitted, Refused> {
-    use super::sse_session::Refused as R;
+    use StreamRefused as R;
     let handshake = HandshakeRequest {
         method_is_get: req.method == Method::Get,
         http11_or_later: req.http11,
