@@ -5,21 +5,8 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
-/// How a subscriber talks to the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Sse,
-    Ws,
-}
-
-impl Transport {
-    pub fn label(self) -> &'static str {
-        match self {
-            Transport::Sse => "sse",
-            Transport::Ws => "ws",
-        }
-    }
-}
+/// How a subscriber talks to the server: the server's own notion of it.
+pub use crate::core::client::Transport;
 
 /// A parsed `http://` or `ws://` URL template, resolved once.
 #[derive(Debug, Clone)]
