@@ -569,17 +569,7 @@ impl Answers {
         let mut out = Vec::with_capacity(self.pending.len() * 160);
         let mut keep = true;
         for p in self.pending.drain(..) {
-            let result = match p.start {
-                PublishStart::Done(seq) => Ok(seq),
-                PublishStart::Pending(slot) => {
-                    PendingPublish {
-                        w,
-                        slot,
-                        done: false,
-                    }
-                    .await
-                }
-            };
+            let result = publish_result(w, p.start).await;
             let headers: Vec<(&str, &str)> = p.cors.iter().map(|(k, v)| (*k, v.as_str())).collect();
             match result {
                 Ok(seq) => {
@@ -715,15 +705,21 @@ pub async fn publish_and_wait(
 ) -> Result<u64, PublishError> {
     let start = w.state.borrow_mut().publish(topic, event, data);
     w.settle();
+    publish_result(w, start).await
+}
+
+/// The position a started publish got: at once when this core stamped it, else
+/// when the topic's home answers (the wait is forgotten if dropped early).
+pub async fn publish_result(w: &Rc<Worker>, start: PublishStart) -> Result<u64, PublishError> {
     match start {
         PublishStart::Done(seq) => Ok(seq),
         PublishStart::Pending(slot) => {
-            let wait = PendingPublish {
+            PendingPublish {
                 w,
                 slot,
                 done: false,
-            };
-            wait.await
+            }
+            .await
         }
     }
 }

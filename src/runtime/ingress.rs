@@ -130,10 +130,7 @@ async fn serve_publisher(w: Rc<Worker>, stream: UnixStream, _open: super::conn::
         for wait in waits {
             let result = match wait {
                 Wait::Ready(r) => r,
-                Wait::Started(crate::core::state::PublishStart::Done(seq)) => Ok(seq),
-                Wait::Started(crate::core::state::PublishStart::Pending(slot)) => {
-                    std::future::poll_fn(|cx| w.state.borrow_mut().poll_publish(slot, cx)).await
-                }
+                Wait::Started(start) => super::conn::publish_result(&w, start).await,
             };
             match result {
                 Ok(seq) => publish::write_ok_line(&mut out, &ids.format_id(seq)),

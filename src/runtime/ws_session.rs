@@ -37,7 +37,8 @@ use crate::proto::topic::{topics_from_query, TopicListError};
 use crate::proto::ws::close::code;
 use crate::proto::ws::HandshakeError;
 use crate::proto::ws::{
-    check_handshake, encode_frame, write_101, Connection, Event, HandshakeRequest, OpCode,
+    check_handshake, encode_frame, text_frame, write_101, Connection, Event, HandshakeRequest,
+    OpCode,
 };
 
 /// How long we wait for the peer's Close after sending ours (milliseconds).
@@ -364,9 +365,7 @@ async fn drain_outbox(w: &Rc<Worker>, stream: &TcpStream, id: ClientId) {
 }
 
 fn queue_text(w: &Rc<Worker>, id: ClientId, payload: &[u8]) {
-    let mut frame = Vec::with_capacity(payload.len() + 10);
-    encode_frame(&mut frame, OpCode::Text, true, payload);
-    w.state.borrow_mut().queue(id, Bytes::from(frame));
+    w.state.borrow_mut().queue(id, text_frame(payload));
 }
 
 fn error_answer(reference: Option<&[u8]>, e: impl std::fmt::Display) -> Vec<u8> {
@@ -394,12 +393,10 @@ async fn answer_control(w: &Rc<Worker>, id: ClientId, grants: Option<&Grants>, t
                 return queue_text(w, id, &error_answer(reference, e));
             }
             control::write_ack(&mut answer, reference, None);
-            let mut frame = Vec::with_capacity(answer.len() + 10);
-            encode_frame(&mut frame, OpCode::Text, true, &answer);
             let mut st = w.state.borrow_mut();
             let sinces =
                 Since::from_cursor(since.as_deref().map(str::as_bytes), st.ids(), topics.len());
-            if let Err(e) = st.subscribe_acked(id, &topics, sinces, Bytes::from(frame)) {
+            if let Err(e) = st.subscribe_acked(id, &topics, sinces, text_frame(&answer)) {
                 drop(st);
                 queue_text(w, id, &error_answer(reference, e));
             }
