@@ -254,9 +254,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, open: OpenConn) {
             }
             Route::Ws | Route::Echo => {
                 match super::ws_session::admit(&w, fd, req) {
-                    Ok(admitted) => {
-                        monoio::spawn(super::ws_session::serve(w, stream, admitted, buf, open));
-                    }
+                    Ok(admitted) => super::ws_session::spawn(w, stream, admitted, buf, open),
                     Err(refused) => refused.answer(&w, &stream, fd).await,
                 }
                 return;

@@ -60,7 +60,6 @@ enum Wake {
 /// An admitted stream: registered, subscribed, its head queued.
 pub struct Admitted {
     id: ClientId,
-    topics: Vec<String>,
 }
 
 /// Checks an SSE request (topics, access) and registers its client. Runs before
@@ -101,44 +100,55 @@ pub fn admit(w: &Rc<Worker>, fd: RawFd, req: Request) -> Result<Admitted, Refuse
     }
     st.open_when_ready(id);
     w.metrics().http_response(200);
-    Ok(Admitted { id, topics })
+    Ok(Admitted { id })
 }
 
 /// Runs an admitted stream until it ends, then removes its client.
-pub async fn serve(w: Rc<Worker>, stream: TcpStream, admitted: Admitted, _open: OpenConn) {
-    let fd = stream.as_raw_fd();
-    let Admitted { id, topics } = admitted;
-    let guard = ClientGuard {
-        w: w.clone(),
-        id,
-        reason: Cell::new(CloseReason::PeerGone),
-    };
-    w.settle();
-    let reason = run(&w, &stream, fd, id).await;
-    guard.reason.set(reason);
-    if matches!(
-        reason,
-        CloseReason::Shutdown | CloseReason::SlowConsumer | CloseReason::TokenExpired
-    ) {
-        // Boxed: a cold path that would otherwise size every idle stream's task.
-        Box::pin(last_words(&w, &stream, &guard, reason, &topics)).await;
+///
+/// A plain function returning an `async move` block rather than an `async fn`:
+/// an `async fn` keeps its arguments twice in its future (as arguments and as the
+/// locals they are moved into), and this future is what every idle stream costs.
+pub fn serve(
+    w: Rc<Worker>,
+    stream: TcpStream,
+    admitted: Admitted,
+    open: OpenConn,
+) -> impl Future<Output = ()> {
+    let id = admitted.id;
+    async move {
+        let fd = stream.as_raw_fd();
+        let guard = ClientGuard {
+            w: w.clone(),
+            id,
+            reason: Cell::new(CloseReason::PeerGone),
+        };
+        w.settle();
+        let reason = run(&w, &stream, fd, id).await;
+        guard.reason.set(reason);
+        if matches!(
+            reason,
+            CloseReason::Shutdown | CloseReason::SlowConsumer | CloseReason::TokenExpired
+        ) {
+            // Boxed: a cold path that would otherwise size every idle stream's task.
+            Box::pin(last_words(&w, &stream, &guard, reason)).await;
+        }
+        drop(guard);
+        drop(open);
     }
 }
 
 /// Ends a stream the server chose to end: drops what was queued, sends a
 /// `retry:` hint and the event saying why, and writes it (for a slow consumer only
 /// if the socket takes it at once: it is full, which is why it is cut).
-async fn last_words(
-    w: &Rc<Worker>,
-    stream: &TcpStream,
-    guard: &ClientGuard,
-    reason: CloseReason,
-    topics: &[String],
-) {
+async fn last_words(w: &Rc<Worker>, stream: &TcpStream, guard: &ClientGuard, reason: CloseReason) {
     let id = guard.id;
-    if w.state.borrow_mut().begin_close(id).is_none() {
-        return;
-    }
+    let topics = {
+        let mut st = w.state.borrow_mut();
+        if st.begin_close(id).is_none() {
+            return;
+        }
+        st.topic_names(id)
+    };
     let (event, why, limit) = match reason {
         CloseReason::SlowConsumer => (
             SLOW_EVENT,

@@ -51,7 +51,9 @@ pub enum Admitted {
     /// `/ws`: registered and subscribed, the 101 queued.
     Subscriber {
         id: ClientId,
-        grants: Option<Grants>,
+        /// Boxed: most connections carry no token, and inline it would size
+        /// every connection's task.
+        grants: Option<Box<Grants>>,
     },
 }
 
@@ -135,32 +137,61 @@ pub fn admit(w: &Rc<Worker>, fd: RawFd, req: Request) -> Result<Admitted, Refuse
     }
     st.open_when_ready(id);
     w.metrics().http_response(101);
-    Ok(Admitted::Subscriber { id, grants })
+    Ok(Admitted::Subscriber {
+        id,
+        grants: grants.map(Box::new),
+    })
 }
 
-pub async fn serve(
+/// Spawns the task of an admitted WebSocket.
+pub fn spawn(
     w: Rc<Worker>,
     stream: TcpStream,
     admitted: Admitted,
     leftover: Vec<u8>,
-    _open: OpenConn,
+    open: OpenConn,
 ) {
-    let fd = stream.as_raw_fd();
-    let (id, grants) = match admitted {
-        Admitted::Echo(hello) => return Box::pin(echo(&w, &stream, fd, &hello, leftover)).await,
-        Admitted::Subscriber { id, grants } => (id, grants),
-    };
-    let guard = ClientGuard {
-        w: w.clone(),
-        id,
-        reason: Cell::new(CloseReason::PeerGone),
-    };
-    w.settle();
-    let reason = run(&w, &stream, fd, id, grants.as_ref(), &leftover).await;
-    guard.reason.set(reason);
-    if reason == CloseReason::SlowConsumer {
-        let rest = guard.retire(reason);
-        Box::pin(linger(&w, &stream, fd, &rest, LINGER)).await;
+    match admitted {
+        Admitted::Echo(hello) => {
+            monoio::spawn(async move {
+                let fd = stream.as_raw_fd();
+                echo(&w, &stream, fd, &hello, leftover).await;
+                drop(open);
+            });
+        }
+        Admitted::Subscriber { id, grants } => {
+            monoio::spawn(serve(w, stream, id, grants, leftover, open));
+        }
+    }
+}
+
+/// Runs a subscriber's session until it ends, then removes its client. A plain
+/// function returning an `async move` block, like `sse_session::serve`, so that the
+/// arguments are not kept twice in every connection's task.
+fn serve(
+    w: Rc<Worker>,
+    stream: TcpStream,
+    id: ClientId,
+    grants: Option<Box<Grants>>,
+    leftover: Vec<u8>,
+    open: OpenConn,
+) -> impl Future<Output = ()> {
+    async move {
+        let fd = stream.as_raw_fd();
+        let guard = ClientGuard {
+            w: w.clone(),
+            id,
+            reason: Cell::new(CloseReason::PeerGone),
+        };
+        w.settle();
+        let reason = run(&w, &stream, fd, id, grants.as_deref(), &leftover).await;
+        guard.reason.set(reason);
+        if reason == CloseReason::SlowConsumer {
+            let rest = guard.retire(reason);
+            Box::pin(linger(&w, &stream, fd, &rest, LINGER)).await;
+        }
+        drop(guard);
+        drop(open);
     }
 }
 
@@ -200,8 +231,9 @@ async fn run(
         let wake = match deadline {
             None => wait.await,
             Some(at) => {
+                // Boxed: only a closing connection has a deadline.
                 let left = at.saturating_sub(w.now_ms());
-                timer::timeout(w, Duration::from_millis(left), wait)
+                Box::pin(timer::timeout(w, Duration::from_millis(left), wait))
                     .await
                     .unwrap_or(Wake::Deadline)
             }
@@ -220,7 +252,7 @@ async fn run(
                     // Closing: a peer that does not read gets until the close deadline.
                     Some(at) => {
                         let left = Duration::from_millis(at.saturating_sub(w.now_ms()));
-                        match timer::timeout(w, left, wait).await {
+                        match Box::pin(timer::timeout(w, left, wait)).await {
                             Ok(outcome) => outcome,
                             Err(_) => return reason,
                         }

@@ -210,6 +210,17 @@ impl CoreState {
         self.clients.get(id)
     }
 
+    /// The topics a client is subscribed to, in the order it subscribed.
+    pub fn topic_names(&self, id: ClientId) -> Vec<Arc<str>> {
+        let Some(c) = self.clients.get(id) else {
+            return Vec::new();
+        };
+        c.subs
+            .iter()
+            .filter_map(|s| self.local.get(s.topic).map(|t| t.name.clone()))
+            .collect()
+    }
+
     // ---- registration -------------------------------------------------------
 
     /// Registers a connected client; from now on it receives what is queued to it.

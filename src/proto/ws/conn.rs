@@ -47,7 +47,9 @@ pub struct Connection {
     close_timeout: Tick,
     /// One pending-pong slot: a newer ping replaces it (§5.5.3 allows answering only
     /// the most recent one). It never displaces a pending Close.
-    pending_pong: Option<ControlPayload>,
+    /// Boxed: it only lives between a Ping and the next transmit, and inline it
+    /// would size every idle connection.
+    pending_pong: Option<Box<ControlPayload>>,
     /// Our Close frame, until `poll_transmit` hands it out.
     pending_close: Option<(u16, &'static str)>,
 }
@@ -75,7 +77,7 @@ impl Connection {
             State::Open => {
                 let (n, result) = self.decoder.handle_bytes(input);
                 match &result {
-                    Ok(Some(Event::Ping(payload))) => self.pending_pong = Some(*payload),
+                    Ok(Some(Event::Ping(payload))) => self.pending_pong = Some(Box::new(*payload)),
                     Ok(Some(Event::Close { code, .. })) => {
                         // §5.5.1: "If an endpoint receives a Close frame and did not
                         // previously send a Close frame, the endpoint MUST send a Close

@@ -113,7 +113,8 @@ const NEW_HEADER: Read = Read::Header {
 /// fail the connection as soon as it arrives (Autobahn 6.4.x), even mid-frame.
 ///
 /// Memory when idle is the struct itself (no heap): the message buffer is
-/// allocated by the first data payload byte and handed out (moved) with the event.
+/// allocated by the first data payload byte and handed out (moved) with the event,
+/// the control payload by the first control payload byte, freed with its event.
 /// After an error the decoder is fused: every later call returns the same error and
 /// consumes nothing.
 pub struct Decoder {
@@ -125,8 +126,9 @@ pub struct Decoder {
     buf: Vec<u8>,
     /// UTF-8 state across the fragments of a text message.
     utf8: Utf8Validator,
-    /// Unmasked payload of the control frame being read.
-    control: ControlPayload,
+    /// Unmasked payload of the control frame being read: boxed, and only once a
+    /// payload byte arrives, so that an idle connection's decoder stays small.
+    control: Option<Box<ControlPayload>>,
 }
 
 /// The outcome of one [`Decoder::handle_bytes`] call: bytes consumed, then the event
@@ -142,7 +144,7 @@ impl Decoder {
             message: None,
             buf: Vec::new(),
             utf8: Utf8Validator::default(),
-            control: ControlPayload::EMPTY,
+            control: None,
         }
     }
 
@@ -245,7 +247,7 @@ impl Decoder {
             OpCode::Binary => self.message = Some(MessageKind::Binary),
             OpCode::Continuation => {}
             OpCode::Close | OpCode::Ping | OpCode::Pong => {
-                self.control = ControlPayload::EMPTY;
+                self.control = None;
                 return Ok(());
             }
         }
@@ -266,7 +268,9 @@ impl Decoder {
         start: usize,
     ) -> Result<(), ProtocolError> {
         if opcode.is_control() {
-            let c = &mut self.control;
+            let c = self
+                .control
+                .get_or_insert_with(|| Box::new(ControlPayload::EMPTY));
             let dst = &mut c.bytes[start..start + chunk.len()];
             dst.copy_from_slice(chunk);
             apply_mask(dst, key, start);
@@ -288,10 +292,11 @@ impl Decoder {
 
     /// A frame's payload is complete: emit its event, if it completes one.
     fn finish_frame(&mut self, header: FrameHeader) -> Result<Option<Event>, ProtocolError> {
+        let control = self.control.take().map_or(ControlPayload::EMPTY, |c| *c);
         let event = match header.opcode {
-            OpCode::Ping => Event::Ping(self.control),
-            OpCode::Pong => Event::Pong(self.control),
-            OpCode::Close => match parse_close_body(self.control.as_bytes())? {
+            OpCode::Ping => Event::Ping(control),
+            OpCode::Pong => Event::Pong(control),
+            OpCode::Close => match parse_close_body(control.as_bytes())? {
                 None => Event::Close {
                     code: None,
                     reason: ControlPayload::EMPTY,
