@@ -168,6 +168,7 @@ pub fn spawn(
 /// Runs a subscriber's session until it ends, then removes its client. A plain
 /// function returning an `async move` block, like `sse_session::serve`, so that the
 /// arguments are not kept twice in every connection's task.
+#[allow(clippy::manual_async_fn)]
 fn serve(
     w: Rc<Worker>,
     stream: TcpStream,
