@@ -161,6 +161,8 @@ struct Connected {
     threads: Vec<std::thread::JoinHandle<Counts>>,
     seconds: f64,
     rss_before: Option<u64>,
+    /// Connections established and the server's RSS when half were.
+    rss_half: Option<(usize, u64)>,
     rss_after: Option<u64>,
 }
 
@@ -177,11 +179,15 @@ fn connect_all(
     let n = setup.plan.connections;
     let deadline = started + s.connect_timeout;
     let mut last_print = Instant::now();
+    let mut rss_half = None;
     loop {
         let ok = shared.connected.load(Ordering::Relaxed);
         let failed = shared.failed.load(Ordering::Relaxed);
         if ok + failed >= n || Instant::now() >= deadline {
             break;
+        }
+        if rss_half.is_none() && ok >= n / 2 && n >= 2 {
+            rss_half = setup.server.and_then(|p| Some((ok, p.rss_bytes().ok()?)));
         }
         if last_print.elapsed() >= Duration::from_secs(1) {
             last_print = Instant::now();
@@ -205,6 +211,7 @@ fn connect_all(
         threads,
         seconds,
         rss_before,
+        rss_half,
         rss_after,
     })
 }
@@ -229,6 +236,16 @@ impl Connected {
             _ => None,
         }
     }
+
+    fn rss_marginal_per_conn(&self) -> Option<f64> {
+        let ok = self.shared.connected.load(Ordering::Relaxed);
+        match (self.rss_half, self.rss_after) {
+            (Some((half, a)), Some(b)) if ok > half => {
+                Some((b as f64 - a as f64) / (ok - half) as f64)
+            }
+            _ => None,
+        }
+    }
 }
 
 fn base_report(mode: &'static str, s: &SubscriberArgs, setup: &Setup, c: &Connected) -> Report {
@@ -241,6 +258,7 @@ fn base_report(mode: &'static str, s: &SubscriberArgs, setup: &Setup, c: &Connec
         connect_seconds: c.seconds,
         server_rss_bytes: c.rss_after,
         rss_per_conn_bytes: c.rss_per_conn(),
+        rss_marginal_per_conn_bytes: c.rss_marginal_per_conn(),
         ..Report::default()
     }
 }

@@ -66,6 +66,9 @@ pub struct Report {
     pub server_cpu_seconds: Option<f64>,
     pub server_rss_bytes: Option<u64>,
     pub rss_per_conn_bytes: Option<f64>,
+    /// What the second half of the connections added per connection: the cost of
+    /// one more connection, without the server's fixed costs of the first ones.
+    pub rss_marginal_per_conn_bytes: Option<f64>,
     /// The machine's 1-minute load average at the end, and its core count.
     pub host_load: Option<f64>,
     pub host_cores: usize,
@@ -237,10 +240,15 @@ impl Report {
             row(
                 "server rss",
                 format!(
-                    "{}{}",
+                    "{}{}{}",
                     bytes(rss as f64),
                     self.rss_per_conn_bytes
-                        .map_or(String::new(), |b| format!(", {} per connection", bytes(b)))
+                        .map_or(String::new(), |b| format!(", {} per connection", bytes(b))),
+                    self.rss_marginal_per_conn_bytes
+                        .map_or(String::new(), |b| format!(
+                            " ({} per connection of the second half)",
+                            bytes(b)
+                        ))
                 ),
             );
         }
@@ -316,6 +324,10 @@ impl Report {
         j.opt_num("server_cpu_seconds", self.server_cpu_seconds);
         j.opt_num("server_rss_bytes", self.server_rss_bytes.map(|b| b as f64));
         j.opt_num("rss_per_conn_bytes", self.rss_per_conn_bytes);
+        j.opt_num(
+            "rss_marginal_per_conn_bytes",
+            self.rss_marginal_per_conn_bytes,
+        );
         j.opt_num("host_load_1m", self.host_load);
         j.num("host_cores", self.host_cores as f64);
         j.opt_str("error", self.first_error.as_deref());
