@@ -187,6 +187,9 @@ fn idle_mode_reports_the_connect_rate_and_a_positive_rss_per_connection() {
     assert_eq!(num(&v, "connected"), 200.0, "{v}");
     assert!(num(&v, "connect_rate") > 0.0, "{v}");
     assert!(num(&v, "rss_per_conn_bytes") > 0.0, "{v}");
+    // The second half's cost is measured too (it may be 0 when the allocator
+    // had room; `num` fails on null, which means it was not measured).
+    assert!(num(&v, "rss_marginal_per_conn_bytes").is_finite(), "{v}");
 }
 
 #[test]
