@@ -173,21 +173,34 @@ fn connect_all(
 ) -> Result<Connected, String> {
     let rss_before = setup.server.and_then(|p| p.rss_bytes().ok());
     let shared = Arc::new(Shared::new());
+    let n = setup.plan.connections;
+    // With a server to measure, the second half waits until the server's RSS is
+    // read after the first: what the second half adds is the cost of one more
+    // connection, without the fixed costs of the first ones.
+    let half = n / 2;
+    let measure_half = setup.server.is_some() && half > 0;
+    if measure_half {
+        shared.admit.store(half, Ordering::Relaxed);
+    }
     let started = Instant::now();
     let threads = sub::spawn(setup.plan.clone(), shared.clone())
         .map_err(|e| format!("cannot start subscriber threads: {e}"))?;
-    let n = setup.plan.connections;
     let deadline = started + s.connect_timeout;
     let mut last_print = Instant::now();
     let mut rss_half = None;
+    let mut paused = Duration::ZERO;
     loop {
         let ok = shared.connected.load(Ordering::Relaxed);
         let failed = shared.failed.load(Ordering::Relaxed);
         if ok + failed >= n || Instant::now() >= deadline {
             break;
         }
-        if rss_half.is_none() && ok >= n / 2 && n >= 2 {
+        if measure_half && shared.admit.load(Ordering::Relaxed) == half && ok + failed >= half {
+            let pause = Instant::now();
+            std::thread::sleep(Duration::from_millis(200));
             rss_half = setup.server.and_then(|p| Some((ok, p.rss_bytes().ok()?)));
+            shared.admit.store(usize::MAX, Ordering::Relaxed);
+            paused += pause.elapsed();
         }
         if last_print.elapsed() >= Duration::from_secs(1) {
             last_print = Instant::now();
@@ -195,7 +208,9 @@ fn connect_all(
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let seconds = started.elapsed().as_secs_f64();
+    // Released in any case (a deadline above, or a failed half).
+    shared.admit.store(usize::MAX, Ordering::Relaxed);
+    let seconds = (started.elapsed() - paused).as_secs_f64();
     // Give the server a moment to settle its accounting before reading its RSS.
     let rss_after = setup.server.and_then(|p| {
         std::thread::sleep(Duration::from_millis(200));

@@ -79,6 +79,9 @@ pub struct Shared {
     pub last_rx_ns: AtomicU64,
     /// Set by the coordinator: close everything and report.
     pub stop: AtomicBool,
+    /// Connections with a lower index may start (the coordinator holds the second
+    /// half back while it measures the server after the first).
+    pub admit: AtomicUsize,
     /// The first connection error, for the report.
     pub first_error: Mutex<Option<String>>,
     /// Latencies in ns, merged from the threads every tick.
@@ -95,6 +98,7 @@ impl Shared {
             delivered: AtomicU64::new(0),
             last_rx_ns: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            admit: AtomicUsize::new(usize::MAX),
             first_error: Mutex::new(None),
             hist: Mutex::new(latency_histogram()),
         }
@@ -258,7 +262,10 @@ async fn thread_main(l: Rc<Local>, mine: Vec<usize>) -> Counts {
     let per_thread_limit = l.plan.connect_concurrency.div_ceil(l.plan.threads).max(1);
     let mut last_flush = std::time::Instant::now();
     for (slot, &i) in mine.iter().enumerate() {
-        while l.connecting.get() >= per_thread_limit && !l.shared.stop.load(Ordering::Relaxed) {
+        while (l.connecting.get() >= per_thread_limit
+            || i >= l.shared.admit.load(Ordering::Relaxed))
+            && !l.shared.stop.load(Ordering::Relaxed)
+        {
             monoio::time::sleep(Duration::from_millis(1)).await;
         }
         if l.shared.stop.load(Ordering::Relaxed) {
