@@ -36,6 +36,9 @@ pub fn take_largest() -> usize {
 /// 0.22 → 0.15 µs of server CPU per delivery (fewer sends, fewer receiver wake-ups).
 pub const MAX_IOV: usize = 256;
 
+/// The iovec array of writes of a few items.
+const SMALL_IOV: usize = 8;
+
 /// What a cursor marker counts against the outbox bound.
 const CURSOR_COST: usize = 32;
 
@@ -183,20 +186,12 @@ impl Outbox {
             }
             let n = self.items.len().min(MAX_IOV);
             self.render_cursors(n, cursor.as_deref(), scratch);
-            let result = {
-                let empty = IoSlice::new(&[]);
-                let mut iov = [empty; MAX_IOV];
-                let mut ranges = scratch.ranges.iter();
-                for (slot, item) in iov.iter_mut().zip(self.items.iter().take(n)) {
-                    *slot = match item {
-                        Item::Bytes(b) => IoSlice::new(b),
-                        Item::Cursor { .. } => {
-                            let &(start, end) = ranges.next().unwrap_or(&(0, 0));
-                            IoSlice::new(&scratch.text[start..end])
-                        }
-                    };
-                }
-                write(&iov[..n])
+            // A few items (the common case below full speed) use a small array:
+            // the iovec array is initialised whole on every write.
+            let result = if n <= SMALL_IOV {
+                self.write_first::<SMALL_IOV>(n, scratch, &mut write)
+            } else {
+                self.write_first::<MAX_IOV>(n, scratch, &mut write)
             };
             match result {
                 Ok(0) => return Flush::Failed,
@@ -206,6 +201,28 @@ impl Outbox {
                 Err(_) => return Flush::Failed,
             }
         }
+    }
+
+    /// Hands the first `n` (≤ `N`) items to `write` as one vectored write.
+    fn write_first<const N: usize>(
+        &self,
+        n: usize,
+        scratch: &FlushScratch,
+        write: &mut impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let empty = IoSlice::new(&[]);
+        let mut iov = [empty; N];
+        let mut ranges = scratch.ranges.iter();
+        for (slot, item) in iov.iter_mut().zip(self.items.iter().take(n)) {
+            *slot = match item {
+                Item::Bytes(b) => IoSlice::new(b),
+                Item::Cursor { .. } => {
+                    let &(start, end) = ranges.next().unwrap_or(&(0, 0));
+                    IoSlice::new(&scratch.text[start..end])
+                }
+            };
+        }
+        write(&iov[..n.min(N)])
     }
 
     /// Renders the `id:` lines of the cursor markers among the first `n` items.
