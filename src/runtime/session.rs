@@ -44,6 +44,15 @@ pub struct ClientGuard {
 }
 
 impl ClientGuard {
+    /// Guards client `id`, which leaves as `PeerGone` unless the session says why.
+    pub fn new(w: &Rc<Worker>, id: ClientId) -> Self {
+        Self {
+            w: w.clone(),
+            id,
+            reason: Cell::new(CloseReason::PeerGone),
+        }
+    }
+
     /// Removes the client now; `shutdown` also ends the connection at once
     /// (a readiness wait in flight would otherwise keep the socket open).
     fn remove(&self, shutdown: bool) {

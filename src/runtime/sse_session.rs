@@ -7,7 +7,6 @@
 //! socket directly. The [`ClientGuard`] removes the client when the task ends,
 //! however it ends, so no client outlives its connection.
 
-use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -117,11 +116,7 @@ pub fn serve(
     let id = admitted.id;
     async move {
         let fd = stream.as_raw_fd();
-        let guard = ClientGuard {
-            w: w.clone(),
-            id,
-            reason: Cell::new(CloseReason::PeerGone),
-        };
+        let guard = ClientGuard::new(&w, id);
         w.settle();
         let reason = run(&w, &stream, fd, id).await;
         guard.reason.set(reason);

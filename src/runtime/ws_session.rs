@@ -6,7 +6,6 @@
 //! `GET /echo` (only with `--echo`) is a plain echo of data messages for the
 //! conformance suite; it never touches the core.
 
-use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -179,11 +178,7 @@ fn serve(
 ) -> impl Future<Output = ()> {
     async move {
         let fd = stream.as_raw_fd();
-        let guard = ClientGuard {
-            w: w.clone(),
-            id,
-            reason: Cell::new(CloseReason::PeerGone),
-        };
+        let guard = ClientGuard::new(&w, id);
         w.settle();
         let reason = run(&w, &stream, fd, id, grants.as_deref(), &leftover).await;
         guard.reason.set(reason);
