@@ -86,6 +86,8 @@ pub enum CoreMsg {
         topic: Arc<str>,
         client: ClientId,
         req: u32,
+        /// The position the subscription starts after when the backlog is
+        /// empty (the home's head, or a resume position past it).
         head: u64,
         gap: Option<Gap>,
         backlog: Vec<Arc<Message>>,
@@ -103,7 +105,8 @@ pub enum CoreMsg {
     /// From the bridge to the topic's home: one stream entry, in stream order.
     Entry(StreamEntry),
     /// To the bridge: the entries of a topic in `(after, upto]`, for a resume
-    /// older than the home's history.
+    /// older than the home's history; with `upto == after`, whether the stream
+    /// holds `after`, for a resume past what this node has read.
     Range {
         topic: Arc<str>,
         after: u64,

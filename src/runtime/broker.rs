@@ -12,7 +12,9 @@
 //! - Reading: a second connection runs `XREAD BLOCK` over the watched streams from
 //!   the last id delivered per stream, and hands each entry to its topic's home
 //!   core, which fans it out like a local publish. A watch starts at the stream's
-//!   current last id; the home answers resumes from further back with `XRANGE`.
+//!   current last id; the home answers resumes from further back with `XRANGE`,
+//!   and checks with `XRANGE` that a resume from past what it has read names an
+//!   entry of the stream (one seen on another node first) before trusting it.
 //! - Faults: on any error both connections are dropped and re-made with capped
 //!   backoff; reading resumes from the last ids delivered, so nothing is skipped
 //!   and nothing repeats.

@@ -88,6 +88,20 @@ impl CoreState {
                 self.send(bridge, msg);
                 return None;
             }
+            // Past what this node has read: the client may have seen it on
+            // another node before this node's bridge read it. The bridge asks
+            // the stream whether the entry exists (`Range` over just `after`).
+            Since::After(after) if broker && after > head => {
+                let msg = CoreMsg::Range {
+                    topic: topic.clone(),
+                    after,
+                    upto: after,
+                    client,
+                    req,
+                };
+                self.send(bridge, msg);
+                return None;
+            }
             Since::After(after) => {
                 let (resume, missed) = home.history.since(after, head);
                 let backlog = missed.cloned().collect();
@@ -261,18 +275,26 @@ impl CoreState {
         let last = backlog.last().map_or(after, |m| m.seq).max(upto);
         let (resume, rest) = home.history.since(last, head);
         backlog.extend(rest.cloned());
-        // The history may have dropped entries after `upto` while the bridge
-        // answered; then the seam has a hole too.
-        let hole = matches!(resume, Resume::Trimmed { .. });
-        let gap = (trimmed || hole).then(|| Gap::Trimmed {
+        let trimmed_gap = |backlog: &[Arc<Message>]| Gap::Trimmed {
             after,
             oldest: backlog.first().map_or(head + 1, |m| m.seq),
-        });
+        };
+        let (start, gap) = match resume {
+            // A resume from past what this node has read (the `Range` over just
+            // `after`), and the stream holds that entry: the client starts right
+            // after it; the entries up to it, read later, count as seen.
+            Resume::Future if !trimmed => (after, None),
+            Resume::Future => (head, Some(Gap::Future { after })),
+            // The history may have dropped entries after `upto` while the
+            // bridge answered; then the seam has a hole too.
+            Resume::Trimmed { .. } => (head, Some(trimmed_gap(&backlog))),
+            Resume::Complete => (head, trimmed.then(|| trimmed_gap(&backlog))),
+        };
         let reply = CoreMsg::Subscribed {
             topic: topic.clone(),
             client,
             req,
-            head,
+            head: start,
             gap,
             backlog,
         };

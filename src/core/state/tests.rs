@@ -8,6 +8,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use super::*;
+use crate::core::msg::StreamEntry;
 use crate::core::topics::home_of;
 
 fn limits() -> Limits {
@@ -333,4 +334,144 @@ fn an_earlier_deadline_for_an_existing_entry_wakes_the_tick_task() {
         cs[0].client(c).unwrap().write,
         WriteState::Closing(CloseReason::TokenExpired)
     );
+}
+
+/// One core sharing its topics through a broker; the test plays the bridge.
+struct BrokerNode {
+    core: CoreState,
+    /// What the core sent to the bridge, not answered yet.
+    to_bridge: Vec<CoreMsg>,
+}
+
+impl BrokerNode {
+    fn new() -> Self {
+        let core = cores(1).pop().map(CoreState::with_broker);
+        BrokerNode {
+            core: core.expect("one core"),
+            to_bridge: Vec::new(),
+        }
+    }
+
+    /// Handles the core's messages to itself; keeps those to the bridge.
+    fn pump(&mut self) {
+        loop {
+            let out = std::mem::take(&mut self.core.outbound);
+            if out.is_empty() {
+                return;
+            }
+            for (to, msg) in out {
+                if to == 0 {
+                    self.core.handle(msg);
+                } else {
+                    self.to_bridge.push(msg);
+                }
+            }
+        }
+    }
+
+    fn subscribe(&mut self, fd: RawFd, since: Since) -> ClientId {
+        let c = self.core.register(Transport::Sse, fd);
+        self.core.set_stream_cursor(c, 1);
+        self.core.subscribe(c, "t", since).unwrap();
+        self.pump();
+        c
+    }
+
+    /// The bridge reads stream entry `key` (payload `key` too).
+    fn entry(&mut self, key: u64) {
+        self.core.handle(CoreMsg::Entry(StreamEntry {
+            topic: Arc::from("t"),
+            key,
+            event: None,
+            data: key.to_string().into_bytes(),
+        }));
+        self.pump();
+    }
+
+    /// The bridge answers the oldest `Range`: whether the stream holds `after`.
+    fn answer_range(&mut self, holds_after: bool) {
+        let at = self
+            .to_bridge
+            .iter()
+            .position(|m| matches!(m, CoreMsg::Range { .. }))
+            .expect("a Range for the bridge");
+        let CoreMsg::Range {
+            topic,
+            after,
+            upto,
+            client,
+            req,
+        } = self.to_bridge.remove(at)
+        else {
+            unreachable!()
+        };
+        assert_eq!(after, upto, "a check of `after` alone");
+        self.core.handle(CoreMsg::Ranged {
+            topic,
+            after,
+            upto,
+            client,
+            req,
+            entries: Vec::new(),
+            trimmed: !holds_after,
+        });
+        self.pump();
+    }
+}
+
+#[test]
+fn a_broker_resume_from_past_what_the_node_has_read_starts_right_after_it() {
+    let mut n = BrokerNode::new();
+    n.subscribe(10, Since::Live);
+    assert!(matches!(n.to_bridge.pop(), Some(CoreMsg::Watch { .. })));
+    n.core.handle(CoreMsg::Watching {
+        topic: Arc::from("t"),
+        from: 100,
+    });
+    n.entry(101);
+    // Seen on another node: 104, which this node has not read yet. The bridge
+    // reads up to past it before the check comes back...
+    n.subscribe(11, Since::After(104));
+    for key in 102..=105 {
+        n.entry(key);
+    }
+    n.answer_range(true);
+    // ... or the check comes back first.
+    n.subscribe(12, Since::After(108));
+    n.answer_range(true);
+    for key in 106..=109 {
+        n.entry(key);
+    }
+    let mut socks = Sockets::default();
+    socks.flush(&mut n.core);
+    let all: Vec<String> = (101..=109).map(|k| k.to_string()).collect();
+    assert_eq!(socks.data(10), all);
+    assert_eq!(socks.data(11), ["105", "106", "107", "108", "109"]);
+    assert_eq!(socks.data(12), ["109"]);
+    for fd in [11, 12] {
+        assert!(
+            !socks.text(fd).contains("ringcast.gap"),
+            "{}",
+            socks.text(fd)
+        );
+    }
+}
+
+#[test]
+fn a_broker_resume_from_an_id_the_stream_does_not_hold_past_the_head_is_a_gap() {
+    let mut n = BrokerNode::new();
+    n.subscribe(10, Since::Live);
+    n.core.handle(CoreMsg::Watching {
+        topic: Arc::from("t"),
+        from: 100,
+    });
+    n.subscribe(11, Since::After(500));
+    n.answer_range(false);
+    n.entry(101);
+    let mut socks = Sockets::default();
+    socks.flush(&mut n.core);
+    let text = socks.text(11);
+    assert!(text.contains("event: ringcast.gap"), "{text}");
+    assert!(text.contains("id never issued by this server"), "{text}");
+    assert_eq!(socks.data(11)[1..], ["101"]);
 }
