@@ -134,8 +134,8 @@ fn wheel(c: &mut Criterion) {
     });
 }
 
-fn fan_out(c: &mut Criterion) {
-    const SUBS: usize = 10_000;
+/// A core with 10,000 subscribers of one topic over `transport`.
+fn subscribed_core(transport: Transport) -> CoreState {
     let limits = Limits {
         max_outbox_bytes: 1 << 30,
         max_topics_per_client: 64,
@@ -150,22 +150,45 @@ fn fan_out(c: &mut Criterion) {
         (1000, 8 << 20),
         Arc::new(CoreMetrics::default()),
     );
-    for i in 0..SUBS {
-        let id = core.register(Transport::Sse, 1000 + i as i32);
-        core.set_stream_cursor(id, 1);
+    for i in 0..FAN_OUT_SUBS {
+        let id = core.register(transport, 1000 + i as i32);
+        if transport == Transport::Sse {
+            core.set_stream_cursor(id, 1);
+        }
         let _ = core.subscribe(id, "news", Since::Live);
     }
-    // Every socket takes everything: the cost measured is the core's.
-    let mut sink = |_fd: i32, iov: &[IoSlice<'_>]| -> std::io::Result<usize> {
-        Ok(iov.iter().map(|s| s.len()).sum())
-    };
-    core.flush_dirty(&mut sink);
+    core.flush_dirty(sink);
+    core
+}
+
+const FAN_OUT_SUBS: usize = 10_000;
+
+/// Every socket takes everything: the cost measured is the core's.
+fn sink(_fd: i32, iov: &[IoSlice<'_>]) -> std::io::Result<usize> {
+    Ok(iov.iter().map(|s| s.len()).sum())
+}
+
+fn fan_out(c: &mut Criterion) {
     let mut g = c.benchmark_group("fan_out");
-    g.throughput(Throughput::Elements(SUBS as u64));
-    g.bench_function("one_message_to_10k_sse_outboxes", |b| {
+    g.throughput(Throughput::Elements(FAN_OUT_SUBS as u64));
+    for (name, transport) in [("sse", Transport::Sse), ("ws", Transport::Ws)] {
+        let mut core = subscribed_core(transport);
+        g.bench_function(format!("one_message_to_10k_{name}_outboxes"), |b| {
+            b.iter(|| {
+                core.publish("news", None, br#"{"headline":"hi"}"#.to_vec());
+                core.flush_dirty(sink);
+            })
+        });
+    }
+    // At full speed a write carries many messages.
+    let mut core = subscribed_core(Transport::Ws);
+    g.throughput(Throughput::Elements(10 * FAN_OUT_SUBS as u64));
+    g.bench_function("ten_messages_to_10k_ws_outboxes_one_write_each", |b| {
         b.iter(|| {
-            core.publish("news", None, br#"{"headline":"hi"}"#.to_vec());
-            core.flush_dirty(&mut sink);
+            for _ in 0..10 {
+                core.publish("news", None, br#"{"headline":"hi"}"#.to_vec());
+            }
+            core.flush_dirty(sink);
         })
     });
     g.finish();
