@@ -173,7 +173,7 @@ impl Client {
         self.acks[i].waiting -= 1;
         if self.acks[i].waiting == 0 {
             let ack = self.acks.swap_remove(i);
-            self.outbox.push(ack.bytes);
+            self.outbox.push(&ack.bytes);
         }
     }
 

@@ -1,6 +1,7 @@
 //! Per-core state, owned by one worker thread and never shared.
 
 pub mod client;
+pub mod frame;
 pub mod history;
 pub mod message;
 pub mod msg;

@@ -14,7 +14,6 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::Bytes;
 use monoio::net::TcpStream;
 
 use super::conn::{finish, publish_and_wait, unix_now, OpenConn, Request, Route};
@@ -125,7 +124,7 @@ pub fn admit(w: &Rc<Worker>, fd: RawFd, req: Request) -> Result<Admitted, Refuse
     let mut st = w.state.borrow_mut();
     st.set_now(w.now_tick());
     let id = st.register(Transport::Ws, fd);
-    st.queue(id, Bytes::from(hello));
+    st.queue(id, &hello);
     if let Some(g) = &grants {
         st.set_expiry(id, expiry_tick(w, g.exp));
     }
@@ -371,7 +370,7 @@ async fn feed(
 fn transmit(w: &Rc<Worker>, conn: &mut Connection, id: ClientId) {
     let mut out = Vec::new();
     if conn.poll_transmit(&mut out) {
-        w.state.borrow_mut().queue(id, Bytes::from(out));
+        w.state.borrow_mut().queue(id, &out);
     }
     w.settle();
 }
@@ -393,7 +392,7 @@ async fn drain_outbox(w: &Rc<Worker>, stream: &TcpStream, id: ClientId) {
 }
 
 fn queue_text(w: &Rc<Worker>, id: ClientId, payload: &[u8]) {
-    w.state.borrow_mut().queue(id, text_frame(payload));
+    w.state.borrow_mut().queue(id, &text_frame(payload));
 }
 
 fn error_answer(reference: Option<&[u8]>, e: impl std::fmt::Display) -> Vec<u8> {

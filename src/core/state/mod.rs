@@ -16,6 +16,7 @@ use bytes::Bytes;
 use slab::Slab;
 
 use super::client::{Client, CloseReason, PendingAck, Subscription, Transport, WriteState};
+use super::frame::Frame;
 use super::message::Message;
 use super::msg::{CoreMsg, Gap, ReplyTo, Since};
 use super::outbox::{Flush, FlushScratch, StreamCursor};
@@ -32,6 +33,7 @@ mod home;
 mod tests;
 mod timers;
 
+use timers::Heartbeats;
 pub use timers::TimerTarget;
 
 use super::wheel::TimerWheel;
@@ -80,46 +82,40 @@ struct PendingPublish {
     waker: Option<Waker>,
 }
 
-/// The per-core encodings of one message, made on first use.
+/// The per-core encodings of one message, made on first use: one copy per
+/// core, so the per-subscriber reference counts stay core-local and plain.
 struct Encodings<'m> {
     msg: &'m Message,
-    here: bool,
-    sse: Option<Bytes>,
-    ws: Option<Bytes>,
+    sse: Option<Frame>,
+    ws: Option<Frame>,
 }
 
 impl<'m> Encodings<'m> {
-    fn new(msg: &'m Message, here: bool) -> Self {
+    fn new(msg: &'m Message) -> Self {
         Self {
             msg,
-            here,
             sse: None,
             ws: None,
         }
     }
 
-    /// The full SSE block. The home core shares the original bytes; any other core
-    /// makes one copy, so the per-subscriber reference counts stay core-local.
-    fn sse(&mut self) -> &Bytes {
-        let (msg, here) = (self.msg, self.here);
-        self.sse.get_or_insert_with(|| {
-            if here {
-                msg.sse.clone()
-            } else {
-                Bytes::copy_from_slice(&msg.sse)
-            }
-        })
+    /// The full SSE block.
+    fn sse(&mut self) -> &Frame {
+        let msg = self.msg;
+        self.sse.get_or_insert_with(|| Frame::new(&msg.sse))
     }
 
-    fn sse_body(&mut self) -> Bytes {
+    /// The SSE block without its `id:` line (a stream over several topics
+    /// writes its own cursor line).
+    fn sse_body(&mut self) -> Frame {
         let at = self.msg.sse_body;
-        self.sse().slice(at..)
+        self.sse().from_offset(at)
     }
 
-    fn ws(&mut self) -> &Bytes {
+    fn ws(&mut self) -> &Frame {
         let msg = self.msg;
         self.ws
-            .get_or_insert_with(|| ws_frame::text_frame(msg.envelope()))
+            .get_or_insert_with(|| Frame::new(&ws_frame::text_frame(msg.envelope())))
     }
 }
 
@@ -139,6 +135,7 @@ pub struct CoreState {
     metrics: Arc<CoreMetrics>,
     /// Every timer of the core: client liveness and task deadlines.
     wheel: TimerWheel<TimerTarget>,
+    heartbeats: Heartbeats,
     /// The current tick, as last told by the runtime.
     now: u64,
     /// The tick task, and the tick it sleeps until.
@@ -173,6 +170,7 @@ impl CoreState {
             scratch: FlushScratch::default(),
             metrics,
             wheel: TimerWheel::new(),
+            heartbeats: Heartbeats::new(),
             now: 0,
             tick_waker: None,
             tick_target: u64::MAX,
@@ -530,7 +528,7 @@ impl CoreState {
         }
         let mut delivered = 0u64;
         for msg in backlog {
-            let mut enc = Encodings::new(msg, false);
+            let mut enc = Encodings::new(msg);
             if queue_message(client, index, &mut enc) {
                 delivered += 1;
             }
@@ -554,7 +552,7 @@ impl CoreState {
                 line.extend_from_slice(b"id: ");
                 c.ids.write_cursor(&mut line, c.written.iter().copied());
                 line.extend_from_slice(b"\n\n");
-                client.outbox.push(Bytes::from(line));
+                client.outbox.push(&line);
             }
         }
         self.metrics.delivered.add(delivered);
@@ -625,8 +623,7 @@ impl CoreState {
         let Some(key) = self.local.key(&msg.topic) else {
             return;
         };
-        let here = home_of(&msg.topic, self.cores) == self.core();
-        let mut enc = Encodings::new(msg, here);
+        let mut enc = Encodings::new(msg);
         let Self {
             local,
             clients,
@@ -738,7 +735,7 @@ impl CoreState {
     // ---- writing ------------------------------------------------------------
 
     /// Queues raw bytes (a response head, a control frame) to a client.
-    pub fn queue(&mut self, id: ClientId, bytes: Bytes) {
+    pub fn queue(&mut self, id: ClientId, bytes: &[u8]) {
         if let Some(client) = self.clients.get_mut(id) {
             client.outbox.push(bytes);
             self.check_outbox(id);
@@ -910,10 +907,10 @@ fn queue_message(client: &mut Client, index: usize, enc: &mut Encodings<'_>) -> 
     match client.transport {
         Transport::Sse if client.multi_topic => {
             client.outbox.push_cursor(index as u16, seq);
-            client.outbox.push(enc.sse_body());
+            client.outbox.push_frame(&enc.sse_body());
         }
-        Transport::Sse => client.outbox.push(enc.sse().clone()),
-        Transport::Ws => client.outbox.push(enc.ws().clone()),
+        Transport::Sse => client.outbox.push_frame(enc.sse()),
+        Transport::Ws => client.outbox.push_frame(enc.ws()),
     }
     client.fresh = false;
     if let Some(sub) = client.subs.get_mut(index) {
@@ -959,7 +956,7 @@ fn queue_gap(client: &mut Client, topic: &str, gap: Gap, ids: IdScheme) {
             out.extend_from_slice(&ws_frame::text_frame(&env));
         }
     }
-    client.outbox.push(Bytes::from(out));
+    client.outbox.push(&out);
 }
 
 /// Name of the event that reports a hole in a resume.

@@ -6,10 +6,9 @@
 
 use std::task::{Context, Poll, Waker};
 
-use bytes::Bytes;
-
 use super::CoreState;
 use crate::core::client::{CloseReason, Transport, WriteState};
+use crate::core::frame::Frame;
 use crate::core::registry::ClientId;
 use crate::core::wheel::TimerHandle;
 use crate::proto::sse;
@@ -25,6 +24,21 @@ pub enum TimerTarget {
 
 /// A WebSocket ping with an empty payload (RFC 6455 §5.5.2), unmasked.
 const WS_PING: &[u8] = &[0x89, 0x00];
+
+/// The heartbeat frames, made once per core and shared by all its clients.
+pub(super) struct Heartbeats {
+    sse: Frame,
+    ws: Frame,
+}
+
+impl Heartbeats {
+    pub(super) fn new() -> Self {
+        Heartbeats {
+            sse: Frame::new(sse::HEARTBEAT),
+            ws: Frame::new(WS_PING),
+        }
+    }
+}
 
 impl CoreState {
     /// Moves the core's clock forward (never back).
@@ -172,10 +186,10 @@ impl CoreState {
         }
         if now >= c.last_write + hb && !c.muted {
             let beat = match c.transport {
-                Transport::Sse => sse::HEARTBEAT,
-                Transport::Ws => WS_PING,
+                Transport::Sse => &self.heartbeats.sse,
+                Transport::Ws => &self.heartbeats.ws,
             };
-            c.outbox.push(Bytes::from_static(beat));
+            c.outbox.push_frame(beat);
             c.last_write = now;
             self.metrics.heartbeats.inc();
             self.mark_dirty(id);
