@@ -212,6 +212,44 @@ fn a_socket_line_over_max_message_bytes_gets_one_error_and_the_connection_lives_
 }
 
 #[test]
+fn pipelined_publishes_then_an_oversized_head_get_their_answers_then_431() {
+    let mut f = Fixture::new();
+    let publish = |n: u32| {
+        let body = format!("{{\"n\":{n}}}");
+        format!(
+            "POST /publish?topic=watch HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let big = "x".repeat(2048);
+    let mut c = HttpConn::connect(f.server.addr);
+    // The publishes and the start of the oversized head in one write, its
+    // rest a moment later: the server reads ahead for more pipelined requests
+    // while the publishes wait for their answers.
+    c.send(
+        format!(
+            "{}{}{}GET /healthz HTTP/1.1\r\nX-Big: {}",
+            publish(1),
+            publish(2),
+            publish(3),
+            &big[..512]
+        )
+        .as_bytes(),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    c.send(format!("{}\r\n\r\n", &big[512..]).as_bytes());
+    for i in 0..3 {
+        let r = c.read_response();
+        assert_eq!(r.status, 202, "publish {i}: {}", r.text());
+    }
+    assert_refused(&c.read_response(), 431, "header");
+    for n in 1..=3 {
+        assert_eq!(payload_n(&envelope(&f.watcher.next_event())), n);
+    }
+    f.still_serving();
+}
+
+#[test]
 fn pipelined_keep_alive_requests_each_get_a_response() {
     let f = Fixture::new();
     let mut c = HttpConn::connect(f.server.addr);

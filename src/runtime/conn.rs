@@ -266,10 +266,14 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, open: OpenConn) {
                 {
                     return;
                 }
-                // More pipelined requests already here: start them before answering.
+                // More pipelined requests already here, or already in the socket:
+                // start them before answering. A window of publishes to a topic
+                // homed on another core then waits for one round trip through
+                // the bus, not one per read.
                 if req.keep_alive
                     && answers.pending.len() < MAX_PIPELINED
-                    && http::head_complete(&buf, 0).is_some()
+                    && (http::head_complete(&buf, 0).is_some()
+                        || pull_pipelined(fd, &mut buf, w.cfg.max_header_bytes))
                 {
                     continue;
                 }
@@ -677,6 +681,26 @@ async fn publish(
         cors: req.cors(w),
     });
     Some(())
+}
+
+/// Appends to `buf` what the socket already holds, without waiting, until `buf`
+/// starts with a whole request head; true when it does. Stops at `max_head`
+/// bytes (the next read refuses the oversized head) and at end of stream (the
+/// next read sees it).
+fn pull_pipelined(fd: RawFd, buf: &mut Vec<u8>, max_head: usize) -> bool {
+    while buf.len() <= max_head {
+        let start = buf.len();
+        buf.resize(start + READ_CHUNK, 0);
+        let got = netio::recv(fd, &mut buf[start..]).unwrap_or(0);
+        buf.truncate(start + got);
+        if got == 0 {
+            return false;
+        }
+        if http::head_complete(buf, 0).is_some() {
+            return true;
+        }
+    }
+    false
 }
 
 /// Answers the publishes before a refusal, then the refusal; `None` to close.

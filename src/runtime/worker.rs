@@ -58,6 +58,23 @@ pub struct Worker {
     rng: Cell<u64>,
 }
 
+/// Clients written per slice of a flush (see [`Worker::run_flush`]).
+const FLUSH_SLICE: usize = 1024;
+
+/// Lets the other ready tasks and the I/O completions run, then continues.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await;
+}
+
 impl Worker {
     /// After any change to the core state: hands queued cross-core messages to the
     /// bus, writes to every client touched, and wakes the cores sent to.
@@ -85,7 +102,13 @@ impl Worker {
     }
 
     /// The flush task: writes every client touched since the last flush, once
-    /// per turn of the event loop.
+    /// per turn of the event loop, in slices of [`FLUSH_SLICE`] clients.
+    ///
+    /// Between slices the task yields, so the core's other tasks run (the bus
+    /// with its publishes and their acknowledgements, reads): a flush to many
+    /// subscribers, which takes milliseconds of system calls, does not hold up a
+    /// publish from another core until it ends. The clients left get whatever
+    /// arrived meanwhile in the same write.
     pub async fn run_flush(self: Rc<Self>) {
         loop {
             std::future::poll_fn(|cx| {
@@ -96,11 +119,20 @@ impl Worker {
                 Poll::Pending
             })
             .await;
-            let mut st = self.state.borrow_mut();
-            st.flush_dirty(netio::writev);
-            st.metrics()
-                .outbox_bytes
-                .set(crate::core::outbox::queued_on_this_core() as u64);
+            loop {
+                let more = {
+                    let mut st = self.state.borrow_mut();
+                    let more = st.flush_dirty_upto(FLUSH_SLICE, netio::writev);
+                    st.metrics()
+                        .outbox_bytes
+                        .set(crate::core::outbox::queued_on_this_core() as u64);
+                    more
+                };
+                if !more {
+                    break;
+                }
+                yield_now().await;
+            }
         }
     }
 

@@ -7,6 +7,7 @@
 //! [`CoreState::flush_dirty`] after each batch so that every client touched by the
 //! batch gets one coalesced write.
 
+use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -130,7 +131,8 @@ pub struct CoreState {
     pending: Slab<PendingPublish>,
     /// Messages for other cores, drained by the runtime into the bus.
     pub outbound: Vec<(usize, CoreMsg)>,
-    dirty: Vec<ClientId>,
+    /// Clients with output not yet written, oldest first.
+    dirty: VecDeque<ClientId>,
     scratch: FlushScratch,
     metrics: Arc<CoreMetrics>,
     /// Every timer of the core: client liveness and task deadlines.
@@ -166,7 +168,7 @@ impl CoreState {
             homes: HomeTopics::new(history.0, history.1),
             pending: Slab::new(),
             outbound: Vec::new(),
-            dirty: Vec::new(),
+            dirty: VecDeque::new(),
             scratch: FlushScratch::default(),
             metrics,
             wheel: TimerWheel::new(),
@@ -653,7 +655,7 @@ impl CoreState {
             }
             if !client.dirty {
                 client.dirty = true;
-                dirty.push(id);
+                dirty.push_back(id);
             }
         }
         metrics.delivered.add(delivered);
@@ -747,19 +749,29 @@ impl CoreState {
         if let Some(client) = self.clients.get_mut(id) {
             if !client.dirty {
                 client.dirty = true;
-                self.dirty.push(id);
+                self.dirty.push_back(id);
             }
         }
     }
 
-    /// Writes every client touched since the last call, one vectored write each.
-    /// `write(fd, iov)` must not block.
-    pub fn flush_dirty(
+    /// Writes every client touched since it was last written, one vectored
+    /// write each. `write(fd, iov)` must not block.
+    pub fn flush_dirty(&mut self, write: impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>) {
+        self.flush_dirty_upto(usize::MAX, write);
+    }
+
+    /// Writes up to `max` of the clients touched since they were last written,
+    /// oldest first; true while more wait. A client touched again before its
+    /// turn is written once, with everything queued by then.
+    pub fn flush_dirty_upto(
         &mut self,
+        max: usize,
         mut write: impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>,
-    ) {
-        let dirty = std::mem::take(&mut self.dirty);
-        for &id in &dirty {
+    ) -> bool {
+        for _ in 0..max {
+            let Some(id) = self.dirty.pop_front() else {
+                break;
+            };
             if let Some(client) = self.clients.get_mut(id) {
                 client.dirty = false;
                 if client.gated {
@@ -772,12 +784,7 @@ impl CoreState {
                 }
             }
         }
-        // Keep the allocation for the next batch.
-        let mut dirty = dirty;
-        dirty.clear();
-        if self.dirty.is_empty() {
-            self.dirty = dirty;
-        }
+        !self.dirty.is_empty()
     }
 
     /// Flushes one client after its socket became writable.
