@@ -475,3 +475,42 @@ fn a_broker_resume_from_an_id_the_stream_does_not_hold_past_the_head_is_a_gap() 
     assert!(text.contains("id never issued by this server"), "{text}");
     assert_eq!(socks.data(11)[1..], ["101"]);
 }
+
+#[test]
+fn a_flush_in_slices_writes_each_client_once_with_everything_queued_by_its_turn() {
+    let mut cs = cores(1);
+    let fds: Vec<RawFd> = (100..130).collect();
+    for &fd in &fds {
+        let c = cs[0].register(Transport::Sse, fd);
+        cs[0].set_stream_cursor(c, 1);
+        cs[0].subscribe(c, "t", Since::Live).unwrap();
+    }
+    let mut socks = Sockets::default();
+    socks.flush(&mut cs[0]);
+    publish(&mut cs, 0, "t", "1");
+    let mut writes: HashMap<RawFd, usize> = HashMap::new();
+    let mut slice = |core: &mut CoreState, max: usize| {
+        core.flush_dirty_upto(max, |fd, iov: &[IoSlice<'_>]| -> io::Result<usize> {
+            *writes.entry(fd).or_default() += 1;
+            let out = socks.0.entry(fd).or_default();
+            let mut n = 0;
+            for s in iov {
+                out.extend_from_slice(s);
+                n += s.len();
+            }
+            Ok(n)
+        })
+    };
+    assert!(slice(&mut cs[0], 10), "20 clients left");
+    // A message arrives between slices: the clients not yet written take it
+    // in the same write; the ten already written get it in a write of their own.
+    publish(&mut cs, 0, "t", "2");
+    assert!(slice(&mut cs[0], 10));
+    assert!(slice(&mut cs[0], 10), "the first ten, dirty again, wait");
+    assert!(!slice(&mut cs[0], 10));
+    drop(slice);
+    for (i, fd) in fds.iter().enumerate() {
+        assert_eq!(socks.data(*fd), ["1", "2"], "fd {fd}");
+        assert_eq!(writes[fd], if i < 10 { 2 } else { 1 }, "fd {fd}");
+    }
+}
