@@ -508,7 +508,6 @@ fn a_flush_in_slices_writes_each_client_once_with_everything_queued_by_its_turn(
     assert!(slice(&mut cs[0], 10));
     assert!(slice(&mut cs[0], 10), "the first ten, dirty again, wait");
     assert!(!slice(&mut cs[0], 10));
-    drop(slice);
     for (i, fd) in fds.iter().enumerate() {
         assert_eq!(socks.data(*fd), ["1", "2"], "fd {fd}");
         assert_eq!(writes[fd], if i < 10 { 2 } else { 1 }, "fd {fd}");
