@@ -4,8 +4,6 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use crate::proto::cursor::IdScheme;
 use crate::proto::{envelope, sse};
 
@@ -16,7 +14,7 @@ pub struct Message {
     /// Position in the topic, from 1.
     pub seq: u64,
     /// The SSE block: `id: <id>\n[event: <e>\n]data: <envelope>\n\n`.
-    pub sse: Bytes,
+    pub sse: Box<[u8]>,
     /// Offset of the first byte after the `id:` line in [`Message::sse`].
     pub sse_body: usize,
     /// Where the JSON envelope sits in [`Message::sse`].
@@ -42,7 +40,7 @@ impl Message {
         Message {
             topic,
             seq,
-            sse: Bytes::from(block),
+            sse: block.into_boxed_slice(),
             sse_body,
             envelope: env_start..env_start + env.len(),
         }
