@@ -4,8 +4,8 @@
 //!
 //! The runtime drives it: it registers and removes clients, hands in the bus
 //! messages that arrive, drains `outbound` into the bus, and calls
-//! [`CoreState::flush_dirty`] after each batch so that every client touched by the
-//! batch gets one coalesced write.
+//! [`CoreState::flush_dirty_upto`] after each batch (in slices, until none is left)
+//! so that every client touched by the batch gets one coalesced write.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
