@@ -56,16 +56,19 @@ fn pump(cores: &mut [CoreState]) {
 struct Sockets(HashMap<RawFd, Vec<u8>>);
 
 impl Sockets {
+    /// A socket write that takes everything.
+    fn write(&mut self, fd: RawFd, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+        let out = self.0.entry(fd).or_default();
+        let mut n = 0;
+        for s in iov {
+            out.extend_from_slice(s);
+            n += s.len();
+        }
+        Ok(n)
+    }
+
     fn flush(&mut self, core: &mut CoreState) {
-        core.flush_dirty(|fd, iov: &[IoSlice<'_>]| -> io::Result<usize> {
-            let out = self.0.entry(fd).or_default();
-            let mut n = 0;
-            for s in iov {
-                out.extend_from_slice(s);
-                n += s.len();
-            }
-            Ok(n)
-        });
+        core.flush_dirty(|fd, iov: &[IoSlice<'_>]| self.write(fd, iov));
     }
 
     fn flush_all(&mut self, cores: &mut [CoreState]) {
@@ -490,15 +493,9 @@ fn a_flush_in_slices_writes_each_client_once_with_everything_queued_by_its_turn(
     publish(&mut cs, 0, "t", "1");
     let mut writes: HashMap<RawFd, usize> = HashMap::new();
     let mut slice = |core: &mut CoreState, max: usize| {
-        core.flush_dirty_upto(max, |fd, iov: &[IoSlice<'_>]| -> io::Result<usize> {
+        core.flush_dirty_upto(max, |fd, iov: &[IoSlice<'_>]| {
             *writes.entry(fd).or_default() += 1;
-            let out = socks.0.entry(fd).or_default();
-            let mut n = 0;
-            for s in iov {
-                out.extend_from_slice(s);
-                n += s.len();
-            }
-            Ok(n)
+            socks.write(fd, iov)
         })
     };
     assert!(slice(&mut cs[0], 10), "20 clients left");
