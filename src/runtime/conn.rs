@@ -689,11 +689,7 @@ async fn publish(
 /// next read sees it).
 fn pull_pipelined(fd: RawFd, buf: &mut Vec<u8>, max_head: usize) -> bool {
     while buf.len() <= max_head {
-        let start = buf.len();
-        buf.resize(start + READ_CHUNK, 0);
-        let got = netio::recv(fd, &mut buf[start..]).unwrap_or(0);
-        buf.truncate(start + got);
-        if got == 0 {
+        if netio::recv_appending(fd, buf, READ_CHUNK).unwrap_or(0) == 0 {
             return false;
         }
         if http::head_complete(buf, 0).is_some() {

@@ -22,6 +22,16 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// Appends what is there to `buf` (up to `max` bytes), without waiting.
+/// `Ok(0)` is end of stream.
+pub fn recv_appending(fd: RawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    let start = buf.len();
+    buf.resize(start + max, 0);
+    let r = recv(fd, &mut buf[start..]);
+    buf.truncate(start + *r.as_ref().unwrap_or(&0));
+    r
+}
+
 /// Writes as much of `iov` as the socket takes, without waiting and without
 /// SIGPIPE on a closed peer.
 pub fn writev(fd: RawFd, iov: &[IoSlice<'_>]) -> io::Result<usize> {
@@ -127,12 +137,8 @@ pub async fn read_some<S: Readiness>(
     buf: &mut Vec<u8>,
     max: usize,
 ) -> io::Result<usize> {
-    let start = buf.len();
     loop {
-        buf.resize(start + max, 0);
-        let r = recv(fd, &mut buf[start..]);
-        buf.truncate(start + *r.as_ref().unwrap_or(&0));
-        match r {
+        match recv_appending(fd, buf, max) {
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => sock.readable().await?,
