@@ -249,3 +249,162 @@ fn a_second_sigterm_during_the_drain_exits_at_once_with_a_failure_status() {
     assert!(took < Duration::from_millis(1000), "took {took:?}");
     drop(stubborn);
 }
+
+/// `--cores N --driver D`, for the drain matrix below.
+fn layout(cores: &'static str, driver: &'static str) -> [&'static str; 4] {
+    ["--cores", cores, "--driver", driver]
+}
+
+/// Sends SIGTERM and waits for the exit: (exit status, time from the signal).
+fn stop(server: &mut Server) -> (std::process::ExitStatus, Duration) {
+    let t0 = Instant::now();
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(Duration::from_secs(15));
+    let took = t0.elapsed();
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "still running 15 s after SIGTERM:\n{}",
+            server.stderr_tail()
+        )
+    });
+    (status, took)
+}
+
+/// A server with nothing left to drain stops at once, not at `--drain-timeout`
+/// (10 s by default): fresh; after a publish over the socket whose connection
+/// closed; holding an idle publish-socket connection; holding an idle
+/// keep-alive HTTP connection.
+fn quiet_servers_stop_within_a_second(cores: &'static str, driver: &'static str) {
+    let args = layout(cores, driver);
+    let mut cases: Vec<(&str, Duration)> = Vec::new();
+    let mut check = |what: &'static str, server: &mut Server| {
+        let (status, took) = stop(server);
+        assert!(
+            status.success(),
+            "{what} (--cores {cores} --driver {driver}): exit {status}\n{}",
+            server.stderr_tail()
+        );
+        assert!(
+            took <= Duration::from_secs(1),
+            "{what} (--cores {cores} --driver {driver}): stopped {took:?} after SIGTERM\n{}",
+            server.stderr_tail()
+        );
+        server.assert_no_panic();
+        cases.push((what, took));
+    };
+
+    let mut fresh = Server::start(&args);
+    check("fresh", &mut fresh);
+
+    let mut published = Server::start(&args);
+    let answers = published.publish_socket(&[line_n("drain.quiet", 1)]);
+    assert!(answers[0].contains("\"ok\":true"), "{answers:?}");
+    check("after a socket publish", &mut published);
+
+    let mut idle_socket = Server::start(&args);
+    let mut publisher = Publisher::connect(&idle_socket.socket);
+    assert!(publisher
+        .call(&line_n("drain.quiet", 1))
+        .contains("\"ok\":true"));
+    check("idle publish-socket connection", &mut idle_socket);
+    // The server closed it: the publisher reads the end of the stream.
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut publisher.stream, &mut rest);
+    assert_eq!(
+        rest, "",
+        "the idle publisher got more than an end of stream"
+    );
+
+    let mut idle_http = Server::start(&args);
+    let mut keep = HttpConn::connect(idle_http.addr);
+    keep.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(keep.read_response().status, 200);
+    check("idle keep-alive HTTP connection", &mut idle_http);
+    assert!(
+        keep.closed_by_server(),
+        "the keep-alive connection stayed open"
+    );
+
+    eprintln!("--cores {cores} --driver {driver}: stop after SIGTERM {cases:?}");
+}
+
+/// Live clients get their goodbye at once even when the publish socket was the
+/// last thing the core accepted (core 0 serves both): WS close 1001 and SSE
+/// `ringcast.shutdown` within 1 s of SIGTERM, then exit 0 as soon as they are gone.
+fn live_clients_get_their_goodbye_after_a_socket_publish(
+    cores: &'static str,
+    driver: &'static str,
+) {
+    let mut server = Server::start(&layout(cores, driver));
+    let mut sse = server.sse("topic=drain.live");
+    sse.wait_cursor();
+    let mut ws = server.ws("topic=drain.live");
+    assert!(
+        wait_until(Duration::from_secs(5), || server
+            .metric_sum("ringcast_subscriptions")
+            == 2.0),
+        "not subscribed:\n{}",
+        server.metrics()
+    );
+    // The socket is accepted after the last HTTP connection.
+    let answers = server.publish_socket(&[line_n("drain.live", 1)]);
+    assert!(answers[0].contains("\"ok\":true"), "{answers:?}");
+    assert_eq!(payload_n(&envelope(&sse.next_event())), 1);
+    assert_eq!(payload_n(&ws.next_envelope()), 1);
+
+    let t0 = Instant::now();
+    server.signal(libc::SIGTERM);
+    let end = sse_until_end(&mut sse);
+    let sse_at = t0.elapsed();
+    let close = ws.until_close(Duration::from_secs(5));
+    let ws_at = t0.elapsed();
+    drop(ws);
+    let status = server.wait_exit(Duration::from_secs(15));
+    let exit_at = t0.elapsed();
+    eprintln!(
+        "--cores {cores} --driver {driver}: SSE end {end:?} at {sse_at:?}, WS close {close:?} \
+         at {ws_at:?}, exit {status:?} at {exit_at:?}"
+    );
+    assert!(
+        end.shutdown_event && end.retry_before_shutdown && end.eof,
+        "SSE end: {end:?}\n{}",
+        server.stderr_tail()
+    );
+    assert!(
+        sse_at <= Duration::from_secs(1),
+        "SSE goodbye at {sse_at:?}"
+    );
+    assert_eq!(close, Ok(Some(1001)), "{}", server.stderr_tail());
+    assert!(ws_at <= Duration::from_secs(1), "WS close at {ws_at:?}");
+    let status = status.unwrap_or_else(|| panic!("no exit:\n{}", server.stderr_tail()));
+    assert!(status.success(), "exit {status}:\n{}", server.stderr_tail());
+    assert!(
+        exit_at <= Duration::from_secs(2),
+        "exited {exit_at:?} after SIGTERM with every client gone by {ws_at:?}"
+    );
+    server.assert_no_panic();
+}
+
+#[test]
+fn drain_reaches_every_task_with_one_core_on_io_uring() {
+    quiet_servers_stop_within_a_second("1", "uring");
+    live_clients_get_their_goodbye_after_a_socket_publish("1", "uring");
+}
+
+#[test]
+fn drain_reaches_every_task_with_two_cores_on_io_uring() {
+    quiet_servers_stop_within_a_second("2", "uring");
+    live_clients_get_their_goodbye_after_a_socket_publish("2", "uring");
+}
+
+#[test]
+fn drain_reaches_every_task_with_one_core_on_epoll() {
+    quiet_servers_stop_within_a_second("1", "epoll");
+    live_clients_get_their_goodbye_after_a_socket_publish("1", "epoll");
+}
+
+#[test]
+fn drain_reaches_every_task_with_two_cores_on_epoll() {
+    quiet_servers_stop_within_a_second("2", "epoll");
+    live_clients_get_their_goodbye_after_a_socket_publish("2", "epoll");
+}

@@ -13,7 +13,7 @@ use monoio::net::TcpStream;
 use super::netio;
 use super::sse_session;
 use super::timer;
-use super::worker::Worker;
+use super::worker::{OpenConn, Worker};
 use crate::core::state::PublishStart;
 use crate::debug;
 use crate::metrics::{self, ProcessInfo};
@@ -131,26 +131,6 @@ enum HeadRead {
     Refused(HttpError),
 }
 
-/// Serves one accepted connection until it closes.
-/// Counts a connection as open on its core while alive; moves with the
-/// connection from the request reader into the session task that takes it over.
-pub struct OpenConn(Rc<Worker>);
-
-impl OpenConn {
-    pub fn new(w: &Rc<Worker>) -> Self {
-        w.open.set(w.open.get() + 1);
-        w.life.count_open(true);
-        OpenConn(w.clone())
-    }
-}
-
-impl Drop for OpenConn {
-    fn drop(&mut self) {
-        self.0.open.set(self.0.open.get() - 1);
-        self.0.life.count_open(false);
-    }
-}
-
 /// Serves one accepted connection: requests until it closes, or until a request
 /// turns it into a stream, which then runs as a task of its own (so an idle
 /// stream holds only the stream's small state, not the request reader's).
@@ -230,7 +210,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, open: OpenConn) {
             return;
         }
         let keep_alive = match req.route {
-            Route::Sse if w.draining.get() => {
+            Route::Sse if w.draining() => {
                 return sse_session::refuse(
                     &w,
                     &stream,
@@ -249,7 +229,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, open: OpenConn) {
                 }
                 return;
             }
-            Route::Ws | Route::Echo if w.draining.get() => {
+            Route::Ws | Route::Echo if w.draining() => {
                 return respond_error(&w, &stream, fd, 503, "draining: reconnect elsewhere").await
             }
             Route::Ws | Route::Echo => {
@@ -301,7 +281,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, open: OpenConn) {
                 )
                 .await
             }
-            Route::Healthz if w.draining.get() => {
+            Route::Healthz if w.draining() => {
                 respond(
                     &w,
                     &stream,
@@ -427,7 +407,12 @@ async fn read_head(
         // Nothing buffered: read into the core's scratch buffer and parse there.
         // A head that arrives whole (nearly always) never costs the connection a
         // buffer of its own; only a partial head, or bytes after it, are kept.
-        stream.readable(false).await?;
+        // Between requests the connection is idle: the drain closes it.
+        let readable = std::pin::pin!(stream.readable(false));
+        match w.drain.unless_draining(readable).await {
+            None => return Ok(HeadRead::Closed),
+            Some(ready) => ready?,
+        }
         let mut scratch = w.scratch.borrow_mut();
         let n = match netio::recv(fd, &mut scratch) {
             Ok(0) => return Ok(HeadRead::Closed),

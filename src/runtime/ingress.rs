@@ -20,13 +20,13 @@ const READ_CHUNK: usize = 64 * 1024;
 pub async fn serve(w: Rc<Worker>, listener: UnixListener) {
     let mut accept = std::pin::pin!(listener.accept());
     loop {
-        let Some(accepted) = w.life.unless_draining(w.core, accept.as_mut()).await else {
+        let Some(accepted) = w.drain.unless_draining(accept.as_mut()).await else {
             return;
         };
         accept.set(listener.accept());
         match accepted {
             Ok((stream, _)) => {
-                let open = super::conn::OpenConn::new(&w);
+                let open = super::worker::OpenConn::new(&w);
                 monoio::spawn(serve_publisher(w.clone(), stream, open));
             }
             Err(e) => {
@@ -50,7 +50,7 @@ enum Answer {
     },
 }
 
-async fn serve_publisher(w: Rc<Worker>, stream: UnixStream, _open: super::conn::OpenConn) {
+async fn serve_publisher(w: Rc<Worker>, stream: UnixStream, _open: super::worker::OpenConn) {
     let fd = stream.as_raw_fd();
     // A line holds a command whose data may be up to --max-message-bytes, plus
     // the topic, the event and the JSON around them.
@@ -74,7 +74,7 @@ async fn serve_publisher(w: Rc<Worker>, stream: UnixStream, _open: super::conn::
                     // Idle: wait for input, or stop when the server drains (the
                     // commands already read were all answered).
                     let readable = std::pin::pin!(stream.readable(false));
-                    let ready = w.life.unless_draining(w.core, readable).await;
+                    let ready = w.drain.unless_draining(readable).await;
                     if !matches!(ready, Some(Ok(()))) {
                         break None;
                     }

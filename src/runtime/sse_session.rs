@@ -16,12 +16,12 @@ use std::task::Poll;
 
 use monoio::net::TcpStream;
 
-use super::conn::{unix_now, OpenConn, Request};
+use super::conn::{unix_now, Request};
 use super::netio;
 use super::session::{
     await_writable, bound_unacked_writes, expiry_tick, linger, ClientGuard, Refused, LINGER,
 };
-use super::worker::Worker;
+use super::worker::{OpenConn, Worker};
 use crate::core::client::{CloseReason, Transport};
 use crate::core::msg::Since;
 use crate::core::registry::ClientId;

@@ -15,7 +15,7 @@ use monoio::net::{ListenerOpts, TcpListener, UnixListener};
 
 use super::broker::{self, BrokerStatus};
 use super::bus::{self, Bus};
-use super::shutdown::{self, Lifecycle};
+use super::shutdown::{self, DrainSignal, Lifecycle};
 use super::{conn, ingress, netio};
 use crate::config::{Driver, ServeConfig};
 use crate::core::state::{CoreState, Limits};
@@ -49,10 +49,14 @@ pub struct Worker {
     pub access: Arc<AccessPolicy>,
     /// The broker bridge's health, when topics are shared through one.
     pub broker: Option<Arc<BrokerStatus>>,
-    /// The core is draining: no new streams, `/healthz` answers 503.
-    pub draining: Cell<bool>,
-    /// Open HTTP connections of this core (all kinds).
-    pub open: Cell<usize>,
+    /// The drain of this core: once started, no new streams, `/healthz`
+    /// answers 503, and every task waiting on it is woken.
+    pub drain: DrainSignal,
+    /// Open connections of this core (HTTP, streams, publish socket); see
+    /// [`OpenConn`].
+    open: Cell<usize>,
+    /// The drain task, waiting for the last connection to close.
+    all_closed: Cell<Option<std::task::Waker>>,
     /// Connections being refused for capacity right now.
     pub refusing: Cell<usize>,
     rng: Cell<u64>,
@@ -148,6 +152,28 @@ impl Worker {
 
     pub fn metrics(&self) -> &CoreMetrics {
         &self.all_metrics[self.core]
+    }
+
+    /// The drain has begun on this core.
+    pub fn draining(&self) -> bool {
+        self.drain.started()
+    }
+
+    /// Open connections of this core.
+    pub fn open_connections(&self) -> usize {
+        self.open.get()
+    }
+
+    /// Ready once no connection of this core is open.
+    async fn all_closed(&self) {
+        std::future::poll_fn(|cx| {
+            if self.open.get() == 0 {
+                return Poll::Ready(());
+            }
+            self.all_closed.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
     }
 
     /// The `retry:` hint for a refused or drained SSE client: the configured
@@ -284,8 +310,9 @@ pub fn run(cfg: ServeConfig) -> Result<(), StartError> {
                         flusher: Cell::new(None),
                         broker: broker_status,
                         access,
-                        draining: Cell::new(false),
+                        drain: DrainSignal::default(),
                         open: Cell::new(0),
+                        all_closed: Cell::new(None),
                         refusing: Cell::new(0),
                         rng: Cell::new(
                             epoch.get() ^ (core as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
@@ -411,6 +438,10 @@ async fn worker_main(
     }
     monoio::spawn(run_bus(w.clone()));
     monoio::spawn(w.clone().run_flush());
+    let watcher = w.clone();
+    monoio::spawn(
+        async move { shutdown::watch(&watcher.life, watcher.core, &watcher.drain).await },
+    );
     monoio::spawn(super::timer::run_ticks(w.clone()));
     info!(
         "core={} driver={} msg=\"worker started\" listen={}",
@@ -427,7 +458,7 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
     let mut backoff = Duration::from_millis(5);
     let mut accept = std::pin::pin!(listener.accept());
     loop {
-        let Some(accepted) = w.life.unless_draining(w.core, accept.as_mut()).await else {
+        let Some(accepted) = w.drain.unless_draining(accept.as_mut()).await else {
             return;
         };
         accept.set(listener.accept());
@@ -449,7 +480,7 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
                     }
                     continue;
                 }
-                monoio::spawn(conn::serve(w.clone(), stream, conn::OpenConn::new(&w)));
+                monoio::spawn(conn::serve(w.clone(), stream, OpenConn::new(&w)));
             }
             Err(e)
                 if matches!(
@@ -477,20 +508,44 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
     }
 }
 
-/// The drain of one core: the listener is closed already; close every client,
+/// The drain of one core: the listener is closed already, and every task that
+/// waits for the drain is woken (idle keep-alive and publish-socket connections
+/// close; those with a request under way answer it first). Close every client,
 /// then wait for the last connection or the drain deadline.
 async fn drain(w: Rc<Worker>) {
-    w.draining.set(true);
     {
         let mut st = w.state.borrow_mut();
         st.close_all(crate::core::client::CloseReason::Shutdown);
     }
     w.settle();
-    let deadline = std::time::Instant::now() + w.cfg.drain_timeout;
-    while w.open.get() > 0 && std::time::Instant::now() < deadline {
-        super::timer::sleep(&w, Duration::from_millis(20)).await;
-    }
+    let _ = super::timer::timeout(&w, w.cfg.drain_timeout, w.all_closed()).await;
     info!("core={} msg=\"drained\" open_left={}", w.core, w.open.get());
+}
+
+/// Counts a connection as open on its core while alive; moves with the
+/// connection from the request reader into the session task that takes it
+/// over. The drain waits until none is left.
+pub struct OpenConn(Rc<Worker>);
+
+impl OpenConn {
+    pub fn new(w: &Rc<Worker>) -> Self {
+        w.open.set(w.open.get() + 1);
+        w.life.count_open(true);
+        OpenConn(w.clone())
+    }
+}
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        let w = &self.0;
+        w.open.set(w.open.get() - 1);
+        w.life.count_open(false);
+        if w.open.get() == 0 {
+            if let Some(waker) = w.all_closed.take() {
+                waker.wake();
+            }
+        }
+    }
 }
 
 /// The bus task: applies what other cores send, in batches, then settles.

@@ -16,14 +16,14 @@ use std::time::Duration;
 
 use monoio::net::TcpStream;
 
-use super::conn::{finish, publish_and_wait, unix_now, OpenConn, Request, Route};
+use super::conn::{finish, publish_and_wait, unix_now, Request, Route};
 use super::netio;
 use super::session::{
     await_writable, bound_unacked_writes, expiry_tick, linger, ClientGuard,
     Refused as StreamRefused, LINGER,
 };
 use super::timer;
-use super::worker::Worker;
+use super::worker::{OpenConn, Worker};
 use crate::core::client::{CloseReason, Transport};
 use crate::core::msg::Since;
 use crate::core::registry::ClientId;

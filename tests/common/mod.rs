@@ -94,7 +94,7 @@ fn free_port() -> u16 {
 
 impl Server {
     /// Starts `ringcast serve --listen 127.0.0.1:<free> --publish-socket <tmp>/rc.sock
-    /// --cores 2 <args>` and waits until `/healthz` answers 200.
+    /// --cores 2 <args>` (`--cores` in `args` replaces the 2) and waits until `/healthz` answers 200.
     pub fn start(args: &[&str]) -> Server {
         let mut last_err = String::new();
         for _attempt in 0..5 {
@@ -183,10 +183,11 @@ impl Server {
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--publish-socket")
-            .arg(socket)
-            .arg("--cores")
-            .arg("2")
-            .args(args)
+            .arg(socket);
+        if !args.contains(&"--cores") {
+            cmd.arg("--cores").arg("2");
+        }
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr))
