@@ -67,6 +67,21 @@ pub struct ServeConfig {
     #[arg(long, env = "RINGCAST_HISTORY_BYTES", default_value = "8MiB", value_parser = parse_size)]
     pub history_bytes: usize,
 
+    /// Bytes held by the histories of all topics of the process (messages and
+    /// their bookkeeping), split evenly over the cores; past it the oldest
+    /// messages of the core leave first.
+    #[arg(long, env = "RINGCAST_HISTORY_MEMORY", default_value = "256MiB", value_parser = parse_size)]
+    pub history_memory: usize,
+
+    /// Messages older than this leave history (`0` = kept until a bound needs
+    /// the room). With a broker, also the expiry of an idle topic's stream.
+    #[arg(long, env = "RINGCAST_HISTORY_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub history_ttl: Duration,
+
+    /// Publish-socket connections idle for this long are closed (`0` = never).
+    #[arg(long, env = "RINGCAST_PUBLISH_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub publish_idle_timeout: Duration,
+
     /// Largest accepted HTTP request head.
     #[arg(long, env = "RINGCAST_MAX_HEADER_BYTES", default_value = "8KiB", value_parser = parse_size)]
     pub max_header_bytes: usize,
