@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use ringcast::core::client::Transport;
+use ringcast::core::homes::HistoryLimits;
 use ringcast::core::message::Message;
 use ringcast::core::msg::Since;
 use ringcast::core::state::{CoreState, Limits};
@@ -147,7 +148,14 @@ fn subscribed_core(transport: Transport) -> CoreState {
         1,
         IdScheme::Local(Epoch::new(1)),
         limits,
-        (1000, 8 << 20),
+        // The serve defaults: --history 1000, --history-bytes 8MiB,
+        // --history-memory 256MiB, --history-ttl 1h (10 ms ticks).
+        HistoryLimits {
+            len: 1000,
+            bytes: 8 << 20,
+            memory: 256 << 20,
+            ttl: 360_000,
+        },
         Arc::new(CoreMetrics::default()),
     );
     for i in 0..FAN_OUT_SUBS {

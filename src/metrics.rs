@@ -48,6 +48,22 @@ pub const STATUSES: [u16; 18] = [
 /// Close reasons counted by `ringcast_connections_closed_total`.
 pub const CLOSE_REASONS: [&str; 5] = ["peer", "slow", "shutdown", "idle", "expired"];
 
+/// Why a message left a history; the `reason` of `ringcast_history_evictions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictionReason {
+    /// The core's share of `--history-memory` needed the room.
+    Budget = 0,
+    /// Older than `--history-ttl`.
+    Ttl = 1,
+    /// Past `--history` messages of its topic.
+    Count = 2,
+    /// Past `--history-bytes` of its topic.
+    Bytes = 3,
+}
+
+/// The labels of [`EvictionReason`], by its value.
+pub const EVICTION_REASONS: [&str; 4] = ["budget", "ttl", "count", "bytes"];
+
 /// The counters of one core.
 #[derive(Default, Debug)]
 pub struct CoreMetrics {
@@ -60,6 +76,9 @@ pub struct CoreMetrics {
     pub topics_local: Cell,
     pub topics_home: Cell,
     pub history_bytes: Cell,
+    pub history_messages: Cell,
+    pub history_evictions: [Cell; EVICTION_REASONS.len()],
+    pub topics_forgotten: Cell,
     pub published: Cell,
     pub publish_errors: Cell,
     pub delivered: Cell,
@@ -78,6 +97,10 @@ pub struct CoreMetrics {
 }
 
 impl CoreMetrics {
+    pub fn eviction(&self, reason: EvictionReason) -> &Cell {
+        &self.history_evictions[reason as usize]
+    }
+
     pub fn http_response(&self, status: u16) {
         let i = STATUSES.iter().position(|&s| s == status).unwrap_or(0);
         self.http_responses[i].inc();
@@ -170,8 +193,37 @@ pub fn render(cores: &[Arc<CoreMetrics>], info: &ProcessInfo<'_>) -> String {
         &mut out,
         "ringcast_history_bytes",
         "gauge",
-        "Bytes held in topic histories.",
+        "Bytes held by topic histories: messages and their bookkeeping, per topic and per message.",
         &|m| m.history_bytes.get(),
+    );
+    per_core(
+        &mut out,
+        "ringcast_history_messages",
+        "gauge",
+        "Messages held by topic histories.",
+        &|m| m.history_messages.get(),
+    );
+    family(
+        &mut out,
+        "ringcast_history_evictions_total",
+        "counter",
+        "Messages that left a history before a resume could ask for them, by reason.",
+    );
+    for (core, m) in cores.iter().enumerate() {
+        for (i, reason) in EVICTION_REASONS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "ringcast_history_evictions_total{{reason=\"{reason}\",core=\"{core}\"}} {}",
+                m.history_evictions[i].get()
+            );
+        }
+    }
+    per_core(
+        &mut out,
+        "ringcast_topics_forgotten_total",
+        "counter",
+        "Topics forgotten: no subscriber on any core and an empty history.",
+        &|m| m.topics_forgotten.get(),
     );
     per_core(
         &mut out,

@@ -1,6 +1,8 @@
 //! Per-topic history: a ring of the newest messages, bounded by count and bytes,
 //! kept by the topic's home core. Resume cost is O(messages missed): the ring is
-//! indexed by position, never scanned.
+//! indexed by position, never scanned. The bounds over all topics of a core (the
+//! memory budget, the age limit) are [`crate::core::homes`]'s: they take the
+//! oldest message out with [`History::pop_oldest`].
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -8,7 +10,7 @@ use std::sync::Arc;
 use super::message::Message;
 
 /// What a resume from a position finds.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resume {
     /// Every message after the position is still here (maybe none).
     Complete,
@@ -19,11 +21,27 @@ pub enum Resume {
     Future,
 }
 
+/// What [`History::push`] dropped to stay within the topic's bounds.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Trimmed {
+    /// Messages dropped for `--history` (count).
+    pub by_count: usize,
+    /// Messages dropped for `--history-bytes`.
+    pub by_bytes: usize,
+}
+
+impl Trimmed {
+    pub fn total(self) -> usize {
+        self.by_count + self.by_bytes
+    }
+}
+
 pub struct History {
     ring: VecDeque<Arc<Message>>,
     /// Every message with a position above this one is in the ring (positions
     /// are consecutive in single-node mode, sparse with a broker).
     covered_after: u64,
+    /// Bytes held: the sum of [`Message::held_bytes`] over the ring.
     bytes: usize,
     max_len: usize,
     max_bytes: usize,
@@ -40,29 +58,48 @@ impl History {
         }
     }
 
-    /// Appends the newest message (positions must be consecutive) and trims the
-    /// oldest ones past either bound. The newest is kept even when it alone is over
-    /// the byte bound, so a resume right after it still works.
-    pub fn push(&mut self, msg: Arc<Message>) {
+    /// Appends the newest message (positions must grow) and trims the oldest
+    /// ones past either bound; says how many went for which bound. The newest is
+    /// kept even when it alone is over the byte bound, so a resume right after it
+    /// still works.
+    pub fn push(&mut self, msg: Arc<Message>) -> Trimmed {
         debug_assert!(
             self.ring.back().is_none_or(|last| last.seq < msg.seq),
             "history positions must grow: last {:?}, new {}",
             self.ring.back().map(|m| m.seq),
             msg.seq
         );
+        let mut trimmed = Trimmed::default();
         if self.max_len == 0 {
             self.covered_after = msg.seq;
-            return;
+            return trimmed;
         }
-        self.bytes += msg.cost();
+        self.bytes += msg.held_bytes();
         self.ring.push_back(msg);
-        while self.ring.len() > self.max_len || (self.bytes > self.max_bytes && self.ring.len() > 1)
-        {
-            if let Some(old) = self.ring.pop_front() {
-                self.bytes -= old.cost();
-                self.covered_after = old.seq;
+        loop {
+            if self.ring.len() > self.max_len {
+                trimmed.by_count += 1;
+            } else if self.bytes > self.max_bytes && self.ring.len() > 1 {
+                trimmed.by_bytes += 1;
+            } else {
+                return trimmed;
             }
+            self.pop_oldest();
         }
+    }
+
+    /// Takes the oldest message out (a bound over all topics needs the room):
+    /// a resume from before it now gets a gap.
+    pub fn pop_oldest(&mut self) -> Option<Arc<Message>> {
+        let old = self.ring.pop_front()?;
+        self.bytes -= old.held_bytes();
+        self.covered_after = old.seq;
+        Some(old)
+    }
+
+    /// Position of the oldest message kept.
+    pub fn oldest(&self) -> Option<u64> {
+        self.ring.front().map(|m| m.seq)
     }
 
     /// Declares that the ring holds every message after `position` (a broker-fed

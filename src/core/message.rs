@@ -56,11 +56,25 @@ impl Message {
         &self.sse[self.sse_body..]
     }
 
-    /// Bytes this message costs in a history ring.
-    pub fn cost(&self) -> usize {
-        self.sse.len() + self.topic.len() + std::mem::size_of::<Message>()
+    /// Bytes this message holds while a history keeps it: its encoding, the
+    /// message record with the `Arc` counts before it, its slot in the topic's
+    /// ring and its entry in the core's age order ([`AGE_ENTRY_BYTES`]). The
+    /// topic name is shared by every message of the topic and counted with the
+    /// topic.
+    pub fn held_bytes(&self) -> usize {
+        self.sse.len()
+            + std::mem::size_of::<Message>()
+            + 2 * std::mem::size_of::<usize>()
+            + std::mem::size_of::<Arc<Message>>()
+            + AGE_ENTRY_BYTES
     }
 }
+
+/// Bytes of one entry in a core's age order of kept messages (see
+/// `core::homes`): counted in [`Message::held_bytes`].
+pub const AGE_ENTRY_BYTES: usize = 24;
+
+impl Message {}
 
 #[cfg(test)]
 mod tests {

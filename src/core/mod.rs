@@ -3,6 +3,7 @@
 pub mod client;
 pub mod frame;
 pub mod history;
+pub mod homes;
 pub mod message;
 pub mod msg;
 pub mod outbox;

@@ -38,6 +38,10 @@ impl Since {
     }
 }
 
+/// The messages a resume missed, oldest first: shared by every client that
+/// resumes from the same position (a reconnect storm builds it once).
+pub type Backlog = Arc<[Arc<Message>]>;
+
 /// Why a resume could not be served in full; becomes a `ringcast.gap` event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gap {
@@ -90,7 +94,7 @@ pub enum CoreMsg {
         /// empty (the home's head, or a resume position past it).
         head: u64,
         gap: Option<Gap>,
-        backlog: Vec<Arc<Message>>,
+        backlog: Backlog,
     },
     /// To the topic's home: the sending core has no subscriber of it any more.
     Release { topic: Arc<str>, core: u16 },

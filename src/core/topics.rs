@@ -1,18 +1,15 @@
-//! Topic indexes of one core.
+//! Topic indexes of one core: who on this core listens to what, and which core
+//! is each topic's home ([`home_of`]; what a home keeps is `core::homes`).
 //!
-//! [`LocalTopics`]: who on this core listens to what. Each topic keeps a dense list
-//! of `(client, subscription index)`; a client's subscription remembers its
-//! position in that list, so unsubscribe is an O(1) swap-remove, never a scan.
-//!
-//! [`HomeTopics`]: the topics this core is home to (chosen by a hash of the name).
-//! The home assigns positions, keeps the history and knows which cores listen.
+//! [`LocalTopics`]: each topic keeps a dense list of `(client, subscription
+//! index)`; a client's subscription remembers its position in that list, so
+//! unsubscribe is an O(1) swap-remove, never a scan.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use slab::Slab;
 
-use super::history::History;
 use super::registry::ClientId;
 
 /// Key of a topic in [`LocalTopics`].
@@ -128,105 +125,6 @@ impl LocalTopics {
     /// Subscriptions on this core.
     pub fn subscriptions(&self) -> usize {
         self.subscriptions
-    }
-}
-
-/// A topic as its home core keeps it.
-pub struct HomeTopic {
-    pub name: Arc<str>,
-    /// Position of the newest message (0 before the first).
-    pub seq: u64,
-    pub history: History,
-    /// Cores with local subscribers, to which new messages go.
-    pub cores: Vec<u16>,
-    /// With a broker: whether the bridge reads the topic's stream for this node.
-    pub watch: Watch,
-    /// With a broker: subscriptions waiting for the bridge (start of reading, or
-    /// older entries than the history holds).
-    pub waiting: Vec<WaitingSubscribe>,
-}
-
-/// Whether the bridge reads a topic's stream (broker mode only).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Watch {
-    /// Not read: no subscriber on this node (or single-node mode).
-    Off,
-    /// Asked the bridge to start; it answers with the position reading starts after.
-    Starting,
-    /// Read: every entry after the history's covered position reaches the home.
-    On,
-}
-
-/// A subscribe the home answers once the bridge has spoken.
-#[derive(Debug, Clone)]
-pub struct WaitingSubscribe {
-    pub client: ClientId,
-    pub since: crate::core::msg::Since,
-    pub req: u32,
-}
-
-pub struct HomeTopics {
-    map: HashMap<Arc<str>, HomeTopic>,
-    history_len: usize,
-    /// Byte bound of one topic's history.
-    history_cap: usize,
-    /// Bytes held over every history of this core.
-    bytes: usize,
-}
-
-impl HomeTopics {
-    pub fn new(history_len: usize, history_bytes: usize) -> Self {
-        Self {
-            map: HashMap::new(),
-            history_len,
-            history_cap: history_bytes,
-            bytes: 0,
-        }
-    }
-
-    pub fn get_or_create(&mut self, name: &str) -> &mut HomeTopic {
-        if !self.map.contains_key(name) {
-            let name: Arc<str> = Arc::from(name);
-            let topic = HomeTopic {
-                name: name.clone(),
-                seq: 0,
-                history: History::new(self.history_len, self.history_cap),
-                cores: Vec::new(),
-                watch: Watch::Off,
-                waiting: Vec::new(),
-            };
-            self.map.insert(name, topic);
-        }
-        self.map
-            .get_mut(name)
-            .unwrap_or_else(|| unreachable!("topic inserted above"))
-    }
-
-    /// The count and byte bounds of each history.
-    pub fn history_limits(&self) -> (usize, usize) {
-        (self.history_len, self.history_cap)
-    }
-
-    pub fn get_mut(&mut self, name: &str) -> Option<&mut HomeTopic> {
-        self.map.get_mut(name)
-    }
-
-    /// Records a history size change of one topic (for the bytes gauge).
-    pub fn account(&mut self, before: usize, after: usize) {
-        self.bytes = self.bytes + after - before;
-    }
-
-    /// History bytes over every home topic of this core.
-    pub fn history_bytes(&self) -> usize {
-        self.bytes
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 }
 

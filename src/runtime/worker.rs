@@ -18,6 +18,7 @@ use super::bus::{self, Bus};
 use super::shutdown::{self, DrainSignal, Lifecycle};
 use super::{conn, ingress, netio};
 use crate::config::{Driver, ServeConfig};
+use crate::core::homes::HistoryLimits;
 use crate::core::state::{CoreState, Limits};
 use crate::metrics::CoreMetrics;
 use crate::proto::access::AccessPolicy;
@@ -288,7 +289,12 @@ pub fn run(cfg: ServeConfig) -> Result<(), StartError> {
                             heartbeat_ticks: ticks(cfg.heartbeat).max(1),
                             idle_ticks: ticks(cfg.effective_idle_timeout()),
                         },
-                        (cfg.history, cfg.history_bytes),
+                        HistoryLimits {
+                            len: cfg.history,
+                            bytes: cfg.history_bytes,
+                            memory: cfg.history_memory / cores,
+                            ttl: ticks(cfg.history_ttl),
+                        },
                         all_metrics[core].clone(),
                     );
                     if broker_status.is_some() {

@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use super::CoreState;
 use crate::core::history::Resume;
+use crate::core::homes::{WaitingSubscribe, Watch};
 use crate::core::message::Message;
-use crate::core::msg::{CoreMsg, Gap, Since, StreamEntry};
+use crate::core::msg::{Backlog, CoreMsg, Gap, Since, StreamEntry};
 use crate::core::registry::ClientId;
-use crate::core::topics::{WaitingSubscribe, Watch};
 
 impl CoreState {
     /// The bus index of the broker bridge (one past the last core).
@@ -72,8 +72,8 @@ impl CoreState {
             return None;
         }
         let head = home.seq;
-        let (gap, backlog) = match since {
-            Since::Live => (None, Vec::new()),
+        let (gap, backlog): (_, Backlog) = match since {
+            Since::Live => (None, Backlog::from([])),
             Since::After(after)
                 if broker && after < home.history.covered_after() && after <= head =>
             {
@@ -103,8 +103,7 @@ impl CoreState {
                 return None;
             }
             Since::After(after) => {
-                let (resume, missed) = home.history.since(after, head);
-                let backlog = missed.cloned().collect();
+                let (resume, backlog) = home.backlog_since(after);
                 match resume {
                     Resume::Complete => (None, backlog),
                     Resume::Trimmed { oldest } => (Some(Gap::Trimmed { after, oldest }), backlog),
@@ -177,9 +176,6 @@ impl CoreState {
         let Some(home) = self.homes.get_mut(&msg.topic) else {
             return msg.seq;
         };
-        let before = home.history.bytes();
-        home.history.push(msg.clone());
-        let after = home.history.bytes();
         let mut local = false;
         let mut remote = Vec::with_capacity(home.cores.len());
         for &core in &home.cores {
@@ -189,7 +185,10 @@ impl CoreState {
                 remote.push(usize::from(core));
             }
         }
-        self.homes.account(before, after);
+        // Keeping it may make room by dropping the core's oldest messages, and
+        // forget a topic nobody listens to (this one too, under a tiny budget).
+        self.homes.keep(&msg, self.now);
+        self.arm_history_expiry();
         for core in remote {
             self.send(core, CoreMsg::Deliver(msg.clone()));
         }
@@ -206,35 +205,41 @@ impl CoreState {
     pub(super) fn home_release(&mut self, topic: &str, core: u16) {
         let broker = self.broker;
         let bridge = self.bridge();
+        if self.homes.release(topic, core) || !broker {
+            self.update_gauges();
+            return;
+        }
         let Some(home) = self.homes.get_mut(topic) else {
             return;
         };
-        home.cores.retain(|&c| c != core);
-        if broker && home.cores.is_empty() && home.waiting.is_empty() && home.watch != Watch::Off {
+        if home.waiting.is_empty() && home.watch != Watch::Off {
             home.watch = Watch::Off;
-            let topic = home.name.clone();
-            self.send(bridge, CoreMsg::Unwatch { topic });
+            let name = home.name.clone();
+            self.send(bridge, CoreMsg::Unwatch { topic: name });
+            // Reading again starts a new history: this one is of no use.
+            self.homes.drop_history(topic);
         }
+        self.update_gauges();
     }
 
     /// The bridge reads `topic` from after stream position `from`: the history
     /// starts there, and the parked subscribes get their answers.
     pub(super) fn home_watching(&mut self, topic: &str, from: u64) {
-        let (max_len, max_bytes) = self.homes.history_limits();
+        if self
+            .homes
+            .get_mut(topic)
+            .is_none_or(|home| home.watch != Watch::Starting)
+        {
+            return;
+        }
+        self.homes.restart_history(topic, from);
         let Some(home) = self.homes.get_mut(topic) else {
             return;
         };
-        if home.watch != Watch::Starting {
-            return;
-        }
-        let before = home.history.bytes();
-        home.history = crate::core::history::History::new(max_len, max_bytes);
-        home.history.cover_from(from);
         home.seq = home.seq.max(from);
         home.watch = Watch::On;
         let waiting = std::mem::take(&mut home.waiting);
         let name = home.name.clone();
-        self.homes.account(before, 0);
         for w in waiting {
             let reply = self.answer_subscribe(&name, w.client, w.since, w.req);
             self.reply_subscribed(w.client, reply);
@@ -259,7 +264,7 @@ impl CoreState {
             return;
         };
         let head = home.seq;
-        let mut backlog: Vec<Arc<Message>> = entries
+        let mut older: Vec<Arc<Message>> = entries
             .iter()
             .filter(|e| e.key > after && e.key <= upto)
             .map(|e| {
@@ -272,9 +277,10 @@ impl CoreState {
                 ))
             })
             .collect();
-        let last = backlog.last().map_or(after, |m| m.seq).max(upto);
+        let last = older.last().map_or(after, |m| m.seq).max(upto);
         let (resume, rest) = home.history.since(last, head);
-        backlog.extend(rest.cloned());
+        older.extend(rest.cloned());
+        let backlog = Backlog::from(older);
         let trimmed_gap = |backlog: &[Arc<Message>]| Gap::Trimmed {
             after,
             oldest: backlog.first().map_or(head + 1, |m| m.seq),

@@ -18,11 +18,12 @@ use slab::Slab;
 
 use super::client::{Client, CloseReason, PendingAck, Subscription, Transport, WriteState};
 use super::frame::Frame;
+use super::homes::{HistoryLimits, HomeTopics};
 use super::message::Message;
 use super::msg::{CoreMsg, Gap, ReplyTo, Since};
 use super::outbox::{Flush, FlushScratch, StreamCursor};
 use super::registry::{ClientId, Registry};
-use super::topics::{home_of, HomeTopics, LocalTopics};
+use super::topics::{home_of, LocalTopics};
 use crate::metrics::CoreMetrics;
 use crate::proto::cursor::IdScheme;
 use crate::proto::publish::PublishError;
@@ -147,6 +148,8 @@ pub struct CoreState {
     next_req: u32,
     /// Topics are shared through a broker: positions come from its streams.
     broker: bool,
+    /// The wheel entry due when the oldest message kept leaves for its age.
+    history_timer: Option<super::wheel::TimerHandle>,
 }
 
 impl CoreState {
@@ -155,7 +158,7 @@ impl CoreState {
         cores: usize,
         ids: IdScheme,
         limits: Limits,
-        history: (usize, usize),
+        history: HistoryLimits,
         metrics: Arc<CoreMetrics>,
     ) -> Self {
         Self {
@@ -165,7 +168,7 @@ impl CoreState {
             limits,
             clients: Registry::new(core as u16),
             local: LocalTopics::default(),
-            homes: HomeTopics::new(history.0, history.1),
+            homes: HomeTopics::new(history, metrics.clone()),
             pending: Slab::new(),
             outbound: Vec::new(),
             dirty: VecDeque::new(),
@@ -178,6 +181,7 @@ impl CoreState {
             tick_target: u64::MAX,
             next_req: 0,
             broker: false,
+            history_timer: None,
         }
     }
 
@@ -186,6 +190,7 @@ impl CoreState {
     pub fn with_broker(mut self) -> Self {
         self.broker = true;
         self.ids = IdScheme::Stream;
+        self.homes.set_broker();
         self
     }
 
@@ -302,6 +307,7 @@ impl CoreState {
         m.topics_local.set(self.local.len() as u64);
         m.topics_home.set(self.homes.len() as u64);
         m.history_bytes.set(self.homes.history_bytes() as u64);
+        m.history_messages.set(self.homes.messages() as u64);
         m.timer_entries.set(self.wheel.len() as u64);
     }
 

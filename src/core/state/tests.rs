@@ -8,6 +8,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use super::*;
+use crate::core::homes::HistoryLimits;
 use crate::core::msg::StreamEntry;
 use crate::core::topics::home_of;
 
@@ -21,6 +22,10 @@ fn limits() -> Limits {
 }
 
 fn cores(n: usize) -> Vec<CoreState> {
+    cores_with(n, HistoryLimits::per_topic(100, 1 << 20))
+}
+
+fn cores_with(n: usize, history: HistoryLimits) -> Vec<CoreState> {
     (0..n)
         .map(|i| {
             CoreState::new(
@@ -28,7 +33,7 @@ fn cores(n: usize) -> Vec<CoreState> {
                 n,
                 IdScheme::Local(crate::proto::cursor::Epoch::new(0xe)),
                 limits(),
-                (100, 1 << 20),
+                history,
                 Arc::new(CoreMetrics::default()),
             )
         })
@@ -149,9 +154,8 @@ fn resume_gets_exactly_the_missed_messages_then_live_ones() {
 
 #[test]
 fn a_resume_past_history_starts_with_a_gap_event() {
-    let mut cs = cores(1);
+    let mut cs = cores_with(1, HistoryLimits::per_topic(3, 1 << 20));
     let topic = "t";
-    cs[0].homes = HomeTopics::new(3, 1 << 20);
     for i in 1..=6 {
         publish(&mut cs, 0, topic, &i.to_string());
     }

@@ -20,6 +20,8 @@ pub enum TimerTarget {
     Client(ClientId),
     /// A task waiting for a deadline.
     Wake(Waker),
+    /// The oldest message kept comes due for `--history-ttl`.
+    HistoryTtl,
 }
 
 /// A WebSocket ping with an empty payload (RFC 6455 §5.5.2), unmasked.
@@ -98,6 +100,19 @@ impl CoreState {
         self.kick_ticks(deadline);
     }
 
+    /// Files the history's age deadline (the oldest message kept comes due),
+    /// unless one is filed already: it is never later than a newer message's.
+    pub(super) fn arm_history_expiry(&mut self) {
+        if self.history_timer.is_some() {
+            return;
+        }
+        if let Some(due) = self.homes.next_expiry() {
+            let due = due.max(self.now + 1);
+            self.history_timer = Some(self.wheel.insert(due, TimerTarget::HistoryTtl));
+            self.kick_ticks(due);
+        }
+    }
+
     /// A deadline for a waiting task; poll it with [`CoreState::poll_wake`].
     pub fn insert_wake(&mut self, deadline: u64, waker: Waker) -> TimerHandle {
         let handle = self.wheel.insert(deadline, TimerTarget::Wake(waker));
@@ -157,6 +172,12 @@ impl CoreState {
             match target {
                 TimerTarget::Wake(w) => w.wake(),
                 TimerTarget::Client(id) => self.on_client_timer(id),
+                TimerTarget::HistoryTtl => {
+                    self.history_timer = None;
+                    self.homes.expire(self.now);
+                    self.arm_history_expiry();
+                    self.update_gauges();
+                }
             }
         }
         self.metrics.timer_entries.set(self.wheel.len() as u64);
