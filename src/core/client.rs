@@ -3,7 +3,9 @@
 use std::os::fd::RawFd;
 use std::task::Waker;
 
+use super::frame::Frame;
 use super::outbox::{Outbox, StreamCursor};
+use super::replay::Replay;
 use super::topics::TopicKey;
 use super::wheel::TimerHandle;
 
@@ -129,6 +131,9 @@ pub struct Client {
     pub gated: bool,
     /// Open the gate as soon as no subscription is pending.
     pub open_when_ready: bool,
+    /// What the client's resumes still have to send, moved into the outbox as
+    /// the socket drains (boxed: most clients never resume).
+    pub replay: Option<Box<Replay>>,
 }
 
 impl Client {
@@ -152,6 +157,7 @@ impl Client {
             acks: Vec::new(),
             gated: false,
             open_when_ready: false,
+            replay: None,
         }
     }
 
@@ -175,6 +181,27 @@ impl Client {
             let ack = self.acks.swap_remove(i);
             self.outbox.push(&ack.bytes);
         }
+    }
+
+    /// Queues one message of subscription `index` to the outbox: the frame,
+    /// after its cursor line on a stream over several topics.
+    pub fn push_message(&mut self, index: u16, seq: u64, frame: Frame) {
+        if self.multi_topic {
+            self.outbox.push_cursor(index, seq);
+        }
+        self.outbox.push_owned(frame);
+    }
+
+    /// Bytes queued to the client that count toward `--max-outbox-bytes`: the
+    /// outbox and the live messages waiting behind a resume (not the backlog,
+    /// which is paced by the socket).
+    pub fn queued_bytes(&self) -> usize {
+        self.outbox.bytes() + self.replay.as_ref().map_or(0, |r| r.live_bytes())
+    }
+
+    /// Messages queued and not yet written (dropped if the client goes now).
+    pub fn queued_messages(&self) -> usize {
+        self.outbox.len() + self.replay.as_ref().map_or(0, |r| r.len())
     }
 
     /// Index of the subscription to `topic`, if any.

@@ -1,6 +1,7 @@
 //! Per-core state, owned by one worker thread and never shared.
 
 pub mod client;
+pub mod encodings;
 pub mod frame;
 pub mod history;
 pub mod homes;
@@ -8,6 +9,7 @@ pub mod message;
 pub mod msg;
 pub mod outbox;
 pub mod registry;
+pub mod replay;
 pub mod state;
 pub mod topics;
 pub mod wheel;

@@ -87,6 +87,9 @@ pub struct Outbox {
     bytes: usize,
     /// The front item is partly on the wire: dropping it would cut a frame.
     front_started: bool,
+    /// The front item is the response head (`200`, `101`), not yet written
+    /// whole: it is never dropped, whatever follows it (a close included).
+    head_pending: bool,
 }
 
 impl Drop for Outbox {
@@ -119,13 +122,26 @@ impl Outbox {
         self.push_frame(&Frame::new(bytes));
     }
 
+    /// Queues the response head: the first bytes of the stream, which a cut
+    /// never drops ([`Outbox::drop_unsent`]).
+    pub fn push_head(&mut self, bytes: &[u8]) {
+        debug_assert!(self.items.is_empty(), "the head goes first");
+        self.push(bytes);
+        self.head_pending = !self.items.is_empty();
+    }
+
     /// Queues a shared frame (a clone of it: a non-atomic count increment).
     pub fn push_frame(&mut self, frame: &Frame) {
+        self.push_owned(frame.clone());
+    }
+
+    /// Queues a shared frame the caller cloned already.
+    pub fn push_owned(&mut self, frame: Frame) {
         if frame.is_empty() {
             return;
         }
         self.grow(frame.len());
-        self.items.push_back(Item::Frame(frame.clone()));
+        self.items.push_back(Item::Frame(frame));
     }
 
     pub fn push_cursor(&mut self, topic: u16, seq: u64) {
@@ -147,6 +163,15 @@ impl Outbox {
         self.items.len()
     }
 
+    /// The frames queued, in order (for tests that check sharing).
+    #[cfg(test)]
+    pub fn frames(&self) -> impl Iterator<Item = &Frame> {
+        self.items.iter().filter_map(|i| match i {
+            Item::Frame(f) => Some(f),
+            Item::Cursor { .. } => None,
+        })
+    }
+
     /// Takes every queued byte out, in order (cursor markers, which only exist
     /// before a close began, are skipped).
     pub fn take_bytes(&mut self) -> Vec<u8> {
@@ -158,14 +183,16 @@ impl Outbox {
         }
         self.shrink(self.bytes);
         self.front_started = false;
+        self.head_pending = false;
         out
     }
 
     /// Drops everything not yet started on the wire, keeping the rest of a
-    /// partly written item so the stream stays well-formed for a last frame.
-    /// Returns how many items were dropped.
+    /// partly written item so the stream stays well-formed for a last frame,
+    /// and the response head while it is not written. Returns how many items
+    /// were dropped.
     pub fn drop_unsent(&mut self) -> usize {
-        let keep = usize::from(self.front_started && !self.items.is_empty());
+        let keep = usize::from((self.front_started || self.head_pending) && !self.items.is_empty());
         let mut dropped = 0;
         while self.items.len() > keep {
             if let Some(item) = self.items.pop_back() {
@@ -283,6 +310,7 @@ impl Outbox {
                     self.shrink(len);
                     self.items.pop_front();
                     self.front_started = false;
+                    self.head_pending = false;
                 }
                 Item::Cursor { topic, seq } => {
                     let (topic, seq) = (*topic, *seq);
@@ -428,6 +456,27 @@ mod tests {
         idle.push(b"x");
         assert_eq!(idle.drop_unsent(), 1);
         assert!(idle.is_empty());
+    }
+
+    #[test]
+    fn a_cut_never_drops_the_response_head_before_it_is_written() {
+        let mut outbox = Outbox::default();
+        outbox.push_head(b"HTTP/1.1 200 OK\r\n\r\n");
+        outbox.push(b"message");
+        assert_eq!(outbox.drop_unsent(), 1);
+        outbox.push(b"goodbye");
+        assert_eq!(outbox.take_bytes(), b"HTTP/1.1 200 OK\r\n\r\ngoodbye");
+        // Once written, the head is like any other item.
+        let mut written = Outbox::default();
+        written.push_head(b"head");
+        written.push(b"message");
+        let mut sock = FakeSocket {
+            out: Vec::new(),
+            room: 4,
+        };
+        written.flush(None, &mut FlushScratch::default(), |iov| sock.write(iov));
+        assert_eq!(written.drop_unsent(), 1);
+        assert!(written.is_empty());
     }
 
     #[test]

@@ -84,7 +84,7 @@ pub fn admit(w: &Rc<Worker>, fd: RawFd, req: Request) -> Result<Admitted, Refuse
     let mut head = Vec::with_capacity(256);
     let headers: Vec<(&str, &str)> = cors.iter().map(|(k, v)| (*k, v.as_str())).collect();
     sse::write_stream_head(&mut head, w.cfg.sse_retry_ms, &headers);
-    st.queue(id, &head);
+    st.queue_head(id, &head);
     if let Some(g) = &grants {
         st.set_expiry(id, expiry_tick(w, g.exp));
     }

@@ -124,7 +124,7 @@ pub fn admit(w: &Rc<Worker>, fd: RawFd, req: Request) -> Result<Admitted, Refuse
     let mut st = w.state.borrow_mut();
     st.set_now(w.now_tick());
     let id = st.register(Transport::Ws, fd);
-    st.queue(id, &hello);
+    st.queue_head(id, &hello);
     if let Some(g) = &grants {
         st.set_expiry(id, expiry_tick(w, g.exp));
     }

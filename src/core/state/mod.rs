@@ -17,12 +17,14 @@ use bytes::Bytes;
 use slab::Slab;
 
 use super::client::{Client, CloseReason, PendingAck, Subscription, Transport, WriteState};
+use super::encodings::{FrameKind, LazyFrames};
 use super::frame::Frame;
 use super::homes::{HistoryLimits, HomeTopics};
 use super::message::Message;
-use super::msg::{CoreMsg, Gap, ReplyTo, Since};
+use super::msg::{Backlog, CoreMsg, Gap, ReplyTo, Since};
 use super::outbox::{Flush, FlushScratch, StreamCursor};
 use super::registry::{ClientId, Registry};
+use super::replay::{BacklogCache, Replay, REPLAY_SLICE};
 use super::topics::{home_of, LocalTopics};
 use crate::metrics::CoreMetrics;
 use crate::proto::cursor::IdScheme;
@@ -84,43 +86,6 @@ struct PendingPublish {
     waker: Option<Waker>,
 }
 
-/// The per-core encodings of one message, made on first use: one copy per
-/// core, so the per-subscriber reference counts stay core-local and plain.
-struct Encodings<'m> {
-    msg: &'m Message,
-    sse: Option<Frame>,
-    ws: Option<Frame>,
-}
-
-impl<'m> Encodings<'m> {
-    fn new(msg: &'m Message) -> Self {
-        Self {
-            msg,
-            sse: None,
-            ws: None,
-        }
-    }
-
-    /// The full SSE block.
-    fn sse(&mut self) -> &Frame {
-        let msg = self.msg;
-        self.sse.get_or_insert_with(|| Frame::new(&msg.sse))
-    }
-
-    /// The SSE block without its `id:` line (a stream over several topics
-    /// writes its own cursor line).
-    fn sse_body(&mut self) -> Frame {
-        let at = self.msg.sse_body;
-        self.sse().from_offset(at)
-    }
-
-    fn ws(&mut self) -> &Frame {
-        let msg = self.msg;
-        self.ws
-            .get_or_insert_with(|| Frame::new(&ws_frame::text_frame(msg.envelope())))
-    }
-}
-
 pub struct CoreState {
     core: u16,
     cores: usize,
@@ -150,6 +115,8 @@ pub struct CoreState {
     broker: bool,
     /// The wheel entry due when the oldest message kept leaves for its age.
     history_timer: Option<super::wheel::TimerHandle>,
+    /// This core's encodings of the backlogs its clients replay.
+    backlogs: BacklogCache,
 }
 
 impl CoreState {
@@ -182,6 +149,7 @@ impl CoreState {
             next_req: 0,
             broker: false,
             history_timer: None,
+            backlogs: BacklogCache::default(),
         }
     }
 
@@ -264,7 +232,7 @@ impl CoreState {
             self.unlink(sub);
         }
         let m = &self.metrics;
-        m.dropped.add(client.outbox.len() as u64);
+        m.dropped.add(client.queued_messages() as u64);
         let i = crate::metrics::CLOSE_REASONS
             .iter()
             .position(|r| *r == reason.label())
@@ -497,7 +465,7 @@ impl CoreState {
         req: u32,
         head: u64,
         gap: Option<Gap>,
-        backlog: &[Arc<Message>],
+        backlog: &Backlog,
     ) {
         let Some(key) = self.local.key(topic) else {
             return;
@@ -535,10 +503,17 @@ impl CoreState {
             queue_gap(client, topic, gap, ids);
         }
         let mut delivered = 0u64;
-        for msg in backlog {
-            let mut enc = Encodings::new(msg);
-            if queue_message(client, index, &mut enc) {
-                delivered += 1;
+        if let Some(last) = backlog.last() {
+            if !client.muted && !matches!(client.write, WriteState::Closing(_)) {
+                // Paced by the socket: moved into the outbox as it drains.
+                let frames = self.backlogs.frames(backlog);
+                client
+                    .replay
+                    .get_or_insert_with(Box::<Replay>::default)
+                    .push_backlog(frames, index as u16);
+                client.fresh = false;
+                client.subs[index].seq = last.seq;
+                delivered = backlog.len() as u64;
             }
         }
         let client = &mut *client;
@@ -631,7 +606,7 @@ impl CoreState {
         let Some(key) = self.local.key(&msg.topic) else {
             return;
         };
-        let mut enc = Encodings::new(msg);
+        let mut enc = LazyFrames::default();
         let Self {
             local,
             clients,
@@ -652,11 +627,12 @@ impl CoreState {
                 Some(sub) if !sub.pending && sub.seq < msg.seq => {}
                 _ => continue,
             }
-            if !queue_message(client, index, &mut enc) {
+            let frame = enc.get(msg, FrameKind::of(client));
+            if !queue_message(client, index, msg.seq, frame) {
                 continue;
             }
             delivered += 1;
-            if client.outbox.bytes() > limits.max_outbox_bytes {
+            if client.queued_bytes() > limits.max_outbox_bytes {
                 cut_slow(client, metrics);
             }
             if !client.dirty {
@@ -670,7 +646,7 @@ impl CoreState {
     fn check_outbox(&mut self, id: ClientId) {
         let max = self.limits.max_outbox_bytes;
         if let Some(client) = self.clients.get_mut(id) {
-            if client.outbox.bytes() > max {
+            if client.queued_bytes() > max {
                 cut_slow(client, &self.metrics);
             }
         }
@@ -742,7 +718,16 @@ impl CoreState {
 
     // ---- writing ------------------------------------------------------------
 
-    /// Queues raw bytes (a response head, a control frame) to a client.
+    /// Queues the response head (`200`, `101`) of a new client: nothing else
+    /// is queued before it, and a cut never drops it.
+    pub fn queue_head(&mut self, id: ClientId, bytes: &[u8]) {
+        if let Some(client) = self.clients.get_mut(id) {
+            client.outbox.push_head(bytes);
+            self.mark_dirty(id);
+        }
+    }
+
+    /// Queues raw bytes (a control frame, an answer) to a client.
     pub fn queue(&mut self, id: ClientId, bytes: &[u8]) {
         if let Some(client) = self.clients.get_mut(id) {
             client.outbox.push(bytes);
@@ -854,10 +839,14 @@ impl CoreState {
         let WriteState::Closing(reason) = client.write else {
             return None;
         };
-        let dropped = client.outbox.drop_unsent();
+        let replayed = client.replay.take().map_or(0, |r| r.len());
+        let dropped = client.outbox.drop_unsent() + replayed;
         self.metrics.dropped.add(dropped as u64);
         client.muted = true;
         client.write = WriteState::Ready;
+        // The head (kept) and the last frames go out now, confirmed or not.
+        client.gated = false;
+        client.open_when_ready = false;
         Some(reason)
     }
 
@@ -910,26 +899,40 @@ impl CoreState {
     }
 }
 
-/// Queues one message to a client's subscription `index`; false when the client
-/// is closing (the message then counts as dropped).
-fn queue_message(client: &mut Client, index: usize, enc: &mut Encodings<'_>) -> bool {
+/// Queues one message to a client's subscription `index`: to the outbox, or
+/// behind the backlog while the client replays one. False when the client is
+/// closing (the message then counts as dropped).
+fn queue_message(client: &mut Client, index: usize, seq: u64, frame: Frame) -> bool {
     if client.muted || matches!(client.write, WriteState::Closing(_)) {
         return false;
     }
-    let seq = enc.msg.seq;
-    match client.transport {
-        Transport::Sse if client.multi_topic => {
-            client.outbox.push_cursor(index as u16, seq);
-            client.outbox.push_frame(&enc.sse_body());
-        }
-        Transport::Sse => client.outbox.push_frame(enc.sse()),
-        Transport::Ws => client.outbox.push_frame(enc.ws()),
+    match client.replay.as_mut() {
+        Some(replay) => replay.push_live(index as u16, seq, frame),
+        None => client.push_message(index as u16, seq, frame),
     }
     client.fresh = false;
     if let Some(sub) = client.subs.get_mut(index) {
         sub.seq = seq;
     }
     true
+}
+
+/// Moves replayed messages into the outbox until it holds [`REPLAY_SLICE`]
+/// bytes or the replay is done.
+fn refill(client: &mut Client) {
+    let kind = FrameKind::of(client);
+    while client.outbox.bytes() < REPLAY_SLICE {
+        let Some(replay) = client.replay.as_mut() else {
+            return;
+        };
+        match replay.pop(kind) {
+            Some((index, seq, frame)) => client.push_message(index, seq, frame),
+            None => {
+                client.replay = None;
+                return;
+            }
+        }
+    }
 }
 
 /// Queues a `ringcast.gap` event for `topic`.
@@ -995,16 +998,23 @@ fn flush_one(
     write: &mut impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>,
 ) {
     let fd = client.fd;
-    let cursor = if client.multi_topic {
-        client.cursor.as_mut()
-    } else {
-        None
+    let flushed = loop {
+        refill(client);
+        let before = client.outbox.bytes();
+        let cursor = if client.multi_topic {
+            client.cursor.as_mut()
+        } else {
+            None
+        };
+        let flushed = client.outbox.flush(cursor, scratch, |iov| write(fd, iov));
+        if client.outbox.bytes() != before {
+            client.last_write = now;
+        }
+        // The socket took everything: the next slice of a replay, if any.
+        if flushed != Flush::Drained || client.replay.is_none() {
+            break flushed;
+        }
     };
-    let before = client.outbox.bytes();
-    let flushed = client.outbox.flush(cursor, scratch, |iov| write(fd, iov));
-    if client.outbox.bytes() != before {
-        client.last_write = now;
-    }
     match flushed {
         Flush::Drained => {}
         Flush::Blocked => {

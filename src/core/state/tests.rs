@@ -514,3 +514,130 @@ fn a_flush_in_slices_writes_each_client_once_with_everything_queued_by_its_turn(
         assert_eq!(writes[fd], if i < 10 { 2 } else { 1 }, "fd {fd}");
     }
 }
+
+/// A socket that takes up to `room` bytes per flush, then blocks.
+fn write_some<'a>(
+    socks: &'a mut Sockets,
+    room: &'a mut usize,
+) -> impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize> + 'a {
+    move |fd, iov| {
+        if *room == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let out = socks.0.entry(fd).or_default();
+        let mut n = 0;
+        for s in iov {
+            let take = s.len().min(*room - n);
+            out.extend_from_slice(&s[..take]);
+            n += take;
+            if n == *room {
+                break;
+            }
+        }
+        *room -= n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_resume_longer_than_the_outbox_bound_is_paced_by_the_socket_not_cut() {
+    let mut cs = cores_with(1, HistoryLimits::per_topic(1000, 8 << 20));
+    cs[0].limits.max_outbox_bytes = 16 * 1024;
+    for i in 1..=400 {
+        publish(&mut cs, 0, "t", &format!("\"{i:0>1000}\""));
+    }
+    let c = cs[0].register(Transport::Sse, 10);
+    cs[0].set_stream_cursor(c, 1);
+    cs[0].queue_head(c, b"HEAD\n");
+    cs[0].hold(c);
+    cs[0].subscribe(c, "t", Since::After(0)).unwrap();
+    cs[0].open_when_ready(c);
+    // 400 KiB of backlog, 25 times the bound: the socket takes 8 KiB a turn.
+    let mut socks = Sockets::default();
+    for turn in 0..200 {
+        let mut room = 8 * 1024;
+        if turn == 100 {
+            // Live messages during the replay queue behind it.
+            publish(&mut cs, 0, "t", "\"live\"");
+        }
+        cs[0].flush_client(c, write_some(&mut socks, &mut room));
+        cs[0].flush_dirty(write_some(&mut socks, &mut room));
+        assert!(
+            !matches!(cs[0].client(c).unwrap().write, WriteState::Closing(_)),
+            "cut at turn {turn}"
+        );
+        assert!(cs[0].client(c).unwrap().outbox.bytes() <= 2 * REPLAY_SLICE);
+    }
+    let text = socks.text(10);
+    assert!(text.starts_with("HEAD\n"), "{}", &text[..40]);
+    let data = socks.data(10);
+    assert_eq!(data.len(), 401);
+    for (i, d) in data[..400].iter().enumerate() {
+        assert_eq!(d, &format!("\"{:0>1000}\"", i + 1));
+    }
+    assert_eq!(data[400], "\"live\"");
+    assert!(cs[0].client(c).unwrap().replay.is_none());
+    assert_eq!(cs[0].metrics().slow_consumers_sse.get(), 0);
+}
+
+#[test]
+fn a_client_that_stops_reading_during_a_resume_is_cut_for_live_traffic() {
+    let mut cs = cores(1);
+    cs[0].limits.max_outbox_bytes = 4096;
+    for i in 1..=50 {
+        publish(&mut cs, 0, "t", &format!("\"{i:0>500}\""));
+    }
+    let c = cs[0].register(Transport::Ws, 10);
+    cs[0].queue_head(c, b"HEAD");
+    cs[0].subscribe(c, "t", Since::After(0)).unwrap();
+    let mut none = 0;
+    let mut socks = Sockets::default();
+    cs[0].flush_dirty(write_some(&mut socks, &mut none));
+    // The backlog waits without counting; live messages count.
+    assert!(!matches!(
+        cs[0].client(c).unwrap().write,
+        WriteState::Closing(_)
+    ));
+    for _ in 0..20 {
+        publish(&mut cs, 0, "t", &format!("\"{}\"", "y".repeat(400)));
+    }
+    assert_eq!(
+        cs[0].client(c).unwrap().write,
+        WriteState::Closing(CloseReason::SlowConsumer)
+    );
+    // The cut keeps the unwritten head and drops the rest, replay included.
+    assert!(cs[0].begin_close(c).is_some());
+    assert_eq!(cs[0].take_rest(c), b"HEAD");
+    assert!(cs[0].client(c).unwrap().replay.is_none());
+}
+
+#[test]
+fn a_storm_of_resumes_from_one_position_shares_one_encoding_of_each_message() {
+    let mut cs = cores(1);
+    for i in 1..=20 {
+        publish(&mut cs, 0, "t", &i.to_string());
+    }
+    let clients: Vec<ClientId> = (0..50)
+        .map(|fd| {
+            let c = cs[0].register(Transport::Ws, 100 + fd);
+            cs[0].subscribe(c, "t", Since::After(5)).unwrap();
+            c
+        })
+        .collect();
+    let mut frames: Vec<Vec<*const u8>> = Vec::new();
+    for &c in &clients {
+        let client = cs[0].clients.get_mut(c).unwrap();
+        refill(client);
+        let ptrs = client
+            .outbox
+            .frames()
+            .map(|f| f.as_ptr())
+            .collect::<Vec<_>>();
+        assert_eq!(ptrs.len(), 15);
+        frames.push(ptrs);
+    }
+    assert!(
+        frames.windows(2).all(|w| w[0] == w[1]),
+        "one copy per message"
+    );
+}
