@@ -535,57 +535,9 @@ fn a_resume_on_a_node_that_never_read_the_topic_comes_from_the_stream_exactly() 
     resume_on_the_other_node(false);
 }
 
-#[test]
-fn a_resume_from_an_id_trimmed_off_the_stream_gets_a_gap_event_first_then_what_is_left() {
-    let redis = Redis::start();
-    let a = node(&redis, &[]);
-    let b = node(&redis, &[]);
-    for by in RESUME_BY {
-        let topic = format!("trim-{by:?}");
-        let topic = topic.as_str();
-        let ids = publish_socket(&a, topic, 1..=10);
-        let key = format!("ringcast:{topic}");
-        assert_eq!(redis.cmd(&["XTRIM", &key, "MAXLEN", "1"]).int(), 9);
-
-        let mut c = resume(&b, topic, &ids[2], by);
-        let gap = c
-            .try_raw(READ_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{by:?}: no gap: {e:?}"));
-        assert_eq!(
-            gap.event.as_deref(),
-            Some("ringcast.gap"),
-            "{by:?}: first {gap:?}"
-        );
-        assert_eq!(gap.topic, topic);
-        assert_eq!(
-            str_field(&gap.data, "topic").as_deref(),
-            Some(topic),
-            "{gap:?}"
-        );
-        assert_eq!(
-            str_field(&gap.data, "after"),
-            Some(ids[2].clone()),
-            "{gap:?}"
-        );
-        assert_eq!(
-            str_field(&gap.data, "oldest"),
-            Some(ids[9].clone()),
-            "{by:?}: the oldest entry left: {gap:?}"
-        );
-        assert_eq!(
-            c.take(1),
-            vec![(10, ids[9].clone())],
-            "{by:?}: what is left"
-        );
-        let live = publish_socket(&a, topic, [11]).remove(0);
-        assert_eq!(c.take(1), vec![(11, live)], "{by:?}: then live");
-    }
-    a.assert_no_panic();
-    b.assert_no_panic();
-}
-
-/// The gap event a resume starts with; checks it names `topic` and `after`.
-fn expect_gap(c: &mut Sub, topic: &str, after: &str, what: &str) -> Msg {
+/// The gap event a resume starts with; checks it names `topic`, `after` and,
+/// when given, the `oldest` entry kept.
+fn expect_gap(c: &mut Sub, topic: &str, after: &str, oldest: Option<&str>, what: &str) -> Msg {
     let gap = c
         .try_raw(READ_TIMEOUT)
         .unwrap_or_else(|e| panic!("{what}: no gap: {e:?}"));
@@ -604,7 +556,42 @@ fn expect_gap(c: &mut Sub, topic: &str, after: &str, what: &str) -> Msg {
         Some(after),
         "{what}: {gap:?}"
     );
+    if oldest.is_some() {
+        assert_eq!(
+            str_field(&gap.data, "oldest").as_deref(),
+            oldest,
+            "{what}: the oldest entry kept: {gap:?}"
+        );
+    }
     gap
+}
+
+#[test]
+fn a_resume_from_an_id_trimmed_off_the_stream_gets_a_gap_event_first_then_what_is_left() {
+    let redis = Redis::start();
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    for by in RESUME_BY {
+        let topic = format!("trim-{by:?}");
+        let topic = topic.as_str();
+        let ids = publish_socket(&a, topic, 1..=10);
+        let key = format!("ringcast:{topic}");
+        assert_eq!(redis.cmd(&["XTRIM", &key, "MAXLEN", "1"]).int(), 9);
+
+        let mut c = resume(&b, topic, &ids[2], by);
+        let what = format!("{by:?}");
+        let gap = expect_gap(&mut c, topic, &ids[2], Some(&ids[9]), &what);
+        assert_eq!(gap.topic, topic);
+        assert_eq!(
+            c.take(1),
+            vec![(10, ids[9].clone())],
+            "{by:?}: what is left"
+        );
+        let live = publish_socket(&a, topic, [11]).remove(0);
+        assert_eq!(c.take(1), vec![(11, live)], "{by:?}: then live");
+    }
+    a.assert_no_panic();
+    b.assert_no_panic();
 }
 
 #[test]
@@ -644,9 +631,9 @@ fn a_stream_expires_history_ttl_after_its_last_publish_and_a_resume_from_it_gets
     // that never read them: the gap first, then live messages only.
     for ((by, topic), ids) in RESUME_BY.iter().zip(&topics).zip(&ids) {
         let mut on_a = resume(&a, topic, &ids[1], *by);
-        expect_gap(&mut on_a, topic, &ids[1], &format!("{by:?} on A"));
+        expect_gap(&mut on_a, topic, &ids[1], None, &format!("{by:?} on A"));
         let mut on_b = resume(&b, topic, &ids[1], *by);
-        expect_gap(&mut on_b, topic, &ids[1], &format!("{by:?} on B"));
+        expect_gap(&mut on_b, topic, &ids[1], None, &format!("{by:?} on B"));
         warm_up(&a, topic, &mut [&mut on_a, &mut on_b]);
         let live = publish_socket(&a, topic, [4]).remove(0);
         assert_eq!(on_a.take(1), vec![(4, live.clone())], "{by:?} on A: live");
@@ -664,12 +651,7 @@ fn a_stream_expires_history_ttl_after_its_last_publish_and_a_resume_from_it_gets
     for (name, server) in [("A", &a), ("B", &b)] {
         let what = format!("written again, on {name}");
         let mut c = resume(server, topic, &old[1], ResumeBy::SseHeader);
-        let gap = expect_gap(&mut c, topic, &old[1], &what);
-        assert_eq!(
-            str_field(&gap.data, "oldest"),
-            Some(new[0].clone()),
-            "{what}"
-        );
+        expect_gap(&mut c, topic, &old[1], Some(&new[0]), &what);
         assert_eq!(
             c.take(2),
             vec![(5, new[0].clone()), (6, new[1].clone())],
