@@ -535,6 +535,37 @@ fn a_resume_on_a_node_that_never_read_the_topic_comes_from_the_stream_exactly() 
     resume_on_the_other_node(false);
 }
 
+/// The gap event a resume starts with; checks it names `topic`, `after` and,
+/// when given, the `oldest` entry kept.
+fn expect_gap(c: &mut Sub, topic: &str, after: &str, oldest: Option<&str>, what: &str) -> Msg {
+    let gap = c
+        .try_raw(READ_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{what}: no gap: {e:?}"));
+    assert_eq!(
+        gap.event.as_deref(),
+        Some("ringcast.gap"),
+        "{what}: first {gap:?}"
+    );
+    assert_eq!(
+        str_field(&gap.data, "topic").as_deref(),
+        Some(topic),
+        "{what}: {gap:?}"
+    );
+    assert_eq!(
+        str_field(&gap.data, "after").as_deref(),
+        Some(after),
+        "{what}: {gap:?}"
+    );
+    if oldest.is_some() {
+        assert_eq!(
+            str_field(&gap.data, "oldest").as_deref(),
+            oldest,
+            "{what}: the oldest entry kept: {gap:?}"
+        );
+    }
+    gap
+}
+
 #[test]
 fn a_resume_from_an_id_trimmed_off_the_stream_gets_a_gap_event_first_then_what_is_left() {
     let redis = Redis::start();
@@ -548,30 +579,9 @@ fn a_resume_from_an_id_trimmed_off_the_stream_gets_a_gap_event_first_then_what_i
         assert_eq!(redis.cmd(&["XTRIM", &key, "MAXLEN", "1"]).int(), 9);
 
         let mut c = resume(&b, topic, &ids[2], by);
-        let gap = c
-            .try_raw(READ_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{by:?}: no gap: {e:?}"));
-        assert_eq!(
-            gap.event.as_deref(),
-            Some("ringcast.gap"),
-            "{by:?}: first {gap:?}"
-        );
+        let what = format!("{by:?}");
+        let gap = expect_gap(&mut c, topic, &ids[2], Some(&ids[9]), &what);
         assert_eq!(gap.topic, topic);
-        assert_eq!(
-            str_field(&gap.data, "topic").as_deref(),
-            Some(topic),
-            "{gap:?}"
-        );
-        assert_eq!(
-            str_field(&gap.data, "after"),
-            Some(ids[2].clone()),
-            "{gap:?}"
-        );
-        assert_eq!(
-            str_field(&gap.data, "oldest"),
-            Some(ids[9].clone()),
-            "{by:?}: the oldest entry left: {gap:?}"
-        );
         assert_eq!(
             c.take(1),
             vec![(10, ids[9].clone())],
@@ -579,6 +589,74 @@ fn a_resume_from_an_id_trimmed_off_the_stream_gets_a_gap_event_first_then_what_i
         );
         let live = publish_socket(&a, topic, [11]).remove(0);
         assert_eq!(c.take(1), vec![(11, live)], "{by:?}: then live");
+    }
+    a.assert_no_panic();
+    b.assert_no_panic();
+}
+
+#[test]
+fn a_stream_expires_history_ttl_after_its_last_publish_and_a_resume_from_it_gets_a_gap_first() {
+    let redis = Redis::start();
+    let a = node(&redis, &["--history-ttl", "2s"]);
+    let b = node(&redis, &["--history-ttl", "2s"]);
+    // One topic per way of resuming, plus one whose stream is written again
+    // after it expired.
+    let topics: Vec<String> = RESUME_BY
+        .iter()
+        .map(|by| format!("expire-{by:?}"))
+        .chain(["expire-again".to_owned()])
+        .collect();
+    let mut ids = Vec::new();
+    for topic in &topics {
+        ids.push(publish_socket(&a, topic, 1..=3));
+        let ttl = redis.cmd(&["PTTL", &format!("ringcast:{topic}")]).int();
+        assert!(
+            ttl > 0 && ttl <= 2000,
+            "{topic}: PTTL {ttl} right after a publish with --history-ttl 2s"
+        );
+    }
+    let t0 = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(6), || topics
+            .iter()
+            .all(
+                |t| redis.cmd(&["EXISTS", &format!("ringcast:{t}")]).int() == 0
+            )),
+        "streams still there {:?} after --history-ttl 2s",
+        t0.elapsed()
+    );
+    eprintln!("streams gone {:?} after the last publish", t0.elapsed());
+
+    // Resumes from the deleted streams, on the node that published and on one
+    // that never read them: the gap first, then live messages only.
+    for ((by, topic), ids) in RESUME_BY.iter().zip(&topics).zip(&ids) {
+        let mut on_a = resume(&a, topic, &ids[1], *by);
+        expect_gap(&mut on_a, topic, &ids[1], None, &format!("{by:?} on A"));
+        let mut on_b = resume(&b, topic, &ids[1], *by);
+        expect_gap(&mut on_b, topic, &ids[1], None, &format!("{by:?} on B"));
+        warm_up(&a, topic, &mut [&mut on_a, &mut on_b]);
+        let live = publish_socket(&a, topic, [4]).remove(0);
+        assert_eq!(on_a.take(1), vec![(4, live.clone())], "{by:?} on A: live");
+        assert_eq!(on_b.take(1), vec![(4, live)], "{by:?} on B: live");
+    }
+
+    // Written again after it expired: a resume from the old stream gets the gap
+    // (naming the new stream's first entry as the oldest kept), then exactly
+    // what the new stream holds.
+    let (topic, old) = (&topics[3], &ids[3]);
+    let new = publish_socket(&a, topic, 5..=6);
+    // Kept while the resumes below read it, however slow the machine.
+    redis.cmd(&["PERSIST", &format!("ringcast:{topic}")]);
+    assert_strictly_increasing(&[old.clone(), new.clone()].concat(), topic);
+    for (name, server) in [("A", &a), ("B", &b)] {
+        let what = format!("written again, on {name}");
+        let mut c = resume(server, topic, &old[1], ResumeBy::SseHeader);
+        expect_gap(&mut c, topic, &old[1], Some(&new[0]), &what);
+        assert_eq!(
+            c.take(2),
+            vec![(5, new[0].clone()), (6, new[1].clone())],
+            "{what}: what the new stream holds"
+        );
     }
     a.assert_no_panic();
     b.assert_no_panic();

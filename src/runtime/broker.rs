@@ -8,7 +8,10 @@
 //! - Publishing: every publish the bus hands over in one batch becomes one
 //!   pipelined `XADD ... MAXLEN ~ <history>`; each publisher gets the stream id
 //!   only once Redis accepted the entry. While Redis is unreachable a publish
-//!   fails at once with `broker unavailable`, never buffered.
+//!   fails at once with `broker unavailable`, never buffered. The same pipeline
+//!   sets each written stream to expire `--history-ttl` later (`PEXPIRE`), so a
+//!   stream nobody publishes to for that long is deleted by Redis; a resume from
+//!   it then gets `ringcast.gap` (see [`Bridge::range`]).
 //! - Reading: a second connection runs `XREAD BLOCK` over the watched streams from
 //!   the last id delivered per stream, and hands each entry to its topic's home
 //!   core, which fans it out like a local publish. A watch starts at the stream's
@@ -22,7 +25,7 @@
 //! The bridge runs its own current-thread tokio runtime (the Redis client's);
 //! no lock is taken on the cores' side.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -32,6 +35,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Value};
 
 use super::bus::Bus;
+use crate::config::ServeConfig;
 use crate::core::msg::{CoreMsg, StreamEntry};
 use crate::core::topics::home_of;
 use crate::proto::cursor::{parse_stream_id, IdScheme, STREAM_SEQ_BITS};
@@ -88,14 +92,17 @@ pub fn render_metrics(s: &BrokerStatus, out: &mut String) {
     );
 }
 
-/// Starts the bridge thread.
+/// Starts the bridge thread. Streams keep about `--history` entries and expire
+/// `--history-ttl` after their last publish (`0`: no expiry is set).
 pub fn spawn(
     url: &str,
     bus: Bus,
     cores: usize,
-    maxlen: usize,
+    cfg: &ServeConfig,
     status: Arc<BrokerStatus>,
 ) -> Result<std::thread::JoinHandle<()>, String> {
+    let maxlen = cfg.history.max(1);
+    let ttl = cfg.history_ttl;
     let client = Client::open(url).map_err(|e| format!("bad --broker URL: {e}"))?;
     std::thread::Builder::new()
         .name("ringcast-broker".into())
@@ -114,7 +121,10 @@ pub fn spawn(
                 client,
                 bus,
                 cores,
-                maxlen: maxlen.max(1),
+                maxlen,
+                // At least 1 ms: a TTL under a millisecond must not mean "never".
+                expire_ms: (!ttl.is_zero())
+                    .then(|| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)),
                 status,
                 watched: BTreeMap::new(),
                 parked: Vec::new(),
@@ -129,6 +139,8 @@ struct Bridge {
     bus: Bus,
     cores: usize,
     maxlen: usize,
+    /// `PEXPIRE` of a stream after each publish to it; `None`: streams never expire.
+    expire_ms: Option<u64>,
     status: Arc<BrokerStatus>,
     /// Watched topics and the last stream position delivered for each.
     watched: BTreeMap<Arc<str>, u64>,
@@ -314,6 +326,8 @@ impl Bridge {
     ) -> Result<(), String> {
         let mut publishes = Vec::new();
         let mut pipe = redis::pipe();
+        // The streams this batch writes, each to expire once after its XADDs.
+        let mut written = BTreeSet::new();
         for msg in batch {
             match msg {
                 CoreMsg::Publish {
@@ -322,8 +336,9 @@ impl Bridge {
                     data,
                     reply,
                 } => {
+                    let key = format!("{KEY_PREFIX}{topic}");
                     let x = pipe.cmd("XADD");
-                    x.arg(format!("{KEY_PREFIX}{topic}"))
+                    x.arg(&key)
                         .arg("MAXLEN")
                         .arg("~")
                         .arg(self.maxlen)
@@ -332,6 +347,9 @@ impl Bridge {
                         .arg(data);
                     if let Some(event) = event {
                         x.arg("e").arg(&*event);
+                    }
+                    if self.expire_ms.is_some() {
+                        written.insert(key);
                     }
                     publishes.push(reply);
                 }
@@ -372,6 +390,12 @@ impl Bridge {
         }
         if publishes.is_empty() {
             return Ok(());
+        }
+        if let Some(ms) = self.expire_ms {
+            // Its answer is not read: the pipeline's answers stay the XADD ids.
+            for key in &written {
+                pipe.cmd("PEXPIRE").arg(key).arg(ms).ignore();
+            }
         }
         let result =
             tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async::<Vec<String>>(cmd)).await;

@@ -2,20 +2,43 @@
 //! answer line per command, in order. Commands read together are published
 //! together, then answered together, so a pipelining publisher is limited by the
 //! cores, not by round trips.
+//!
+//! Bounds: a connection past `--max-connections` gets one error line and is
+//! closed; one that sends nothing for `--publish-idle-timeout` while nothing of
+//! its own is in flight gets one error line and is closed. Both deadlines are
+//! entries in the core's timer wheel.
 
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::time::Duration;
 
 use monoio::net::{UnixListener, UnixStream};
 
 use super::netio;
+use super::timer::{self, Elapsed};
 use super::worker::Worker;
 use crate::proto::publish::{self, Line, LineReader, PublishError};
 use crate::{debug, warn};
 
 /// Bytes read from a publisher at a time.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// How long a connection the server ends may take to read its last line.
+const GOODBYE_LIMIT: Duration = Duration::from_secs(2);
+
+/// Why the server ends a publisher's connection on its own; `Display` is the
+/// text of the error line it gets last.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+enum Goodbye {
+    /// Past `--max-connections` at accept: the publisher should retry later.
+    #[error("over capacity (--max-connections): retry later")]
+    OverCapacity,
+    /// Nothing arrived for `--publish-idle-timeout` while every command read
+    /// was answered; a command begun without its newline is dropped.
+    #[error("idle timeout (--publish-idle-timeout)")]
+    IdleTimeout,
+}
 
 pub async fn serve(w: Rc<Worker>, listener: UnixListener) {
     let mut accept = std::pin::pin!(listener.accept());
@@ -26,6 +49,10 @@ pub async fn serve(w: Rc<Worker>, listener: UnixListener) {
         accept.set(listener.accept());
         match accepted {
             Ok((stream, _)) => {
+                if w.cfg.max_connections.is_some_and(|l| w.life.open() >= l) {
+                    refuse_over_capacity(&w, stream);
+                    continue;
+                }
                 let open = super::worker::OpenConn::new(&w);
                 monoio::spawn(serve_publisher(w.clone(), stream, open));
             }
@@ -38,6 +65,68 @@ pub async fn serve(w: Rc<Worker>, listener: UnixListener) {
             }
         }
     }
+}
+
+/// Answers a connection past `--max-connections` with one error line, then
+/// closes it, in a task of its own. At most as many refusals as the cap (and at
+/// least 16) are under way at once; past that a connection is closed unanswered.
+fn refuse_over_capacity(w: &Rc<Worker>, stream: UnixStream) {
+    let Some(limit) = w.cfg.max_connections else {
+        return;
+    };
+    if w.refusing.get() >= limit.max(16) {
+        return;
+    }
+    w.refusing.set(w.refusing.get() + 1);
+    let w = w.clone();
+    monoio::spawn(async move {
+        say_goodbye(&w, &stream, Goodbye::OverCapacity).await;
+        w.refusing.set(w.refusing.get() - 1);
+    });
+}
+
+/// Ends a connection with one error line: the line, then end of stream, then
+/// what the peer still sends is read and dropped until it closes, all within
+/// [`GOODBYE_LIMIT`]. Closing with unread input would make the peer's read fail
+/// with `ECONNRESET` after the line instead of ending cleanly.
+async fn say_goodbye(w: &Worker, stream: &UnixStream, why: Goodbye) {
+    let fd = stream.as_raw_fd();
+    let mut line = Vec::new();
+    publish::write_error_line(&mut line, &why.to_string());
+    let goodbye = async {
+        netio::write_all(stream, fd, &line).await?;
+        netio::shutdown_write(fd)?;
+        let mut sink = Vec::new();
+        while netio::read_some(stream, fd, &mut sink, READ_CHUNK).await? > 0 {
+            sink.clear();
+        }
+        std::io::Result::Ok(())
+    };
+    let _ = timer::timeout(w, GOODBYE_LIMIT, goodbye).await;
+}
+
+/// Waits until the publisher sends more: `Ok(true)` when it did, `Ok(false)`
+/// when the server drains (or the wait failed), `Err(Elapsed)` when nothing
+/// came for `--publish-idle-timeout` (`0` = no limit).
+async fn wait_input(w: &Worker, stream: &UnixStream) -> Result<bool, Elapsed> {
+    let readable = std::pin::pin!(stream.readable(false));
+    let wait = w.drain.unless_draining(readable);
+    let ready = match w.cfg.publish_idle_timeout {
+        idle if idle.is_zero() => wait.await,
+        idle => timer::timeout(w, idle, wait).await?,
+    };
+    Ok(matches!(ready, Some(Ok(()))))
+}
+
+/// What a read from the publisher brought.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Input {
+    /// Bytes, now in the line reader.
+    Bytes,
+    /// End of stream, a failed read, or the drain: answer what was read, then stop.
+    End,
+    /// Nothing for `--publish-idle-timeout`.
+    Idle,
 }
 
 /// One parsed line waiting for its answer.
@@ -62,21 +151,22 @@ async fn serve_publisher(w: Rc<Worker>, stream: UnixStream, _open: super::worker
         while w.bus.borrow().congested() {
             super::timer::sleep(&w, std::time::Duration::from_millis(1)).await;
         }
-        let n = loop {
+        let input = loop {
             let buf = lines.buffer(READ_CHUNK);
             match netio::recv(fd, buf) {
                 Ok(n) => {
                     lines.filled(READ_CHUNK, n);
-                    break Some(n);
+                    break if n == 0 { Input::End } else { Input::Bytes };
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     lines.filled(READ_CHUNK, 0);
-                    // Idle: wait for input, or stop when the server drains (the
-                    // commands already read were all answered).
-                    let readable = std::pin::pin!(stream.readable(false));
-                    let ready = w.drain.unless_draining(readable).await;
-                    if !matches!(ready, Some(Ok(()))) {
-                        break None;
+                    // Idle: every command read so far was answered. Wait for
+                    // input; stop when the server drains or the publisher
+                    // stays silent too long.
+                    match wait_input(&w, &stream).await {
+                        Ok(true) => {}
+                        Ok(false) => break Input::End,
+                        Err(Elapsed) => break Input::Idle,
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
@@ -84,16 +174,16 @@ async fn serve_publisher(w: Rc<Worker>, stream: UnixStream, _open: super::worker
                 }
                 Err(_) => {
                     lines.filled(READ_CHUNK, 0);
-                    break None;
+                    break Input::End;
                 }
             }
         };
-        let eof = matches!(n, None | Some(0));
-        if eof && lines.pending() > 0 {
-            // A last command without its newline still gets an answer.
-            debug!("msg=\"publisher closed mid-line\"");
-            lines.buffer(1)[0] = b'\n';
+        if input == Input::Idle {
+            debug!("core={} msg=\"publisher idle, closing\"", w.core);
+            say_goodbye(&w, &stream, Goodbye::IdleTimeout).await;
+            return;
         }
+        let eof = input == Input::End;
         {
             let mut json = w.json.borrow_mut();
             while let Some(line) = lines.next_line() {

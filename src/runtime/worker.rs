@@ -252,7 +252,7 @@ pub fn run(cfg: ServeConfig) -> Result<(), StartError> {
                 core: cores,
                 reason: "no bus endpoint for the broker".into(),
             })?;
-            broker::spawn(url, bridge_bus, cores, cfg.history, status.clone())
+            broker::spawn(url, bridge_bus, cores, &cfg, status.clone())
                 .map_err(|reason| StartError::Broker { reason })?;
             Some(status)
         }
