@@ -168,23 +168,28 @@ fn topics_split_the_messages_and_a_websocket_publisher_reaches_them_all() {
     assert_eq!((num(&v, "lost"), num(&v, "dup")), (0.0, 0.0), "{v}");
 }
 
-#[test]
-fn idle_mode_reports_the_connect_rate_and_a_positive_rss_per_connection() {
-    let s = Server::start();
-    let args: Vec<String> = vec![
-        "idle".into(),
+/// `MODE`, half SSE and half WS subscribers, `connections` of them, the server's pid,
+/// then `extra`.
+fn mode_args(s: &Server, mode: &str, connections: usize, extra: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        mode.into(),
         "--url".into(),
         s.sse(),
         "--url".into(),
         s.ws(),
         "--connections".into(),
-        "200".into(),
-        "--hold".into(),
-        "1s".into(),
+        connections.to_string(),
         "--server-pid".into(),
         s.pid(),
     ];
-    let v = s.bench(&args);
+    args.extend_from_slice(extra);
+    args
+}
+
+#[test]
+fn idle_mode_reports_the_connect_rate_and_a_positive_rss_per_connection() {
+    let s = Server::start();
+    let v = s.bench(&mode_args(&s, "idle", 200, &["--hold".into(), "1s".into()]));
     assert_eq!(num(&v, "connected"), 200.0, "{v}");
     assert!(num(&v, "connect_rate") > 0.0, "{v}");
     assert!(num(&v, "rss_per_conn_bytes") > 0.0, "{v}");
@@ -199,24 +204,9 @@ fn idle_mode_reports_the_connect_rate_and_a_positive_rss_per_connection() {
 #[test]
 fn two_hundred_sse_and_ws_clients_dropped_at_once_all_resume_without_loss() {
     let s = Server::start();
-    let args: Vec<String> = vec![
-        "storm".into(),
-        "--url".into(),
-        s.sse(),
-        "--url".into(),
-        s.ws(),
-        "--connections".into(),
-        "200".into(),
-        "--topics".into(),
-        "2".into(),
-        "--messages".into(),
-        "500".into(),
-        "--publish".into(),
-        format!("unix:{}", s.socket.display()),
-        "--server-pid".into(),
-        s.pid(),
-    ];
-    let v = s.bench(&args);
+    let publish = format!("unix:{}", s.socket.display());
+    let extra = ["--topics", "2", "--messages", "500", "--publish", &publish].map(String::from);
+    let v = s.bench(&mode_args(&s, "storm", 200, &extra));
     assert_eq!(v.get("mode").and_then(|m| m.as_str()), Some("storm"), "{v}");
     assert_eq!(num(&v, "connected"), 200.0, "{v}");
     assert_eq!(num(&v, "dropped"), 200.0, "{v}");
