@@ -231,9 +231,11 @@ Examples:
   ringcast bench --url http://127.0.0.1:8080/sse?topic={topic} --publish http://127.0.0.1:8080/publish?topic={topic}
   ringcast bench --url ws://127.0.0.1:3000/ws?topic={topic} --publish ws://127.0.0.1:3000/ws \\
                  --publish-ws-body '{payload}' --payload raw
-  ringcast bench idle -c 10000 --url http://127.0.0.1:8080/sse?topic=idle --server-pid $(pidof ringcast)";
+  ringcast bench idle -c 10000 --url http://127.0.0.1:8080/sse?topic=idle --server-pid $(pidof ringcast)
+  ringcast bench storm -c 15000 -m 1000 --url http://127.0.0.1:8080/sse?topic={topic} \\
+                 --url ws://127.0.0.1:8080/ws?topic={topic} --source-ips 4 --server-pid $(pidof ringcast)";
 
-/// Arguments of `ringcast bench`: the fan-out run, or the `idle` mode.
+/// Arguments of `ringcast bench`: the fan-out run, or the `idle` or `storm` mode.
 #[derive(Debug, Clone, Args)]
 #[command(args_conflicts_with_subcommands = true, after_help = BENCH_AFTER_HELP)]
 pub struct BenchArgs {
@@ -250,6 +252,11 @@ pub enum BenchMode {
     /// Hold N idle subscribers: report the connect rate and the server's RSS per connection.
     #[command(after_help = BENCH_AFTER_HELP)]
     Idle(IdleArgs),
+    /// Reconnect storm: N subscribers drop at once, M messages are published, all
+    /// resume with their last id; report the time until all caught up, loss, gaps and
+    /// the server's peak RSS.
+    #[command(after_help = BENCH_AFTER_HELP)]
+    Storm(StormArgs),
 }
 
 /// How subscribers find the sequence number and send time in a message.
@@ -329,12 +336,9 @@ pub struct SubscriberArgs {
     pub quiet: bool,
 }
 
-/// Flags of the fan-out run (`ringcast bench` without a mode).
+/// How the bench publishes: shared by the fan-out run and the storm mode.
 #[derive(Debug, Clone, Args)]
-pub struct FanoutArgs {
-    #[command(flatten)]
-    pub subs: SubscriberArgs,
-
+pub struct BenchPublishArgs {
     /// Where to publish: unix:PATH (NDJSON lines), http://.../publish?topic={topic}
     /// (POST, keep-alive, pipelined) or ws://... (one text frame per message).
     #[arg(
@@ -366,6 +370,24 @@ pub struct FanoutArgs {
     #[arg(long, env = "RINGCAST_BENCH_PAYLOAD_SIZE", default_value = "0", value_parser = parse_size)]
     pub payload_size: usize,
 
+    /// Target publish rate in messages per second; 0 = as fast as the window allows.
+    #[arg(long, env = "RINGCAST_BENCH_RATE", default_value_t = 0.0)]
+    pub rate: f64,
+
+    /// Publishes sent but not yet answered, at most (unix and http publish).
+    #[arg(long, env = "RINGCAST_BENCH_WINDOW", default_value_t = 256)]
+    pub window: u64,
+}
+
+/// Flags of the fan-out run (`ringcast bench` without a mode).
+#[derive(Debug, Clone, Args)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub subs: SubscriberArgs,
+
+    #[command(flatten)]
+    pub pubs: BenchPublishArgs,
+
     /// Messages to publish (round-robin over the topics), warm-up included.
     #[arg(
         short = 'm',
@@ -375,14 +397,6 @@ pub struct FanoutArgs {
     )]
     pub messages: u64,
 
-    /// Target publish rate in messages per second; 0 = as fast as the window allows.
-    #[arg(long, env = "RINGCAST_BENCH_RATE", default_value_t = 0.0)]
-    pub rate: f64,
-
-    /// Publishes sent but not yet answered, at most (unix and http publish).
-    #[arg(long, env = "RINGCAST_BENCH_WINDOW", default_value_t = 256)]
-    pub window: u64,
-
     /// The first N messages are checked for loss but not recorded in the histogram.
     #[arg(long, env = "RINGCAST_BENCH_WARMUP", default_value_t = 0)]
     pub warmup: u64,
@@ -390,6 +404,36 @@ pub struct FanoutArgs {
     /// After the last publish, how long to wait for stragglers before counting loss.
     #[arg(long, env = "RINGCAST_BENCH_DRAIN", default_value = "5s", value_parser = parse_duration)]
     pub drain: Duration,
+}
+
+/// Flags of `ringcast bench storm`.
+#[derive(Debug, Clone, Args)]
+pub struct StormArgs {
+    #[command(flatten)]
+    pub subs: SubscriberArgs,
+
+    #[command(flatten)]
+    pub pubs: BenchPublishArgs,
+
+    /// Messages published while every client is away (round-robin over the topics):
+    /// each client misses its topic's share and gets it back on resume. Keep a
+    /// client's backlog under the server's --max-outbox-bytes and --history.
+    #[arg(
+        short = 'm',
+        long,
+        env = "RINGCAST_BENCH_MESSAGES",
+        default_value_t = 1_000
+    )]
+    pub messages: u64,
+
+    /// Messages per topic published before the drop, so that every client has a last id.
+    #[arg(long, env = "RINGCAST_BENCH_WARMUP_PER_TOPIC", default_value_t = 2)]
+    pub warmup_per_topic: u64,
+
+    /// How long each phase (warm-up delivery, drop, catch-up) may take before the run
+    /// reports what it has.
+    #[arg(long, env = "RINGCAST_BENCH_PHASE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub phase_timeout: Duration,
 }
 
 /// Flags of `ringcast bench idle`.

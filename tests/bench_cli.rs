@@ -1,5 +1,6 @@
 //! `ringcast bench` against a real `ringcast serve`: every message delivered once,
-//! over both publish paths, and the idle mode's memory report.
+//! over both publish paths, the idle mode's memory report, and a reconnect storm
+//! in which every client resumes without loss.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -167,29 +168,57 @@ fn topics_split_the_messages_and_a_websocket_publisher_reaches_them_all() {
     assert_eq!((num(&v, "lost"), num(&v, "dup")), (0.0, 0.0), "{v}");
 }
 
-#[test]
-fn idle_mode_reports_the_connect_rate_and_a_positive_rss_per_connection() {
-    let s = Server::start();
-    let args: Vec<String> = vec![
-        "idle".into(),
+/// `MODE`, half SSE and half WS subscribers, `connections` of them, the server's pid,
+/// then `extra`.
+fn mode_args(s: &Server, mode: &str, connections: usize, extra: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        mode.into(),
         "--url".into(),
         s.sse(),
         "--url".into(),
         s.ws(),
         "--connections".into(),
-        "200".into(),
-        "--hold".into(),
-        "1s".into(),
+        connections.to_string(),
         "--server-pid".into(),
         s.pid(),
     ];
-    let v = s.bench(&args);
+    args.extend_from_slice(extra);
+    args
+}
+
+#[test]
+fn idle_mode_reports_the_connect_rate_and_a_positive_rss_per_connection() {
+    let s = Server::start();
+    let v = s.bench(&mode_args(&s, "idle", 200, &["--hold".into(), "1s".into()]));
     assert_eq!(num(&v, "connected"), 200.0, "{v}");
     assert!(num(&v, "connect_rate") > 0.0, "{v}");
     assert!(num(&v, "rss_per_conn_bytes") > 0.0, "{v}");
     // The second half's cost is measured too (it may be 0 when the allocator
     // had room; `num` fails on null, which means it was not measured).
     assert!(num(&v, "rss_marginal_per_conn_bytes").is_finite(), "{v}");
+}
+
+/// A small storm: 200 clients (100 SSE, 100 WS) drop at once, 500 messages go out,
+/// all resume with their last id. The backlog (250 messages of about 110 bytes per
+/// client, over two topics) stays far under --max-outbox-bytes and --history.
+#[test]
+fn two_hundred_sse_and_ws_clients_dropped_at_once_all_resume_without_loss() {
+    let s = Server::start();
+    let publish = format!("unix:{}", s.socket.display());
+    let extra = ["--topics", "2", "--messages", "500", "--publish", &publish].map(String::from);
+    let v = s.bench(&mode_args(&s, "storm", 200, &extra));
+    assert_eq!(v.get("mode").and_then(|m| m.as_str()), Some("storm"), "{v}");
+    assert_eq!(num(&v, "connected"), 200.0, "{v}");
+    assert_eq!(num(&v, "dropped"), 200.0, "{v}");
+    assert_eq!(num(&v, "resumed"), 200.0, "{v}");
+    assert_eq!(num(&v, "caught_up"), 200.0, "{v}");
+    assert!(num(&v, "catch_up_seconds") >= 0.0, "{v}");
+    // Every client expected its topic's 2 warm-up messages and 250 storm messages.
+    assert_eq!(num(&v, "delivered"), 200.0 * 252.0, "{v}");
+    assert_eq!((num(&v, "lost"), num(&v, "dup")), (0.0, 0.0), "{v}");
+    assert_eq!(num(&v, "out_of_order"), 0.0, "{v}");
+    assert_eq!(num(&v, "gaps"), 0.0, "{v}");
+    assert!(num(&v, "server_peak_rss_bytes") > 0.0, "{v}");
 }
 
 #[test]

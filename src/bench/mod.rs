@@ -1,5 +1,6 @@
-//! `ringcast bench`: the fan-out load generator (latency, throughput, loss) and the
-//! idle-connection mode (connect rate, server memory per connection).
+//! `ringcast bench`: the fan-out load generator (latency, throughput, loss), the
+//! idle-connection mode (connect rate, server memory per connection) and the
+//! reconnect-storm mode (resume of every client at once).
 //!
 //! A fan-out run goes through fixed phases, driven from the calling thread:
 //!
@@ -9,6 +10,16 @@
 //! | publish | one publisher writes `messages` stamped payloads, round-robin over topics | publish rate, answers |
 //! | drain | wait until every subscriber has all its messages, at most `--drain` after the last publish | latency, lost, dup, reordered |
 //! | report | threads stop and hand back their counts | bench and server CPU over publish + drain |
+//!
+//! A storm run (`ringcast bench storm`) goes through its own phases:
+//!
+//! | phase | what happens | what is measured |
+//! |---|---|---|
+//! | connect | as above | connect time; server RSS |
+//! | warm-up | `--warmup-per-topic` messages per topic; wait until every subscriber has them | (every client now has a last id) |
+//! | drop | every subscriber shuts its socket down at once; wait until all ended | server RSS before the drop |
+//! | publish | `--messages` more, while nobody listens | publish rate, answers |
+//! | reconnect | all reconnect with their last id (paced by `--connect-concurrency`) until every one has every message | time to reconnect, time to catch up, lost, dup, reordered, gaps, peak server RSS |
 //!
 //! Modules: [`sub`] (subscriber threads), [`pubs`] (the publisher), [`wire`]
 //! (client-side codecs), [`payload`] (the stamp), [`stats`] (sequence tracking),
@@ -28,9 +39,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{BenchArgs, BenchMode, FanoutArgs, IdleArgs, PayloadMode, SubscriberArgs};
-use pubs::{PubPlan, PubProgress, Publisher};
-use report::{Latency, Report};
+use crate::config::{
+    BenchArgs, BenchMode, BenchPublishArgs, FanoutArgs, IdleArgs, PayloadMode, StormArgs,
+    SubscriberArgs,
+};
+use pubs::{PubPlan, PubProgress, Published, Publisher, Running};
+use report::{Latency, Report, StormFigures};
 use stats::Counts;
 use sub::{Shared, SubPlan};
 use sys::ServerProc;
@@ -40,6 +54,7 @@ use target::{HttpTarget, PublishTarget};
 pub fn main(args: BenchArgs) -> Result<(), String> {
     let (report, json) = match args.mode {
         Some(BenchMode::Idle(a)) => (run_idle(&a)?, a.subs.json),
+        Some(BenchMode::Storm(a)) => (run_storm(&a)?, a.subs.json),
         None => (run_fanout(&args.fanout)?, args.fanout.subs.json),
     };
     if json {
@@ -56,7 +71,7 @@ pub fn per_topic(total: u64, topics: usize, k: usize) -> u64 {
     total / topics + u64::from((k as u64) < total % topics)
 }
 
-/// Subscriber setup shared by both modes.
+/// Subscriber setup shared by every mode.
 struct Setup {
     plan: Arc<SubPlan>,
     server: Option<ServerProc>,
@@ -68,6 +83,7 @@ fn setup(
     payload: PayloadMode,
     expected: Vec<u64>,
     warmup: Vec<u64>,
+    resume: bool,
 ) -> Result<Setup, String> {
     if s.connections == 0 || s.topics == 0 || s.source_ips == 0 {
         return Err("--connections, --topics and --source-ips must be at least 1".into());
@@ -110,6 +126,7 @@ fn setup(
         expected,
         warmup,
         uring: monoio::utils::detect_uring(),
+        resume,
     };
     Ok(Setup {
         plan: Arc::new(plan),
@@ -294,6 +311,7 @@ fn run_idle(a: &IdleArgs) -> Result<Report, String> {
         PayloadMode::Envelope,
         vec![0; s.topics],
         vec![0; s.topics],
+        false,
     )?;
     let progress = Progress::new(s.quiet);
     let cpu0 = sys::self_cpu_seconds();
@@ -343,45 +361,18 @@ fn run_fanout(a: &FanoutArgs) -> Result<Report, String> {
     let warmup = (0..s.topics)
         .map(|k| per_topic(a.warmup, s.topics, k))
         .collect();
-    let setup = setup(s, a.payload, expected, warmup)?;
-    let pub_plan = PubPlan {
-        target: PublishTarget::parse(&a.publish)?,
-        topics: setup.plan.topics.clone(),
-        messages: a.messages,
-        rate: a.rate.max(0.0),
-        window: a.window,
-        payload_size: a.payload_size,
-        ws_body: a.publish_ws_body.clone(),
-    };
-    let payload_bytes = {
-        let mut p = Vec::new();
-        payload::encode(&mut p, a.messages, sys::now_ns(), a.payload_size);
-        p.len()
-    };
-    let publisher = Publisher::connect(pub_plan)?;
+    let setup = setup(s, a.pubs.payload, expected, warmup, false)?;
+    let publisher = Publisher::connect(pub_plan(&a.pubs, &setup, 0, a.messages)?)?;
     let progress = Progress::new(s.quiet);
     let c = connect_all(s, &setup, &progress)?;
-    let subscribed = c.shared.connected.load(Ordering::Relaxed);
-    if subscribed == 0 {
-        let (shared, _) = c.stop();
-        let why = shared.first_error.lock().ok().and_then(|e| e.clone());
-        return Err(format!(
-            "no subscriber connected: {}",
-            why.unwrap_or_default()
-        ));
-    }
+    let subscribed = c.require_subscribers()?;
 
     // Publish.
     let cpu0 = sys::self_cpu_seconds();
     let server_cpu0 = setup.server.and_then(|p| p.cpu_seconds().ok());
     let phase_start = Instant::now();
     let pub_progress = Arc::new(PubProgress::default());
-    let pp = pub_progress.clone();
-    let drain = a.drain;
-    let pub_thread = std::thread::Builder::new()
-        .name("bench-pub".into())
-        .spawn(move || publisher.run(pp, drain))
-        .map_err(|e| format!("cannot start the publisher: {e}"))?;
+    let pub_thread = start_publisher(publisher, &pub_progress, a.drain)?;
     let shared = c.shared.clone();
     let mut last = (Instant::now(), 0u64);
     let status = |last: &mut (Instant, u64)| {
@@ -411,15 +402,11 @@ fn run_fanout(a: &FanoutArgs) -> Result<Report, String> {
             progress.line(&status(&mut last));
         }
     }
-    let (published, running) = match pub_thread.join() {
-        Ok(Ok(done)) => done,
-        Ok(Err(e)) => {
+    let (published, running) = match join_publisher(pub_thread) {
+        Ok(done) => done,
+        Err(e) => {
             c.stop();
             return Err(e);
-        }
-        Err(_) => {
-            c.stop();
-            return Err("the publisher thread panicked".into());
         }
     };
 
@@ -454,17 +441,7 @@ fn run_fanout(a: &FanoutArgs) -> Result<Report, String> {
         .map(|h| h.clone())
         .unwrap_or_else(|_| stats::latency_histogram());
     let last_rx = shared.last_rx_ns.load(Ordering::Relaxed);
-    r.publish = Some(
-        PublishTarget::parse(&a.publish)
-            .map(|t| t.label())
-            .unwrap_or("?"),
-    );
-    r.messages = Some(a.messages);
-    r.payload_bytes = Some(payload_bytes);
-    r.publish_accepted = Some(pub_progress.accepted.load(Ordering::Relaxed));
-    r.publish_refused = Some(pub_progress.refused.load(Ordering::Relaxed));
-    r.publish_error = pub_progress.first_error.lock().ok().and_then(|e| e.clone());
-    r.publish_seconds = Some((published.written_ns - published.start_ns) as f64 / 1e9);
+    r.add_publish(&a.pubs, a.messages, &pub_progress, &published);
     r.counts = counts;
     r.delivered_per_sec = (last_rx > published.start_ns)
         .then(|| counts.distinct as f64 / ((last_rx - published.start_ns) as f64 / 1e9));
@@ -473,6 +450,304 @@ fn run_fanout(a: &FanoutArgs) -> Result<Report, String> {
     r.bench_cpu_seconds = bench_cpu;
     r.server_cpu_seconds = server_cpu;
     Ok(r)
+}
+
+/// The publisher's plan for messages `first..messages` of a run over `setup`'s topics.
+fn pub_plan(
+    p: &BenchPublishArgs,
+    setup: &Setup,
+    first: u64,
+    messages: u64,
+) -> Result<PubPlan, String> {
+    Ok(PubPlan {
+        target: PublishTarget::parse(&p.publish)?,
+        topics: setup.plan.topics.clone(),
+        first,
+        messages,
+        rate: p.rate.max(0.0),
+        window: p.window,
+        payload_size: p.payload_size,
+        ws_body: p.publish_ws_body.clone(),
+    })
+}
+
+type PublisherThread = std::thread::JoinHandle<Result<(Published, Running), String>>;
+
+/// Runs `publisher` on its own thread (see [`Publisher::run`]).
+fn start_publisher(
+    publisher: Publisher,
+    progress: &Arc<PubProgress>,
+    answer_timeout: Duration,
+) -> Result<PublisherThread, String> {
+    let pp = progress.clone();
+    std::thread::Builder::new()
+        .name("bench-pub".into())
+        .spawn(move || publisher.run(pp, answer_timeout))
+        .map_err(|e| format!("cannot start the publisher: {e}"))
+}
+
+fn join_publisher(t: PublisherThread) -> Result<(Published, Running), String> {
+    t.join()
+        .map_err(|_| String::from("the publisher thread panicked"))?
+}
+
+impl Connected {
+    /// How many subscribed; an error with the first reason when none did.
+    fn require_subscribers(&self) -> Result<usize, String> {
+        let subscribed = self.shared.connected.load(Ordering::Relaxed);
+        if subscribed > 0 {
+            return Ok(subscribed);
+        }
+        let why = self.shared.first_error.lock().ok().and_then(|e| e.clone());
+        Err(format!(
+            "no subscriber connected: {}",
+            why.unwrap_or_default()
+        ))
+    }
+}
+
+impl Report {
+    /// The publish rows: what was published and how it was answered.
+    fn add_publish(
+        &mut self,
+        p: &BenchPublishArgs,
+        messages: u64,
+        progress: &PubProgress,
+        published: &Published,
+    ) {
+        let mut sample = Vec::new();
+        payload::encode(&mut sample, messages, sys::now_ns(), p.payload_size);
+        self.publish = Some(
+            PublishTarget::parse(&p.publish)
+                .map(|t| t.label())
+                .unwrap_or("?"),
+        );
+        self.messages = Some(messages);
+        self.payload_bytes = Some(sample.len());
+        self.publish_accepted = Some(progress.accepted.load(Ordering::Relaxed));
+        self.publish_refused = Some(progress.refused.load(Ordering::Relaxed));
+        self.publish_error = progress.first_error.lock().ok().and_then(|e| e.clone());
+        self.publish_seconds = Some((published.written_ns - published.start_ns) as f64 / 1e9);
+    }
+}
+
+/// The server's largest RSS seen while a phase runs (`VmRSS`, polled).
+struct RssPeak {
+    server: Option<ServerProc>,
+    peak: Option<u64>,
+}
+
+impl RssPeak {
+    fn sample(&mut self) {
+        if let Some(rss) = self.server.and_then(|p| p.rss_bytes().ok()) {
+            self.peak = Some(self.peak.map_or(rss, |p| p.max(rss)));
+        }
+    }
+}
+
+/// Waits (polling every 5 ms, sampling `rss`) until `done` says the phase is over or
+/// `timeout` passes; `status` is the progress line, printed every second. Returns
+/// whether the phase ended in time.
+fn wait_phase(
+    progress: &Progress,
+    timeout: Duration,
+    rss: &mut RssPeak,
+    mut done: impl FnMut() -> bool,
+    status: impl Fn() -> String,
+) -> bool {
+    // `None`: no deadline (a timeout too long to add).
+    let deadline = Instant::now().checked_add(timeout);
+    let mut last_print = Instant::now();
+    loop {
+        rss.sample();
+        if done() {
+            return true;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            progress.line(&format!("{} (timed out)", status()));
+            return false;
+        }
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            last_print = Instant::now();
+            progress.line(&status());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Publishes with `publisher` on its thread and waits until every message of the run
+/// is answered (WebSocket publishes too, whose answers the publisher does not wait
+/// for), at most `timeout` for the answers.
+fn publish_phase(
+    publisher: Publisher,
+    count: u64,
+    timeout: Duration,
+    progress: &Progress,
+    rss: &mut RssPeak,
+) -> Result<(Published, Arc<PubProgress>), String> {
+    let pp = Arc::new(PubProgress::default());
+    let thread = start_publisher(publisher, &pp, timeout)?;
+    wait_phase(
+        progress,
+        Duration::MAX,
+        rss,
+        || thread.is_finished(),
+        || format!("publishing {}/{count}", pp.sent.load(Ordering::Relaxed)),
+    );
+    let (published, running) = join_publisher(thread)?;
+    wait_phase(
+        progress,
+        timeout,
+        rss,
+        || pp.answered() >= count,
+        || format!("publish answers {}/{count}", pp.answered()),
+    );
+    running.close();
+    Ok((published, pp))
+}
+
+fn run_storm(a: &StormArgs) -> Result<Report, String> {
+    let s = &a.subs;
+    if a.warmup_per_topic == 0 {
+        return Err(
+            "--warmup-per-topic must be at least 1: a client resumes from the last \
+                    id it received"
+                .into(),
+        );
+    }
+    let warmup_total = a.warmup_per_topic * s.topics as u64;
+    let total = warmup_total + a.messages;
+    let expected = (0..s.topics)
+        .map(|k| per_topic(total, s.topics, k))
+        .collect();
+    let warmup = (0..s.topics)
+        .map(|k| per_topic(warmup_total, s.topics, k))
+        .collect();
+    let setup = setup(s, a.pubs.payload, expected, warmup, true)?;
+    // Both publish connections first, so that a wrong publish address fails at once.
+    let warm_publisher = Publisher::connect(pub_plan(&a.pubs, &setup, 0, warmup_total)?)?;
+    let storm_publisher = Publisher::connect(pub_plan(&a.pubs, &setup, warmup_total, total)?)?;
+    let progress = Progress::new(s.quiet);
+    let c = connect_all(s, &setup, &progress)?;
+    let mut r = base_report("storm", s, &setup, &c);
+    let result = storm_phases(
+        a,
+        &setup,
+        &c,
+        [warm_publisher, storm_publisher],
+        &progress,
+        &mut r,
+    );
+    let (shared, counts) = c.stop();
+    progress.done();
+    result?;
+    finish_report(&mut r, &shared);
+    r.counts = counts;
+    Ok(r)
+}
+
+/// Warm-up, drop, publish and reconnect (see the module doc), on connected
+/// subscribers; fills the storm's rows of `r` (its measured phase runs from the drop
+/// until all caught up).
+fn storm_phases(
+    a: &StormArgs,
+    setup: &Setup,
+    c: &Connected,
+    [warm_publisher, storm_publisher]: [Publisher; 2],
+    progress: &Progress,
+    r: &mut Report,
+) -> Result<(), String> {
+    let subscribed = c.require_subscribers()?;
+    let shared = &c.shared;
+    let storm = &shared.storm;
+    let timeout = a.phase_timeout;
+    let mut rss = RssPeak {
+        server: setup.server,
+        peak: None,
+    };
+    let load = |n: &std::sync::atomic::AtomicUsize| n.load(Ordering::Relaxed);
+    let mut figures = StormFigures {
+        warmup_messages: a.warmup_per_topic * setup.plan.topics.len() as u64,
+        ..StormFigures::default()
+    };
+
+    publish_phase(
+        warm_publisher,
+        figures.warmup_messages,
+        timeout,
+        progress,
+        &mut rss,
+    )?;
+    let warmed = wait_phase(
+        progress,
+        timeout,
+        &mut rss,
+        || load(&shared.warmed) + load(&shared.disconnected) >= subscribed,
+        || format!("warm-up: {}/{subscribed} have it", load(&shared.warmed)),
+    );
+    if !warmed {
+        return Err(format!(
+            "only {} of {subscribed} subscribers got the warm-up messages in {timeout:?}",
+            load(&shared.warmed)
+        ));
+    }
+
+    let cpu0 = sys::self_cpu_seconds();
+    let server_cpu0 = setup.server.and_then(|p| p.cpu_seconds().ok());
+    let phase_start = Instant::now();
+    figures.rss_before_bytes = setup.server.and_then(|p| p.rss_bytes().ok());
+    rss.peak = None;
+    storm.drop_all.store(true, Ordering::Relaxed);
+    wait_phase(
+        progress,
+        timeout,
+        &mut rss,
+        || load(&storm.dropped) + load(&shared.disconnected) >= subscribed,
+        || format!("dropping: {}/{subscribed}", load(&storm.dropped)),
+    );
+    figures.dropped = load(&storm.dropped);
+
+    let (published, pp) = publish_phase(storm_publisher, a.messages, timeout, progress, &mut rss)?;
+
+    let gone_before = load(&shared.disconnected);
+    let start_ns = sys::now_ns();
+    storm.reconnect_all.store(true, Ordering::Relaxed);
+    wait_phase(
+        progress,
+        timeout,
+        &mut rss,
+        || {
+            let gone = load(&storm.resume_failed) + load(&shared.disconnected) - gone_before;
+            load(&shared.complete) + gone >= subscribed
+        },
+        || {
+            format!(
+                "reconnecting: {}/{subscribed} resumed, {} caught up, {} failed",
+                load(&storm.resumed),
+                load(&shared.complete),
+                load(&storm.resume_failed)
+            )
+        },
+    );
+    r.phase_seconds = phase_start.elapsed().as_secs_f64();
+    r.bench_cpu_seconds = sys::self_cpu_seconds() - cpu0;
+    r.server_cpu_seconds = setup
+        .server
+        .and_then(|p| Some(p.cpu_seconds().ok()? - server_cpu0?));
+    let since_start = |ns: u64| (ns.saturating_sub(start_ns)) as f64 / 1e9;
+    figures.resumed = load(&storm.resumed);
+    figures.resume_failed = load(&storm.resume_failed);
+    figures.reconnect_seconds =
+        (figures.resumed > 0).then(|| since_start(storm.last_resumed_ns.load(Ordering::Relaxed)));
+    figures.caught_up = load(&shared.complete);
+    figures.catch_up_seconds = (figures.caught_up >= subscribed)
+        .then(|| since_start(shared.last_complete_ns.load(Ordering::Relaxed)));
+    figures.gaps = storm.gaps.load(Ordering::Relaxed);
+    figures.rss_peak_bytes = rss.peak;
+    figures.rss_hwm_bytes = setup.server.and_then(|p| p.peak_rss_bytes().ok());
+    r.add_publish(&a.pubs, a.messages, &pp, &published);
+    r.storm = Some(figures);
+    Ok(())
 }
 
 #[cfg(test)]

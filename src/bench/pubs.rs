@@ -26,6 +26,10 @@ const BATCH: u64 = 256;
 pub struct PubPlan {
     pub target: PublishTarget,
     pub topics: Vec<String>,
+    /// Messages `first..messages` are published: message `j` goes to topic
+    /// `j % topics` with sequence `j / topics`, so runs over consecutive ranges
+    /// continue each topic's sequence (the storm mode's warm-up, then its storm).
+    pub first: u64,
     pub messages: u64,
     /// Messages per second; 0 = as fast as the window allows.
     pub rate: f64,
@@ -47,7 +51,8 @@ pub struct PubProgress {
 }
 
 impl PubProgress {
-    fn answered(&self) -> u64 {
+    /// Publishes answered so far, accepted or refused.
+    pub fn answered(&self) -> u64 {
         self.accepted.load(Ordering::Acquire) + self.refused.load(Ordering::Acquire)
     }
 
@@ -207,7 +212,8 @@ impl Publisher {
     ) -> Result<Published, String> {
         let plan = self.plan.clone();
         let enc = Encoder::new(&plan);
-        let total = plan.messages;
+        let (first, end) = (plan.first.min(plan.messages), plan.messages);
+        let total = end - first;
         let window = if self.answered_one_for_one {
             plan.window.max(1)
         } else {
@@ -217,6 +223,7 @@ impl Publisher {
         let start_ns = now_ns();
         let mut buf = Vec::with_capacity(64 * 1024);
         let mut scratch = Vec::with_capacity(plan.payload_size + 64);
+        // `i` counts the messages of this run; message `first + i` is written.
         let mut i = 0u64;
         while i < total {
             let by_rate = if plan.rate > 0.0 {
@@ -235,7 +242,7 @@ impl Publisher {
                 }
                 continue;
             }
-            for j in i..limit {
+            for j in first + i..first + limit {
                 enc.encode(&mut buf, &mut scratch, j, now_ns());
             }
             self.writer
@@ -502,6 +509,7 @@ mod tests {
         PubPlan {
             target: PublishTarget::parse(target).unwrap(),
             topics: (0..topics).map(|k| format!("topic-{k}")).collect(),
+            first: 0,
             messages: 10,
             rate: 0.0,
             window: 4,

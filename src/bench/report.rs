@@ -35,6 +35,33 @@ impl Latency {
     }
 }
 
+/// What the storm mode measured besides the counts (see `ringcast bench storm`).
+#[derive(Debug, Clone, Default)]
+pub struct StormFigures {
+    /// Messages published before the drop (each client's last id comes from them).
+    pub warmup_messages: u64,
+    /// Subscribers whose stream ended when all dropped at once.
+    pub dropped: usize,
+    /// Subscribers that got their `200`/`101` again, resuming with their last id.
+    pub resumed: usize,
+    pub resume_failed: usize,
+    /// From the start of the reconnects until the last `200`/`101`.
+    pub reconnect_seconds: Option<f64>,
+    /// From the start of the reconnects until the last subscriber had every message;
+    /// `None` when not every subscriber caught up.
+    pub catch_up_seconds: Option<f64>,
+    /// Subscribers that had every message at the end.
+    pub caught_up: usize,
+    /// `ringcast.gap` events received (0 when the history reaches back).
+    pub gaps: u64,
+    /// The server's RSS just before the drop.
+    pub rss_before_bytes: Option<u64>,
+    /// The largest RSS polled from the drop until all caught up.
+    pub rss_peak_bytes: Option<u64>,
+    /// The server's `VmHWM` at the end (its peak over its whole life).
+    pub rss_hwm_bytes: Option<u64>,
+}
+
 /// Everything a run measured. Fan-out fields are `None` in idle mode; server
 /// fields are `None` without `--server-pid`.
 #[derive(Debug, Clone, Default)]
@@ -72,6 +99,8 @@ pub struct Report {
     /// The machine's 1-minute load average at the end, and its core count.
     pub host_load: Option<f64>,
     pub host_cores: usize,
+    /// The storm mode's figures.
+    pub storm: Option<StormFigures>,
 }
 
 fn ms(ns: u64) -> String {
@@ -179,10 +208,11 @@ impl Report {
             row(
                 "delivered",
                 format!(
-                    "{} of {} ({}/s)",
+                    "{} of {}{}",
                     c.distinct,
                     c.expected,
-                    si(self.delivered_per_sec.unwrap_or(0.0))
+                    self.delivered_per_sec
+                        .map_or(String::new(), |r| format!(" ({}/s)", si(r)))
                 ),
             );
             row(
@@ -199,18 +229,58 @@ impl Report {
                 );
             }
             let l = &self.latency;
+            if l.samples > 0 {
+                row(
+                    "latency",
+                    format!(
+                        "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  ({} samples)",
+                        ms(l.p50),
+                        ms(l.p90),
+                        ms(l.p99),
+                        ms(l.p999),
+                        ms(l.max),
+                        l.samples
+                    ),
+                );
+            }
+        }
+        if let Some(st) = &self.storm {
             row(
-                "latency",
+                "storm",
                 format!(
-                    "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  ({} samples)",
-                    ms(l.p50),
-                    ms(l.p90),
-                    ms(l.p99),
-                    ms(l.p999),
-                    ms(l.max),
-                    l.samples
+                    "{} warm-up messages, {} dropped at once, {} resumed{} in {}",
+                    st.warmup_messages,
+                    st.dropped,
+                    st.resumed,
+                    if st.resume_failed > 0 {
+                        format!(", {} FAILED", st.resume_failed)
+                    } else {
+                        String::new()
+                    },
+                    st.reconnect_seconds
+                        .map_or("-".into(), |s| format!("{s:.2} s")),
                 ),
             );
+            row(
+                "caught up",
+                match st.catch_up_seconds {
+                    Some(s) => format!("all {} in {s:.2} s from the first reconnect", st.caught_up),
+                    None => format!("only {} of {} (NOT all)", st.caught_up, self.connected),
+                },
+            );
+            row("gap events", st.gaps.to_string());
+            if let Some(peak) = st.rss_peak_bytes {
+                row(
+                    "server rss in storm",
+                    format!(
+                        "{} before the drop, peak {}{}",
+                        st.rss_before_bytes.map_or("-".into(), |b| bytes(b as f64)),
+                        bytes(peak as f64),
+                        st.rss_hwm_bytes
+                            .map_or(String::new(), |b| format!(" (VmHWM {})", bytes(b as f64))),
+                    ),
+                );
+            }
         }
         row(
             "bench cpu",
@@ -330,6 +400,22 @@ impl Report {
         );
         j.opt_num("host_load_1m", self.host_load);
         j.num("host_cores", self.host_cores as f64);
+        if let Some(st) = &self.storm {
+            j.num("warmup_messages", st.warmup_messages as f64);
+            j.num("dropped", st.dropped as f64);
+            j.num("resumed", st.resumed as f64);
+            j.num("resume_failed", st.resume_failed as f64);
+            j.opt_num("reconnect_seconds", st.reconnect_seconds);
+            j.opt_num("catch_up_seconds", st.catch_up_seconds);
+            j.num("caught_up", st.caught_up as f64);
+            j.num("gaps", st.gaps as f64);
+            j.opt_num(
+                "server_rss_before_storm_bytes",
+                st.rss_before_bytes.map(|b| b as f64),
+            );
+            j.opt_num("server_peak_rss_bytes", st.rss_peak_bytes.map(|b| b as f64));
+            j.opt_num("server_vmhwm_bytes", st.rss_hwm_bytes.map(|b| b as f64));
+        }
         j.opt_str("error", self.first_error.as_deref());
         j.opt_str("publish_error", self.publish_error.as_deref());
         j.finish()
@@ -406,5 +492,13 @@ mod tests {
         assert!(scratch.is_valid(r.json().as_bytes()), "{}", r.json());
         assert!(r.json().contains("\"rss_per_conn_bytes\":1234.500"));
         assert!(!r.table().is_empty());
+        r.storm = Some(StormFigures {
+            catch_up_seconds: Some(0.5),
+            rss_peak_bytes: Some(1 << 20),
+            ..StormFigures::default()
+        });
+        assert!(scratch.is_valid(r.json().as_bytes()), "{}", r.json());
+        assert!(r.json().contains("\"catch_up_seconds\":0.500"));
+        assert!(r.table().contains("caught up"), "{}", r.table());
     }
 }

@@ -12,6 +12,15 @@
 //! tick, which is all the coordinator reads while the run goes on. When the
 //! coordinator sets [`Shared::stop`], every thread shuts its sockets down, waits
 //! (bounded) for its tasks to end, and returns its counts.
+//!
+//! In the storm mode ([`SubPlan::resume`]) each subscriber also keeps the last id
+//! its stream gave it (SSE: the `id:` of the last dispatched event; WebSocket: the
+//! envelope's `id`). When the coordinator raises [`StormSignals::drop_all`], every
+//! thread shuts all its sockets down at once; when it raises
+//! [`StormSignals::reconnect_all`], every thread opens them again, paced like the
+//! first connect, each resuming after its last id (`Last-Event-ID` header,
+//! `lastEventId` query). The sequence trackers live on, so a message that the
+//! resume misses or repeats counts as lost or duplicated.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -30,8 +39,9 @@ use super::payload;
 use super::stats::{latency_histogram, Counts, Seen, SeqTracker};
 use super::sys::now_ns;
 use super::target::{HttpTarget, Transport};
-use super::wire::{self, WireError};
+use super::wire::{self, SseLine, WireError};
 use crate::config::PayloadMode;
+use crate::core::state::GAP_EVENT;
 use crate::proto::ws::frame::OpCode;
 use crate::runtime::netio;
 
@@ -41,6 +51,9 @@ const TICK: Duration = Duration::from_millis(50);
 const READS_PER_WAKE: usize = 8;
 /// Scratch read size per thread.
 const SCRATCH: usize = 64 * 1024;
+/// How often a storm thread looks at the drop and reconnect signals: they should
+/// reach every connection at about the same time.
+const STORM_POLL: Duration = Duration::from_millis(1);
 
 /// What every subscriber thread needs to know, fixed for the run.
 #[derive(Debug)]
@@ -61,6 +74,28 @@ pub struct SubPlan {
     pub expected: Vec<u64>,
     pub warmup: Vec<u64>,
     pub uring: bool,
+    /// Storm mode: keep each stream's last id, obey [`StormSignals`], record no
+    /// latencies (a missed message's wait says how long the clients were away).
+    pub resume: bool,
+}
+
+/// The storm mode's signals and counts (see the module doc).
+#[derive(Default)]
+pub struct StormSignals {
+    /// Set by the coordinator: shut every subscribed socket down.
+    pub drop_all: AtomicBool,
+    /// Set by the coordinator once all are dropped: reconnect with the last id.
+    pub reconnect_all: AtomicBool,
+    /// Subscribers whose stream ended after `drop_all`.
+    pub dropped: AtomicUsize,
+    /// Subscribers that got their `101`/`200` again on the reconnect.
+    pub resumed: AtomicUsize,
+    /// Reconnects that failed before the `101`/`200`.
+    pub resume_failed: AtomicUsize,
+    /// `CLOCK_MONOTONIC` ns of the latest resumed `101`/`200`.
+    pub last_resumed_ns: AtomicU64,
+    /// `ringcast.gap` events received.
+    pub gaps: AtomicU64,
 }
 
 /// What the threads and the coordinator share while the run goes on.
@@ -73,6 +108,10 @@ pub struct Shared {
     pub disconnected: AtomicUsize,
     /// Subscribers that received every message they expected.
     pub complete: AtomicUsize,
+    /// `CLOCK_MONOTONIC` ns when the latest subscriber became complete.
+    pub last_complete_ns: AtomicU64,
+    /// Subscribers that received every warm-up message of their topic.
+    pub warmed: AtomicUsize,
     /// New stamped messages received, all subscribers.
     pub delivered: AtomicU64,
     /// `CLOCK_MONOTONIC` ns of the latest new message.
@@ -86,6 +125,7 @@ pub struct Shared {
     pub first_error: Mutex<Option<String>>,
     /// Latencies in ns, merged from the threads every tick.
     pub hist: Mutex<Histogram<u64>>,
+    pub storm: StormSignals,
 }
 
 impl Shared {
@@ -95,12 +135,15 @@ impl Shared {
             failed: AtomicUsize::new(0),
             disconnected: AtomicUsize::new(0),
             complete: AtomicUsize::new(0),
+            last_complete_ns: AtomicU64::new(0),
+            warmed: AtomicUsize::new(0),
             delivered: AtomicU64::new(0),
             last_rx_ns: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             admit: AtomicUsize::new(usize::MAX),
             first_error: Mutex::new(None),
             hist: Mutex::new(latency_histogram()),
+            storm: StormSignals::default(),
         }
     }
 
@@ -163,7 +206,35 @@ struct Sub {
     /// The socket while the task is subscribed, for shutdown at stop; -1 otherwise.
     fd: RawFd,
     subscribed: bool,
+    /// A task serves this subscriber now.
+    running: bool,
     unstamped: u64,
+    /// Storm mode: the id to resume after (empty: none yet).
+    last_id: String,
+    /// Storm mode, SSE: the id of the event block being read, which becomes
+    /// `last_id` when the block is dispatched (EventSource's "last event ID buffer").
+    id_buffer: String,
+}
+
+impl Sub {
+    /// An SSE `id:` line: an empty value clears the id (WHATWG: an empty `id:` resets
+    /// the last event id); one outside the id charset is not kept.
+    fn note_sse_id(&mut self, raw: &[u8]) {
+        if raw.is_empty() {
+            self.id_buffer.clear();
+        } else if let Some(id) = wire::resume_id(raw) {
+            self.id_buffer.clear();
+            self.id_buffer.push_str(id);
+        }
+    }
+
+    /// A WebSocket message: its envelope's id, when it has a usable one, is the last id.
+    fn note_envelope_id(&mut self, msg: &[u8]) {
+        if let Some(id) = wire::envelope_id(msg).and_then(wire::resume_id) {
+            self.last_id.clear();
+            self.last_id.push_str(id);
+        }
+    }
 }
 
 /// A thread's state, shared by its tasks.
@@ -201,6 +272,18 @@ impl Local {
         }
     }
 
+    /// Shuts every subscribed socket down: each task then reads to the end of its
+    /// stream and ends, dropping (closing) its socket.
+    fn shutdown_all(&self) {
+        for sub in self.subs.borrow().iter() {
+            if sub.fd >= 0 {
+                // SAFETY: `fd` is the live socket of a task on this thread: a task
+                // clears it before it drops its stream, on this same thread.
+                unsafe { libc::shutdown(sub.fd, libc::SHUT_RDWR) };
+            }
+        }
+    }
+
     /// Hands the interval's latencies and counters to [`Shared`].
     fn flush(&self) {
         let mut hist = self.hist.borrow_mut();
@@ -223,19 +306,31 @@ impl Local {
     fn on_message(&self, sub: &mut Sub, hist: &mut Histogram<u64>, msg: &[u8], now: u64) {
         let Some((seq, t)) = payload::parse(msg, self.plan.payload) else {
             sub.unstamped += 1;
+            // A WebSocket gap is an envelope with the event name; an SSE gap's data
+            // is the bare object (its `event:` line is counted in `feed`).
+            if self.plan.resume && wire::envelope_event(msg) == Some(GAP_EVENT.as_bytes()) {
+                self.shared.storm.gaps.fetch_add(1, Ordering::Relaxed);
+            }
             return;
         };
         let expected = self.plan.expected.get(sub.topic).copied().unwrap_or(0);
+        let warmup = self.plan.warmup.get(sub.topic).copied().unwrap_or(0);
         match sub.tracker.record(seq, expected) {
             Seen::InOrder | Seen::OutOfOrder => {
                 self.delivered.set(self.delivered.get() + 1);
                 self.last_rx_ns.set(now);
-                if seq >= self.plan.warmup.get(sub.topic).copied().unwrap_or(0) {
+                if seq >= warmup && !self.plan.resume {
                     let _ =
                         hist.record(now.saturating_sub(t).clamp(1, super::stats::MAX_LATENCY_NS));
                 }
+                if sub.tracker.distinct == warmup {
+                    self.shared.warmed.fetch_add(1, Ordering::Relaxed);
+                }
                 if sub.tracker.distinct == expected {
                     self.shared.complete.fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .last_complete_ns
+                        .fetch_max(now, Ordering::Relaxed);
                 }
             }
             Seen::Duplicate | Seen::Unexpected => {}
@@ -259,9 +354,52 @@ impl Local {
 }
 
 async fn thread_main(l: Rc<Local>, mine: Vec<usize>) -> Counts {
+    open_all(&l, &mine, false).await;
+    let storm = &l.shared.storm;
+    let (mut dropped, mut reconnected) = (false, false);
+    let mut last_flush = std::time::Instant::now();
+    while !l.shared.stop.load(Ordering::Relaxed) {
+        monoio::time::sleep(if l.plan.resume { STORM_POLL } else { TICK }).await;
+        if last_flush.elapsed() >= TICK {
+            l.flush();
+            last_flush = std::time::Instant::now();
+        }
+        if !l.plan.resume {
+            continue;
+        }
+        if !dropped && storm.drop_all.load(Ordering::Relaxed) {
+            dropped = true;
+            l.shutdown_all();
+        }
+        if dropped && !reconnected && storm.reconnect_all.load(Ordering::Relaxed) {
+            reconnected = true;
+            open_all(&l, &mine, true).await;
+        }
+    }
+    // Stop: shut every socket down so each task sees the end of its stream and
+    // ends (dropping its socket); bounded, in case a peer is stuck.
+    l.shutdown_all();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while l.live.get() > 0 && std::time::Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+    l.flush();
+    l.counts()
+}
+
+/// Starts a task for each of this thread's connections (`resume`: each that was
+/// subscribed and has no task now), at most `connect_concurrency` in flight over all
+/// threads, connection `i` only once the coordinator admits it.
+async fn open_all(l: &Rc<Local>, mine: &[usize], resume: bool) {
     let per_thread_limit = l.plan.connect_concurrency.div_ceil(l.plan.threads).max(1);
     let mut last_flush = std::time::Instant::now();
     for (slot, &i) in mine.iter().enumerate() {
+        if resume {
+            let subs = l.subs.borrow();
+            if !subs[slot].subscribed || subs[slot].running {
+                continue;
+            }
+        }
         while (l.connecting.get() >= per_thread_limit
             || i >= l.shared.admit.load(Ordering::Relaxed))
             && !l.shared.stop.load(Ordering::Relaxed)
@@ -275,30 +413,15 @@ async fn thread_main(l: Rc<Local>, mine: Vec<usize>) -> Counts {
             l.flush();
             last_flush = std::time::Instant::now();
         }
-        l.subs.borrow_mut()[slot].topic = i % l.plan.topics.len();
+        {
+            let mut subs = l.subs.borrow_mut();
+            subs[slot].topic = i % l.plan.topics.len();
+            subs[slot].running = true;
+        }
         l.connecting.set(l.connecting.get() + 1);
         l.live.set(l.live.get() + 1);
-        monoio::spawn(subscriber(l.clone(), slot, i));
+        monoio::spawn(subscriber(l.clone(), slot, i, resume));
     }
-    while !l.shared.stop.load(Ordering::Relaxed) {
-        monoio::time::sleep(TICK).await;
-        l.flush();
-    }
-    // Stop: shut every socket down so each task sees the end of its stream and
-    // ends (dropping its socket); bounded, in case a peer is stuck.
-    for sub in l.subs.borrow().iter() {
-        if sub.fd >= 0 {
-            // SAFETY: `fd` is the live socket of a task on this thread: a task clears
-            // it before it drops its stream, on this same thread.
-            unsafe { libc::shutdown(sub.fd, libc::SHUT_RDWR) };
-        }
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while l.live.get() > 0 && std::time::Instant::now() < deadline {
-        monoio::time::sleep(Duration::from_millis(5)).await;
-    }
-    l.flush();
-    l.counts()
 }
 
 /// Why a subscriber ended.
@@ -309,32 +432,55 @@ enum End {
     Closed(String),
 }
 
-async fn subscriber(l: Rc<Local>, slot: usize, i: usize) {
+/// Runs subscriber `slot` (connection `i`) once; `resume`: the storm's reconnect.
+async fn subscriber(l: Rc<Local>, slot: usize, i: usize, resume: bool) {
     let mut subscribed = false;
-    let end = run_subscriber(&l, slot, i, &mut subscribed).await;
+    let end = run_subscriber(&l, slot, i, resume, &mut subscribed).await;
     if !subscribed {
         l.connecting.set(l.connecting.get() - 1);
     }
-    l.subs.borrow_mut()[slot].fd = -1;
+    {
+        let mut subs = l.subs.borrow_mut();
+        subs[slot].fd = -1;
+        subs[slot].running = false;
+    }
     let stopping = l.shared.stop.load(Ordering::Relaxed);
+    let storm = &l.shared.storm;
     match end {
         End::Failed(e) => {
-            l.shared.failed.fetch_add(1, Ordering::Relaxed);
+            let failed = if resume {
+                &storm.resume_failed
+            } else {
+                &l.shared.failed
+            };
+            failed.fetch_add(1, Ordering::Relaxed);
             l.shared.note_error(e);
         }
-        End::Closed(e) if !stopping => {
+        End::Closed(_) if stopping => {}
+        End::Closed(_) if !resume && storm.drop_all.load(Ordering::Relaxed) => {
+            storm.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        End::Closed(e) => {
             l.shared.disconnected.fetch_add(1, Ordering::Relaxed);
             l.shared.note_error(format!("subscriber {i} closed: {e}"));
         }
-        End::Closed(_) => {}
     }
     l.live.set(l.live.get() - 1);
 }
 
-async fn run_subscriber(l: &Local, slot: usize, i: usize, subscribed: &mut bool) -> End {
+async fn run_subscriber(
+    l: &Local,
+    slot: usize,
+    i: usize,
+    resume: bool,
+    subscribed: &mut bool,
+) -> End {
     let plan = &l.plan;
     let target = &plan.targets[i % plan.targets.len()];
     let topic = &plan.topics[i % plan.topics.len()];
+    let last_id = resume
+        .then(|| l.subs.borrow()[slot].last_id.clone())
+        .filter(|id| !id.is_empty());
     let source = (plan.source_ips > 1)
         .then(|| Ipv4Addr::new(127, 0, 0, 1 + (i % plan.source_ips as usize) as u8));
     let stream = match connect_from(source, target.addr).await {
@@ -346,10 +492,13 @@ async fn run_subscriber(l: &Local, slot: usize, i: usize, subscribed: &mut bool)
     };
     let fd = stream.as_raw_fd();
     let mut buf = Vec::with_capacity(512);
-    let path = target.path(topic);
+    let path = match (target.transport, &last_id) {
+        (Transport::Ws, Some(id)) => wire::with_last_event_id(&target.path(topic), id),
+        _ => target.path(topic),
+    };
     match target.transport {
         Transport::Ws => wire::write_ws_upgrade(&mut buf, &target.host, &path),
-        Transport::Sse => wire::write_sse_get(&mut buf, &target.host, &path),
+        Transport::Sse => wire::write_sse_get(&mut buf, &target.host, &path, last_id.as_deref()),
     }
     if let Err(e) = netio::write_all(&stream, fd, &buf).await {
         return End::Failed(format!("sending the request: {e}"));
@@ -400,7 +549,15 @@ async fn run_subscriber(l: &Local, slot: usize, i: usize, subscribed: &mut bool)
         subs[slot].fd = fd;
         subs[slot].subscribed = true;
     }
-    l.shared.connected.fetch_add(1, Ordering::Relaxed);
+    if resume {
+        l.shared.storm.resumed.fetch_add(1, Ordering::Relaxed);
+        l.shared
+            .storm
+            .last_resumed_ns
+            .fetch_max(now_ns(), Ordering::Relaxed);
+    } else {
+        l.shared.connected.fetch_add(1, Ordering::Relaxed);
+    }
 
     let mut out = Vec::new();
     if let (Transport::Ws, Some(body)) = (target.transport, &plan.ws_subscribe_body) {
@@ -500,7 +657,21 @@ impl Local {
         let input: &[u8] = joined.as_deref().unwrap_or(new);
         let (used, open) = match transport {
             Transport::Sse => (
-                wire::scan_sse_lines(input, |data| self.on_message(sub, &mut hist, data, now)),
+                wire::scan_sse_lines(input, |line| match line {
+                    SseLine::Data(data) => self.on_message(sub, &mut hist, data, now),
+                    _ if !self.plan.resume => {}
+                    SseLine::Id(id) => sub.note_sse_id(id),
+                    SseLine::Dispatch => {
+                        if sub.id_buffer != sub.last_id {
+                            sub.last_id.clone_from(&sub.id_buffer);
+                        }
+                    }
+                    SseLine::Event(name) => {
+                        if name == GAP_EVENT.as_bytes() {
+                            self.shared.storm.gaps.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }),
                 true,
             ),
             Transport::Ws => {
@@ -511,6 +682,9 @@ impl Local {
                     at += n;
                     match frame.opcode {
                         OpCode::Text | OpCode::Binary if frame.fin && conn.fragments.is_empty() => {
+                            if self.plan.resume {
+                                sub.note_envelope_id(payload);
+                            }
                             self.on_message(sub, &mut hist, payload, now)
                         }
                         OpCode::Text | OpCode::Binary | OpCode::Continuation => {
@@ -522,6 +696,9 @@ impl Local {
                             conn.fragments.extend_from_slice(payload);
                             if frame.fin {
                                 let msg = std::mem::take(&mut conn.fragments);
+                                if self.plan.resume {
+                                    sub.note_envelope_id(&msg);
+                                }
                                 self.on_message(sub, &mut hist, &msg, now);
                             }
                         }

@@ -68,13 +68,23 @@ pub struct ServerProc {
 impl ServerProc {
     /// Resident set size in bytes (`VmRSS` of `/proc/<pid>/status`).
     pub fn rss_bytes(&self) -> io::Result<u64> {
+        self.status_bytes("VmRSS:")
+    }
+
+    /// The largest resident set size of the process's life so far, in bytes (`VmHWM`).
+    pub fn peak_rss_bytes(&self) -> io::Result<u64> {
+        self.status_bytes("VmHWM:")
+    }
+
+    /// A `kB` field of `/proc/<pid>/status` (`field` with its colon), in bytes.
+    fn status_bytes(&self, field: &str) -> io::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map(|kb| kb * 1024)
-            .ok_or_else(|| io::Error::other("no VmRSS line in /proc/PID/status"))
+            .ok_or_else(|| io::Error::other(format!("no {field} line in /proc/PID/status")))
     }
 
     /// User + system CPU seconds (`utime` + `stime` of `/proc/<pid>/stat`).
@@ -125,6 +135,7 @@ mod tests {
             pid: std::process::id(),
         };
         assert!(me.rss_bytes().unwrap() > 0);
+        assert!(me.peak_rss_bytes().unwrap() >= me.rss_bytes().unwrap());
         assert!(me.cpu_seconds().is_ok());
         assert!(now_ns() > 0);
     }

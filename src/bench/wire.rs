@@ -22,13 +22,61 @@ pub fn write_ws_upgrade(out: &mut Vec<u8>, host: &str, path: &str) {
     );
 }
 
-/// Appends an SSE request.
-pub fn write_sse_get(out: &mut Vec<u8>, host: &str, path: &str) {
+/// Appends an SSE request, resuming after `last_event_id` when given (the header
+/// EventSource sends when it reconnects).
+pub fn write_sse_get(out: &mut Vec<u8>, host: &str, path: &str, last_event_id: Option<&str>) {
     let _ = write!(
         out,
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\
-         Cache-Control: no-cache\r\n\r\n"
+         Cache-Control: no-cache\r\n"
     );
+    if let Some(id) = last_event_id {
+        let _ = write!(out, "Last-Event-ID: {id}\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `path` with `lastEventId=<id>` added to its query: how a WebSocket client resumes.
+pub fn with_last_event_id(path: &str, id: &str) -> String {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    format!("{path}{sep}lastEventId={id}")
+}
+
+/// Longest id or cursor the bench keeps for a resume.
+pub const MAX_RESUME_ID: usize = 512;
+
+/// The id or cursor a server sent, when it is safe to send back as it is in a header
+/// or a query: the charset ringcast's ids and cursors use (`0-9 a-z A-Z - . _ :`),
+/// at most [`MAX_RESUME_ID`] bytes. Anything else is not kept: a peer's bytes never
+/// reach a request line or header unchecked.
+pub fn resume_id(raw: &[u8]) -> Option<&str> {
+    let ok = !raw.is_empty()
+        && raw.len() <= MAX_RESUME_ID
+        && raw
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':'));
+    ok.then(|| std::str::from_utf8(raw).ok()).flatten()
+}
+
+/// The `"id"` of a ringcast envelope (`{"topic":"a","id":"<id>",...,"data":...}`).
+pub fn envelope_id(msg: &[u8]) -> Option<&[u8]> {
+    envelope_head_field(msg, b"\"id\":\"")
+}
+
+/// The `"event"` of a ringcast envelope (server events such as `ringcast.gap`).
+pub fn envelope_event(msg: &[u8]) -> Option<&[u8]> {
+    envelope_head_field(msg, b"\"event\":\"")
+}
+
+/// The string value after `key` (`"name":"`) in an envelope's head: the part before
+/// `"data":`, which the envelope puts last, so nothing in the published data can be
+/// taken for the key (a topic name cannot hold a quote either).
+fn envelope_head_field<'m>(msg: &'m [u8], key: &[u8]) -> Option<&'m [u8]> {
+    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
+    let head = &msg[..find(msg, b"\"data\":").unwrap_or(msg.len())];
+    let at = find(head, key)? + key.len();
+    let len = head[at..].iter().position(|&b| b == b'"')?;
+    Some(&head[at..at + len])
 }
 
 /// A parsed response head.
@@ -166,19 +214,43 @@ pub fn write_client_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], key
     apply_mask(&mut out[start..], key, 0);
 }
 
-/// Calls `on_data` with the value of every complete `data:` line in `buf` and returns
-/// the bytes consumed (up to and including the last line break). Each `data:` line is
-/// one message: the bench's payloads never contain a line break, so an event never
-/// needs more than one. Other fields and comments are skipped.
-pub fn scan_sse_lines(buf: &[u8], mut on_data: impl FnMut(&[u8])) -> usize {
+/// A field's value: what follows the colon, less one leading space.
+fn sse_value(v: &[u8]) -> &[u8] {
+    v.strip_prefix(b" ").unwrap_or(v)
+}
+
+/// One SSE line the bench acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SseLine<'a> {
+    /// `data:`: one message (the bench's payloads never hold a line break, so an
+    /// event never needs more than one data line).
+    Data(&'a [u8]),
+    /// `id:`: the event's id, the stream's last id once the event is dispatched.
+    Id(&'a [u8]),
+    /// `event:`: the event's name.
+    Event(&'a [u8]),
+    /// The blank line that ends (dispatches) an event block.
+    Dispatch,
+}
+
+/// Calls `on_line` for every complete `data:`, `id:`, `event:` and blank line in
+/// `buf` and returns the bytes consumed (up to and including the last line break).
+/// Other fields and comments are skipped.
+pub fn scan_sse_lines(buf: &[u8], mut on_line: impl FnMut(SseLine<'_>)) -> usize {
     let mut at = 0;
     while let Some(nl) = buf[at..].iter().position(|&b| b == b'\n') {
         let mut line = &buf[at..at + nl];
         if let Some(l) = line.strip_suffix(b"\r") {
             line = l;
         }
-        if let Some(value) = line.strip_prefix(b"data:") {
-            on_data(value.strip_prefix(b" ").unwrap_or(value));
+        if line.is_empty() {
+            on_line(SseLine::Dispatch);
+        } else if let Some(v) = line.strip_prefix(b"data:") {
+            on_line(SseLine::Data(sse_value(v)));
+        } else if let Some(v) = line.strip_prefix(b"id:") {
+            on_line(SseLine::Id(sse_value(v)));
+        } else if let Some(v) = line.strip_prefix(b"event:") {
+            on_line(SseLine::Event(sse_value(v)));
         }
         at += nl + 1;
     }
@@ -273,8 +345,65 @@ mod tests {
     fn sse_data_lines_are_messages_and_partial_lines_wait() {
         let stream = b"retry: 2000\n\nid: 1\ndata: {\"a\":1}\n\n:\n\ndata:x\r\n\r\ndata: part";
         let mut got = Vec::new();
-        let used = scan_sse_lines(stream, |d| got.push(d.to_vec()));
+        let used = scan_sse_lines(stream, |line| {
+            if let SseLine::Data(d) = line {
+                got.push(d.to_vec())
+            }
+        });
         assert_eq!(got, vec![b"{\"a\":1}".to_vec(), b"x".to_vec()]);
         assert_eq!(&stream[used..], b"data: part");
+    }
+
+    #[test]
+    fn sse_ids_events_and_block_ends_are_reported_in_order() {
+        let stream = b"id: e-1\n\nid:e-2\nevent: ringcast.gap\ndata: {}\n\n";
+        let mut got = Vec::new();
+        scan_sse_lines(stream, |line| got.push(format!("{line:?}")));
+        let want = [
+            SseLine::Id(b"e-1"),
+            SseLine::Dispatch,
+            SseLine::Id(b"e-2"),
+            SseLine::Event(b"ringcast.gap"),
+            SseLine::Data(b"{}"),
+            SseLine::Dispatch,
+        ]
+        .map(|l| format!("{l:?}"));
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_resume_id_is_kept_only_in_the_id_charset() {
+        assert_eq!(resume_id(b"1b243d993a35-3"), Some("1b243d993a35-3"));
+        assert_eq!(resume_id(b"1b243d993a35-3.7_9"), Some("1b243d993a35-3.7_9"));
+        for bad in [&b""[..], b"a\r\nX-Evil: 1", b"a b", b"a&b", b"\xff"] {
+            assert_eq!(resume_id(bad), None, "{bad:?}");
+        }
+        assert_eq!(resume_id(&[b'1'; MAX_RESUME_ID + 1]), None);
+    }
+
+    #[test]
+    fn envelope_fields_are_read_from_the_head_only() {
+        let env = br#"{"topic":"t","id":"e-42","data":{"id":"x","event":"ringcast.gap"}}"#;
+        assert_eq!(envelope_id(env), Some(&b"e-42"[..]));
+        assert_eq!(envelope_event(env), None);
+        let gap = br#"{"topic":"t","event":"ringcast.gap","data":{"topic":"t"}}"#;
+        assert_eq!(
+            (envelope_id(gap), envelope_event(gap)),
+            (None, Some(&b"ringcast.gap"[..]))
+        );
+        assert_eq!(envelope_id(br#"{"topic":"t","id":"unterminated"#), None);
+    }
+
+    #[test]
+    fn resume_requests_carry_the_last_id() {
+        let mut out = Vec::new();
+        write_sse_get(&mut out, "h:1", "/sse?topic=a", Some("e-7"));
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("\r\nLast-Event-ID: e-7\r\n\r\n"), "{text}");
+        assert_eq!(
+            with_last_event_id("/ws?topic=a", "e-7"),
+            "/ws?topic=a&lastEventId=e-7"
+        );
+        assert_eq!(with_last_event_id("/ws", "e-7"), "/ws?lastEventId=e-7");
     }
 }
