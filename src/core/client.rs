@@ -185,6 +185,7 @@ impl Client {
 
     /// Queues one message of subscription `index` to the outbox: the frame,
     /// after its cursor line on a stream over several topics.
+    #[inline]
     pub fn push_message(&mut self, index: u16, seq: u64, frame: Frame) {
         if self.multi_topic {
             self.outbox.push_cursor(index, seq);
@@ -195,6 +196,7 @@ impl Client {
     /// Bytes queued to the client that count toward `--max-outbox-bytes`: the
     /// outbox and the live messages waiting behind a resume (not the backlog,
     /// which is paced by the socket).
+    #[inline]
     pub fn queued_bytes(&self) -> usize {
         self.outbox.bytes() + self.replay.as_ref().map_or(0, |r| r.live_bytes())
     }

@@ -22,6 +22,7 @@ pub enum FrameKind {
 }
 
 impl FrameKind {
+    #[inline]
     pub fn of(client: &Client) -> FrameKind {
         match client.transport {
             Transport::Sse if client.multi_topic => FrameKind::SseBody,
@@ -40,6 +41,7 @@ pub struct LazyFrames {
 
 impl LazyFrames {
     /// The frame of `msg` for a client taking `kind` (a shared reference).
+    #[inline]
     pub fn get(&mut self, msg: &Message, kind: FrameKind) -> Frame {
         match kind {
             FrameKind::Sse => self.sse(msg).clone(),

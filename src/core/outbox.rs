@@ -136,6 +136,7 @@ impl Outbox {
     }
 
     /// Queues a shared frame the caller cloned already.
+    #[inline]
     pub fn push_owned(&mut self, frame: Frame) {
         if frame.is_empty() {
             return;

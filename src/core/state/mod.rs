@@ -902,6 +902,7 @@ impl CoreState {
 /// Queues one message to a client's subscription `index`: to the outbox, or
 /// behind the backlog while the client replays one. False when the client is
 /// closing (the message then counts as dropped).
+#[inline]
 fn queue_message(client: &mut Client, index: usize, seq: u64, frame: Frame) -> bool {
     if client.muted || matches!(client.write, WriteState::Closing(_)) {
         return false;
@@ -999,7 +1000,9 @@ fn flush_one(
 ) {
     let fd = client.fd;
     let flushed = loop {
-        refill(client);
+        if client.replay.is_some() {
+            refill(client);
+        }
         let before = client.outbox.bytes();
         let cursor = if client.multi_topic {
             client.cursor.as_mut()
