@@ -57,7 +57,10 @@ fn check_rss(server: &Server, what: &str, start: u64, budget: u64) {
         rss.saturating_sub(start) as f64 / counted.max(1) as f64,
         budget / MIB
     );
-    assert!(counted <= budget, "{what}: histories count {counted} over {budget}");
+    assert!(
+        counted <= budget,
+        "{what}: histories count {counted} over {budget}"
+    );
     let slack = 24 * MIB;
     assert!(
         rss <= start + budget * 3 / 2 + slack,
@@ -82,7 +85,11 @@ fn two_hundred_thousand_per_user_topics_stay_within_the_budget_and_are_forgotten
     eprintln!("published {n} per-user messages in {:?}", t0.elapsed());
     check_rss(&server, "200k per-user topics", start, 64 * MIB);
     let evicted = server.metric_sum("ringcast_history_evictions_total{reason=\"budget\"");
-    assert!(evicted > 0.0, "the budget never evicted:\n{}", server.metrics());
+    assert!(
+        evicted > 0.0,
+        "the budget never evicted:\n{}",
+        server.metrics()
+    );
     // After the age limit nothing is held and every topic is forgotten.
     let t_ttl = Instant::now();
     assert!(
@@ -137,12 +144,19 @@ fn a_resume_from_an_evicted_position_gets_the_gap_first_and_positions_never_repe
             (t.to_string(), answer_id(&a[0]))
         })
         .collect();
-    flood(&server, (0..1000).map(|i| data_line(&format!("filler.{i}"), 2000)));
+    flood(
+        &server,
+        (0..1000).map(|i| data_line(&format!("filler.{i}"), 2000)),
+    );
     assert!(server.metric_sum("ringcast_history_evictions_total{reason=\"budget\"") > 0.0);
     for (topic, first) in &ids {
         let mut c = SseClient::connect(server.addr, &format!("topic={topic}"), Some(first));
         let gap = c.next_event();
-        assert_eq!(gap.event.as_deref(), Some("ringcast.gap"), "{topic}: {gap:?}");
+        assert_eq!(
+            gap.event.as_deref(),
+            Some("ringcast.gap"),
+            "{topic}: {gap:?}"
+        );
         let text = gap.data.clone().unwrap_or_default();
         assert!(
             text.contains(&format!("\"after\":\"{first}\"")) && text.contains("\"oldest\""),
@@ -221,7 +235,10 @@ fn sse_and_ws_resumes_of_two_megabytes_with_the_default_flags_get_their_head_the
         let b = sse.next_event();
         assert_eq!(b.event, None, "at {n}: {b:?}");
         let e = envelope(&b);
-        assert_eq!((payload_n(&e), e.id.as_str()), (n, ids[n as usize - 1].as_str()));
+        assert_eq!(
+            (payload_n(&e), e.id.as_str()),
+            (n, ids[n as usize - 1].as_str())
+        );
     }
     let sse_took = t0.elapsed();
     let t1 = Instant::now();
@@ -268,7 +285,11 @@ fn a_reader_that_stalls_during_a_resume_is_still_cut_when_live_traffic_piles_up(
     // other reader keeps up, and gets everything.
     let mut batches = 0;
     while server.metric_sum("ringcast_slow_consumers_total") == 0.0 {
-        assert!(batches < 50, "not cut after 50 × 800 KB:\n{}", server.metrics());
+        assert!(
+            batches < 50,
+            "not cut after 50 × 800 KB:\n{}",
+            server.metrics()
+        );
         let lines: Vec<String> = (0..200).map(|_| data_line("stall", 4000)).collect();
         server.publish_socket(&lines);
         for _ in 0..200 {
@@ -276,7 +297,10 @@ fn a_reader_that_stalls_during_a_resume_is_still_cut_when_live_traffic_piles_up(
         }
         batches += 1;
     }
-    eprintln!("stalled reader cut after {} KB of live traffic", batches * 800);
+    eprintln!(
+        "stalled reader cut after {} KB of live traffic",
+        batches * 800
+    );
     // The stalled client's stream starts with its head.
     let mut first = [0u8; 12];
     stalled.set_read_timeout(Some(READ_TIMEOUT)).unwrap();

@@ -119,6 +119,9 @@ pub struct Client {
     pub last_write: u64,
     /// Tick of the last byte read from the peer (WebSocket liveness).
     pub last_read: u64,
+    /// A WebSocket ping went out because the peer was silent for a heartbeat
+    /// interval, and nothing was read since: no second one until it answers.
+    pub probed: bool,
     /// The client's one timer-wheel entry, due at its earliest deadline.
     pub timer: Option<TimerHandle>,
     /// Tick at which the client's access token expires.
@@ -152,6 +155,7 @@ impl Client {
             waker: None,
             last_write: 0,
             last_read: 0,
+            probed: false,
             timer: None,
             expires_at: None,
             acks: Vec::new(),

@@ -290,6 +290,56 @@ fn heartbeats_fill_silences_and_silent_websockets_are_closed() {
 }
 
 #[test]
+fn a_websocket_that_only_listens_on_a_busy_topic_is_pinged_and_stays_while_it_answers() {
+    let mut cs = cores(1);
+    let answers = cs[0].register(Transport::Ws, 10);
+    let silent = cs[0].register(Transport::Ws, 11);
+    for c in [answers, silent] {
+        cs[0].subscribe(c, "busy", Since::Live).unwrap();
+    }
+    let mut socks = Sockets::default();
+    let pings = |socks: &Sockets, fd| {
+        let out = socks.0.get(&fd).map_or(&[][..], Vec::as_slice);
+        parse_frames(out).iter().filter(|op| **op == 0x9).count()
+    };
+    // A message every second: the streams are never silent outbound.
+    for second in 1..=40u64 {
+        let now = second * 100;
+        cs[0].advance_timers(now);
+        cs[0].publish("busy", None, b"1".to_vec());
+        socks.flush_all(&mut cs);
+        if pings(&socks, 10) > 0 && cs[0].client(answers).unwrap().probed {
+            // Its pong arrives.
+            cs[0].touch_read(answers);
+        }
+    }
+    // Each was asked after 15 s of its own silence; the one that answered is
+    // asked again 15 s after its answer, and stays.
+    assert_eq!(pings(&socks, 11), 1);
+    assert_eq!(pings(&socks, 10), 2);
+    assert_eq!(cs[0].client(answers).unwrap().write, WriteState::Ready);
+    assert_eq!(
+        cs[0].client(silent).unwrap().write,
+        WriteState::Closing(CloseReason::IdleTimeout)
+    );
+}
+
+/// The opcodes of the unmasked server frames in `bytes`.
+fn parse_frames(mut bytes: &[u8]) -> Vec<u8> {
+    let mut ops = Vec::new();
+    while bytes.len() >= 2 {
+        let len = match bytes[1] & 0x7f {
+            126 => 4 + usize::from(u16::from_be_bytes([bytes[2], bytes[3]])),
+            127 => unreachable!("no 64-bit lengths here"),
+            n => 2 + usize::from(n),
+        };
+        ops.push(bytes[0] & 0x0f);
+        bytes = &bytes[len.min(bytes.len())..];
+    }
+    ops
+}
+
+#[test]
 fn a_subscribe_ack_waits_until_every_home_confirmed_and_precedes_the_last_backlog() {
     let mut cs = cores(2);
     let here = topic_homed_at(0, 2);

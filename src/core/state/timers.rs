@@ -3,6 +3,13 @@
 //! deadlines (heartbeat, idle); writes and reads only update `last_write` and
 //! `last_read`, and an entry that fires early is simply re-filed. Tasks waiting on
 //! a deadline (a request head, a close handshake) hold a `Wake` entry instead.
+//!
+//! Heartbeats: a stream silent for `--heartbeat` gets one (SSE comment, WS
+//! ping), so proxies keep it open and a dead peer is found by the write. A
+//! WebSocket also gets a ping when the *peer* has been silent that long, even
+//! while messages flow to it: a browser only listens and sends nothing but the
+//! pongs the pings ask for, and without this probe the idle timeout, which
+//! counts inbound frames, would close every such client on a busy topic.
 
 use std::task::{Context, Poll, Waker};
 
@@ -58,13 +65,18 @@ impl CoreState {
         let now = self.now;
         if let Some(c) = self.clients.get_mut(id) {
             c.last_read = now;
+            c.probed = false;
         }
     }
 
     /// The client's earliest deadline.
     fn client_deadline(&self, id: ClientId) -> Option<u64> {
         let c = self.clients.get(id)?;
-        let heartbeat = c.last_write + self.limits.heartbeat_ticks;
+        let hb = self.limits.heartbeat_ticks;
+        let mut heartbeat = c.last_write + hb;
+        if c.transport == Transport::Ws && !c.probed {
+            heartbeat = heartbeat.min(c.last_read + hb);
+        }
         let idle = match c.transport {
             Transport::Ws if self.limits.idle_ticks > 0 => c.last_read + self.limits.idle_ticks,
             _ => u64::MAX,
@@ -205,13 +217,17 @@ impl CoreState {
             self.close(id, CloseReason::IdleTimeout);
             return;
         }
-        if now >= c.last_write + hb && !c.muted {
+        // A WebSocket peer silent for a heartbeat interval is asked for a pong,
+        // once, even while messages flow to it (see the module doc).
+        let probe = c.transport == Transport::Ws && !c.probed && now >= c.last_read + hb;
+        if (now >= c.last_write + hb || probe) && !c.muted {
             let beat = match c.transport {
                 Transport::Sse => &self.heartbeats.sse,
                 Transport::Ws => &self.heartbeats.ws,
             };
             c.outbox.push_frame(beat);
             c.last_write = now;
+            c.probed |= probe;
             self.metrics.heartbeats.inc();
             self.mark_dirty(id);
         }
