@@ -36,24 +36,23 @@ impl FrameKind {
 #[derive(Default)]
 pub struct LazyFrames {
     sse: Option<Frame>,
+    sse_body: Option<Frame>,
     ws: Option<Frame>,
 }
 
 impl LazyFrames {
-    /// The frame of `msg` for a client taking `kind` (a shared reference).
+    /// The frame of `msg` for a client taking `kind`, shared by every client
+    /// of the core that takes it.
     #[inline]
-    pub fn get(&mut self, msg: &Message, kind: FrameKind) -> Frame {
+    pub fn get(&mut self, msg: &Message, kind: FrameKind) -> &Frame {
         match kind {
-            FrameKind::Sse => self.sse(msg).clone(),
-            FrameKind::SseBody => self.sse(msg).from_offset(msg.sse_body),
+            FrameKind::Sse => self.sse.get_or_insert_with(|| Frame::new(&msg.sse)),
+            FrameKind::SseBody => self
+                .sse_body
+                .get_or_insert_with(|| Frame::new(&msg.sse).from_offset(msg.sse_body)),
             FrameKind::Ws => self
                 .ws
-                .get_or_insert_with(|| Frame::new(&ws_frame::text_frame(msg.envelope())))
-                .clone(),
+                .get_or_insert_with(|| Frame::new(&ws_frame::text_frame(msg.envelope()))),
         }
-    }
-
-    fn sse(&mut self, msg: &Message) -> &Frame {
-        self.sse.get_or_insert_with(|| Frame::new(&msg.sse))
     }
 }

@@ -35,7 +35,7 @@ impl BacklogFrames {
         if frames.is_empty() {
             frames.resize_with(self.backlog.len(), LazyFrames::default);
         }
-        frames[i].get(&self.backlog[i], kind)
+        frames[i].get(&self.backlog[i], kind).clone()
     }
 }
 

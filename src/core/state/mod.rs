@@ -627,8 +627,7 @@ impl CoreState {
                 Some(sub) if !sub.pending && sub.seq < msg.seq => {}
                 _ => continue,
             }
-            let frame = enc.get(msg, FrameKind::of(client));
-            if !queue_message(client, index, msg.seq, frame) {
+            if !queue_message(client, index, msg.seq, enc.get(msg, FrameKind::of(client))) {
                 continue;
             }
             delivered += 1;
@@ -903,19 +902,31 @@ impl CoreState {
 /// behind the backlog while the client replays one. False when the client is
 /// closing (the message then counts as dropped).
 #[inline]
-fn queue_message(client: &mut Client, index: usize, seq: u64, frame: Frame) -> bool {
+fn queue_message(client: &mut Client, index: usize, seq: u64, frame: &Frame) -> bool {
     if client.muted || matches!(client.write, WriteState::Closing(_)) {
         return false;
     }
     match client.replay.as_mut() {
-        Some(replay) => replay.push_live(index as u16, seq, frame),
-        None => client.push_message(index as u16, seq, frame),
+        Some(replay) => queue_behind_replay(replay, index, seq, frame),
+        None => {
+            if client.multi_topic {
+                client.outbox.push_cursor(index as u16, seq);
+            }
+            client.outbox.push_frame(frame);
+        }
     }
     client.fresh = false;
     if let Some(sub) = client.subs.get_mut(index) {
         sub.seq = seq;
     }
     true
+}
+
+/// The rare case of [`queue_message`], kept out of the fan-out loop.
+#[cold]
+#[inline(never)]
+fn queue_behind_replay(replay: &mut Replay, index: usize, seq: u64, frame: &Frame) {
+    replay.push_live(index as u16, seq, frame.clone());
 }
 
 /// Moves replayed messages into the outbox until it holds [`REPLAY_SLICE`]
