@@ -150,6 +150,15 @@ impl Outbox {
         self.items.push_back(Item::Cursor { topic, seq });
     }
 
+    /// Gives back the room a burst made the queue grow to, once it is empty,
+    /// so an idle client holds no more than a fresh one. Called from the
+    /// client's timer, not the write path, which reuses the room at full speed.
+    pub fn release_room(&mut self) {
+        if self.items.is_empty() && self.items.capacity() > SMALL_IOV {
+            self.items = VecDeque::new();
+        }
+    }
+
     /// Bytes queued (cursor lines counted at a fixed estimate).
     pub fn bytes(&self) -> usize {
         self.bytes
@@ -478,6 +487,23 @@ mod tests {
         written.flush(None, &mut FlushScratch::default(), |iov| sock.write(iov));
         assert_eq!(written.drop_unsent(), 1);
         assert!(written.is_empty());
+    }
+
+    #[test]
+    fn an_emptied_queue_gives_back_the_room_a_burst_took() {
+        let mut outbox = Outbox::default();
+        for _ in 0..1000 {
+            outbox.push(b"m");
+        }
+        outbox.release_room();
+        assert!(outbox.items.capacity() >= 1000, "not empty: kept");
+        let mut sock = FakeSocket {
+            out: Vec::new(),
+            room: usize::MAX,
+        };
+        outbox.flush(None, &mut FlushScratch::default(), |iov| sock.write(iov));
+        outbox.release_room();
+        assert!(outbox.items.capacity() <= SMALL_IOV);
     }
 
     #[test]

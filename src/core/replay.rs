@@ -23,6 +23,12 @@ use super::msg::Backlog;
 /// messages, little next to `--max-outbox-bytes`.
 pub const REPLAY_SLICE: usize = 64 * 1024;
 
+/// Messages moved into an outbox at a time: the outbox's queue grows to what it
+/// holds at once, so a slice of small messages must not make it big (15,000
+/// clients resuming 900 small messages held 24 KiB of queue each with a
+/// byte bound alone: 370 MiB).
+pub const REPLAY_SLICE_ITEMS: usize = 64;
+
 /// A backlog and its encodings on this core, shared by the clients replaying it.
 pub struct BacklogFrames {
     backlog: Backlog,

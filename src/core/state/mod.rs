@@ -24,7 +24,7 @@ use super::message::Message;
 use super::msg::{Backlog, CoreMsg, Gap, ReplyTo, Since};
 use super::outbox::{Flush, FlushScratch, StreamCursor};
 use super::registry::{ClientId, Registry};
-use super::replay::{BacklogCache, Replay, REPLAY_SLICE};
+use super::replay::{BacklogCache, Replay, REPLAY_SLICE, REPLAY_SLICE_ITEMS};
 use super::topics::{home_of, LocalTopics};
 use crate::metrics::CoreMetrics;
 use crate::proto::cursor::IdScheme;
@@ -930,10 +930,10 @@ fn queue_behind_replay(replay: &mut Replay, index: usize, seq: u64, frame: &Fram
 }
 
 /// Moves replayed messages into the outbox until it holds [`REPLAY_SLICE`]
-/// bytes or the replay is done.
+/// bytes or [`REPLAY_SLICE_ITEMS`] items, or the replay is done.
 fn refill(client: &mut Client) {
     let kind = FrameKind::of(client);
-    while client.outbox.bytes() < REPLAY_SLICE {
+    while client.outbox.bytes() < REPLAY_SLICE && client.outbox.len() < REPLAY_SLICE_ITEMS {
         let Some(replay) = client.replay.as_mut() else {
             return;
         };

@@ -208,6 +208,7 @@ impl CoreState {
         if matches!(c.write, WriteState::Closing(_)) {
             return;
         }
+        c.outbox.release_room();
         if c.expires_at.is_some_and(|at| now >= at) {
             self.close(id, CloseReason::TokenExpired);
             return;
