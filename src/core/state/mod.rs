@@ -931,6 +931,8 @@ fn queue_behind_replay(replay: &mut Replay, index: usize, seq: u64, frame: &Fram
 
 /// Moves replayed messages into the outbox until it holds [`REPLAY_SLICE`]
 /// bytes or [`REPLAY_SLICE_ITEMS`] items, or the replay is done.
+#[cold]
+#[inline(never)]
 fn refill(client: &mut Client) {
     let kind = FrameKind::of(client);
     while client.outbox.bytes() < REPLAY_SLICE && client.outbox.len() < REPLAY_SLICE_ITEMS {
