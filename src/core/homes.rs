@@ -369,35 +369,29 @@ impl HomeTopics {
     /// Broker mode, when the bridge stops reading the topic: the history is of
     /// no use any more (the stream holds it; reading again starts a new one).
     pub fn drop_history(&mut self, name: &str) {
-        let Some(&key) = self.by_name.get(name) else {
-            return;
-        };
-        let topic = &mut self.topics[key as usize];
-        let limits = self.limits;
-        let kept = topic.history.len();
-        let bytes = topic.history.bytes();
-        topic.history = History::new(limits.len, limits.bytes);
-        topic.last_backlog = None;
-        self.messages -= kept;
-        self.bytes -= bytes;
-        self.forget_if_idle(key);
+        if let Some(&key) = self.by_name.get(name) {
+            self.reset_history(key, 0);
+            self.forget_if_idle(key);
+        }
     }
 
     /// Replaces a topic's history with an empty one covering every position
     /// after `from` (broker mode: the bridge starts reading there).
     pub fn restart_history(&mut self, name: &str, from: u64) {
-        let Some(&key) = self.by_name.get(name) else {
-            return;
-        };
+        if let Some(&key) = self.by_name.get(name) {
+            self.reset_history(key, from);
+        }
+    }
+
+    /// Empties a topic's history. Its entries in the age order turn stale: the
+    /// positions read from now on are all past them.
+    fn reset_history(&mut self, key: u32, from: u64) {
         let topic = &mut self.topics[key as usize];
-        let limits = self.limits;
-        let kept = topic.history.len();
-        let bytes = topic.history.bytes();
-        topic.history = History::new(limits.len, limits.bytes);
+        self.messages -= topic.history.len();
+        self.bytes -= topic.history.bytes();
+        topic.history = History::new(self.limits.len, self.limits.bytes);
         topic.history.cover_from(from);
         topic.last_backlog = None;
-        self.messages -= kept;
-        self.bytes -= bytes;
     }
 
     /// Forgets a topic nothing holds any more.
