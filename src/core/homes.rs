@@ -24,9 +24,13 @@
 //! Positions never repeat within a run: in single-node mode a topic created
 //! (again) starts above the highest position any forgotten topic of the core
 //! reached, and its history says nothing is kept from before that, so a resume
-//! from an old id gets a `ringcast.gap`, never another message's id.
+//! from an old id gets a `ringcast.gap`, never another message's id. The last
+//! positions of the most recently forgotten topics are remembered
+//! ([`ForgottenTopics`], bounded): a client that saw a topic's last message
+//! before it was forgotten resumes it without a gap.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use slab::Slab;
@@ -138,6 +142,43 @@ struct Aged {
     at: u64,
 }
 
+/// Forgotten topics remembered per core (about 32 bytes each).
+pub const FORGOTTEN_KEPT: usize = 65_536;
+
+/// The last position of the topics a core forgot most recently (single-node
+/// mode), by a keyed hash of the name: a topic published again reports that
+/// nothing is missing after it. Bounded by [`FORGOTTEN_KEPT`], oldest out first;
+/// a topic no longer remembered falls back to the core's floor (a gap).
+#[derive(Default)]
+struct ForgottenTopics {
+    last: HashMap<u64, u64>,
+    /// Forgetting order: (name hash, last position).
+    order: VecDeque<(u64, u64)>,
+    /// Keys drawn per process, so names cannot be chosen to collide.
+    keys: std::collections::hash_map::RandomState,
+}
+
+impl ForgottenTopics {
+    fn remember(&mut self, name: &str, last: u64) {
+        let h = self.keys.hash_one(name);
+        self.last.insert(h, last);
+        self.order.push_back((h, last));
+        if self.order.len() > FORGOTTEN_KEPT {
+            if let Some((old, at)) = self.order.pop_front() {
+                // A name forgotten again since keeps its newer entry.
+                if self.last.get(&old) == Some(&at) {
+                    self.last.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// The last position of `name` when it was forgotten, if remembered.
+    fn take(&mut self, name: &str) -> Option<u64> {
+        self.last.remove(&self.keys.hash_one(name))
+    }
+}
+
 /// Bytes a topic holds besides its messages: its record, its name with the
 /// `Arc` counts, and its entry in the name map.
 fn topic_bytes(name: &str) -> usize {
@@ -162,6 +203,8 @@ pub struct HomeTopics {
     /// Single-node mode: the highest position a forgotten topic of this core
     /// reached; topics created from now on start above it.
     floor: u64,
+    /// Single-node mode: where recently forgotten topics stood.
+    forgotten: ForgottenTopics,
     /// Positions are stream ids from the broker (they never repeat: no floor).
     broker: bool,
     metrics: Arc<CoreMetrics>,
@@ -178,6 +221,7 @@ impl HomeTopics {
             bytes: 0,
             limits,
             floor: 0,
+            forgotten: ForgottenTopics::default(),
             broker: false,
             metrics,
         }
@@ -210,7 +254,13 @@ impl HomeTopics {
     fn create(&mut self, name: &str) -> u32 {
         let name: Arc<str> = Arc::from(name);
         let mut history = History::new(self.limits.len, self.limits.bytes);
-        history.cover_from(self.floor);
+        // Nothing is kept from before the floor; from a topic remembered, its
+        // last position on is complete (no position of it lies in between).
+        let covered = match self.forgotten.take(&name) {
+            Some(last) if !self.broker => last,
+            _ => self.floor,
+        };
+        history.cover_from(covered);
         self.next_gen = self.next_gen.wrapping_add(1);
         let key = self.topics.insert(HomeTopic {
             name: name.clone(),
@@ -404,6 +454,7 @@ impl HomeTopics {
         self.bytes -= topic_bytes(&topic.name);
         if !self.broker {
             self.floor = self.floor.max(topic.seq);
+            self.forgotten.remember(&topic.name, topic.seq);
         }
         self.metrics.topics_forgotten.inc();
     }

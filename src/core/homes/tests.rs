@@ -132,6 +132,49 @@ fn a_forgotten_topic_published_again_never_repeats_a_position() {
 }
 
 #[test]
+fn a_client_that_saw_the_last_message_of_a_forgotten_topic_resumes_it_without_a_gap() {
+    let mut h = homes(limits(usize::MAX, 10));
+    publish(&mut h, "quiet", 10, 0);
+    for now in 0..50 {
+        publish(&mut h, "busy", 10, now);
+    }
+    h.expire(100);
+    assert!(h.is_empty());
+    // "busy" raised the floor to 50; "quiet" is remembered at 1.
+    let again = publish(&mut h, "quiet", 10, 200);
+    assert!(again.seq > 50);
+    let (resume, backlog) = h.get_or_create("quiet").backlog_since(1);
+    assert_eq!(resume, Resume::Complete);
+    assert_eq!(
+        backlog.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![again.seq]
+    );
+    // From before its last message, the gap is reported.
+    let (resume, _) = h.get_or_create("quiet").backlog_since(0);
+    assert_eq!(resume, Resume::Trimmed { oldest: again.seq });
+}
+
+#[test]
+fn forgotten_topics_are_remembered_up_to_a_bound() {
+    let mut f = ForgottenTopics::default();
+    for i in 0..FORGOTTEN_KEPT as u64 + 10 {
+        f.remember(&format!("t{i}"), i + 1);
+    }
+    assert_eq!(f.last.len(), FORGOTTEN_KEPT);
+    assert_eq!(f.take("t0"), None, "the oldest went first");
+    assert_eq!(f.take("t20"), Some(21));
+    // A topic forgotten twice keeps its newer position when the older entry leaves.
+    f.remember("again", 5);
+    for i in 0..FORGOTTEN_KEPT as u64 {
+        if i == 10 {
+            f.remember("again", 9);
+        }
+        f.remember(&format!("u{i}"), 1);
+    }
+    assert_eq!(f.take("again"), Some(9));
+}
+
+#[test]
 fn a_broker_topic_keeps_its_stream_positions() {
     let mut h = homes(limits(usize::MAX, 10));
     h.set_broker();
