@@ -6,7 +6,8 @@
 //! - [`proto`]: sans-IO protocol code over byte slices (HTTP/1.1, SSE, WebSocket, publish).
 //!
 //! Beside them, [`bench`] is the load generator (`ringcast bench`), a client of the server
-//! built on the same `proto` codecs and monoio.
+//! built on the same `proto` codecs and monoio, and [`netio`] the non-blocking socket
+//! calls that both `runtime` and `bench` use.
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 pub mod bench;
@@ -14,5 +15,6 @@ pub mod config;
 pub mod core;
 pub mod log;
 pub mod metrics;
+pub mod netio;
 pub mod proto;
 pub mod runtime;

@@ -42,8 +42,8 @@ use super::target::{HttpTarget, Transport};
 use super::wire::{self, SseLine, WireError};
 use crate::config::PayloadMode;
 use crate::core::state::GAP_EVENT;
+use crate::netio;
 use crate::proto::ws::frame::OpCode;
-use crate::runtime::netio;
 
 /// How often threads publish their counters and histogram to [`Shared`].
 const TICK: Duration = Duration::from_millis(50);

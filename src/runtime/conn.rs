@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use monoio::net::TcpStream;
 
-use super::netio;
 use super::sse_session;
 use super::timer;
 use super::worker::{OpenConn, Worker};
 use crate::core::state::PublishStart;
 use crate::debug;
 use crate::metrics::{self, ProcessInfo};
+use crate::netio;
 use crate::proto::access::{Presented, Refusal};
 use crate::proto::http::{
     self, query_pairs, Body, ChunkedDecoder, HeadLimits, HeadScanner, HttpError, Method,

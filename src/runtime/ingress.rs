@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use monoio::net::{UnixListener, UnixStream};
 
-use super::netio;
 use super::timer::{self, Elapsed};
 use super::worker::Worker;
+use crate::netio;
 use crate::proto::publish::{self, Line, LineReader, PublishError};
 use crate::{debug, warn};
 

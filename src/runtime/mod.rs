@@ -6,7 +6,6 @@ pub mod broker;
 pub mod bus;
 pub mod conn;
 pub mod ingress;
-pub mod netio;
 pub mod session;
 pub mod shutdown;
 pub mod sse_session;

@@ -11,11 +11,11 @@ use std::task::Poll;
 use monoio::net::TcpStream;
 
 use super::conn::{refuse_access, respond_error};
-use super::netio;
 use super::worker::Worker;
 use crate::core::client::CloseReason;
 use crate::core::registry::ClientId;
 use crate::debug;
+use crate::netio;
 use crate::proto::access::Refusal;
 
 /// Why a stream request was not admitted.

@@ -17,7 +17,6 @@ use std::task::Poll;
 use monoio::net::TcpStream;
 
 use super::conn::{unix_now, Request};
-use super::netio;
 use super::session::{
     await_writable, bound_unacked_writes, expiry_tick, linger, ClientGuard, Refused, LINGER,
 };
@@ -26,6 +25,7 @@ use crate::core::client::{CloseReason, Transport};
 use crate::core::msg::Since;
 use crate::core::registry::ClientId;
 use crate::core::state::ClientTask;
+use crate::netio;
 use crate::proto::sse;
 use crate::proto::topic::topics_from_query;
 

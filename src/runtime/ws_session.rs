@@ -17,7 +17,6 @@ use std::time::Duration;
 use monoio::net::TcpStream;
 
 use super::conn::{finish, publish_and_wait, unix_now, Request, Route};
-use super::netio;
 use super::session::{
     await_writable, bound_unacked_writes, expiry_tick, linger, ClientGuard,
     Refused as StreamRefused, LINGER,
@@ -28,6 +27,7 @@ use crate::core::client::{CloseReason, Transport};
 use crate::core::msg::Since;
 use crate::core::registry::ClientId;
 use crate::core::state::ClientTask;
+use crate::netio;
 use crate::proto::control::{self, ControlError, Op};
 use crate::proto::http::{self, Method};
 use crate::proto::token::Grants;

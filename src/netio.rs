@@ -1,5 +1,5 @@
 //! Non-blocking socket calls on raw descriptors, and the small async loops built
-//! on them.
+//! on them: the server's `runtime` and the `bench` clients both use them.
 //!
 //! ringcast waits for readiness with monoio (an io_uring `POLL_ADD`, or epoll on
 //! the legacy driver) and then reads and writes with plain `recv`/`sendmsg` and
