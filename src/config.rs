@@ -1,11 +1,21 @@
 //! Command-line and environment configuration: the `ringcast` commands and the
 //! flags of `ringcast serve`, each with its `RINGCAST_*` environment variable.
+//!
+//! The only user of clap. `ringcast serve` hands the runtime a plain
+//! [`Settings`], built here by [`ServeConfig::settings`] with every derived
+//! value computed once.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::core::homes::HistoryLimits;
+use crate::core::state::Limits;
+use crate::runtime::settings::{AuthSettings, BrokerSettings, Driver, Secret, Settings};
+use crate::runtime::timer::ticks;
 
 /// ringcast: a real-time push server (SSE and WebSocket topics).
 #[derive(Debug, Parser)]
@@ -13,6 +23,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Reads the command line and the `RINGCAST_*` environment; prints the help,
+    /// the version or the error and exits when that is what they ask for.
+    pub fn from_env() -> Self {
+        <Self as Parser>::parse()
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -25,15 +43,22 @@ pub enum Command {
     Bench(Box<BenchArgs>),
 }
 
-/// I/O driver of the worker runtimes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Driver {
-    /// io_uring where the kernel allows it, else epoll with a warning.
-    Auto,
-    /// io_uring only; fails at start if io_uring is unavailable.
-    Uring,
-    /// epoll (monoio's legacy driver).
-    Epoll,
+/// `--driver`: the names and help of the runtime's [`Driver`], which knows
+/// nothing of clap.
+impl ValueEnum for Driver {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Driver::Auto, Driver::Uring, Driver::Epoll]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            Driver::Auto => PossibleValue::new("auto")
+                .help("io_uring where the kernel allows it, else epoll with a warning"),
+            Driver::Uring => PossibleValue::new("uring")
+                .help("io_uring only; fails at start if io_uring is unavailable"),
+            Driver::Epoll => PossibleValue::new("epoll").help("epoll (monoio's legacy driver)"),
+        })
+    }
 }
 
 /// Flags of `ringcast serve`.
@@ -177,6 +202,60 @@ impl ServeConfig {
     pub fn effective_idle_timeout(&self) -> Duration {
         self.idle_timeout
             .unwrap_or(self.heartbeat * 2 + Duration::from_secs(5))
+    }
+
+    /// The runtime's settings for this run. Derived values are computed here,
+    /// once: the core count, the idle timeout in force, the per-client timers in
+    /// wheel ticks, and each core's share of `--history-memory`.
+    pub fn settings(&self) -> Settings {
+        let cores = self.core_count();
+        let idle_timeout = self.effective_idle_timeout();
+        Settings {
+            listen: self.listen,
+            publish_socket: self.publish_socket.clone(),
+            publish_socket_mode: self.publish_socket_mode,
+            cores,
+            driver: self.driver,
+            limits: Limits {
+                max_outbox_bytes: self.max_outbox_bytes,
+                max_topics_per_client: self.max_topics_per_client,
+                heartbeat_ticks: ticks(self.heartbeat).max(1),
+                idle_ticks: ticks(idle_timeout),
+            },
+            history: HistoryLimits {
+                len: self.history,
+                bytes: self.history_bytes,
+                memory: self.history_memory / cores,
+                ttl: ticks(self.history_ttl),
+            },
+            idle_timeout,
+            publish_idle_timeout: self.publish_idle_timeout,
+            max_header_bytes: self.max_header_bytes,
+            max_body_bytes: self.max_body_bytes,
+            max_message_bytes: self.max_message_bytes,
+            max_connections: self.max_connections,
+            header_timeout: self.header_timeout,
+            drain_timeout: self.drain_timeout,
+            sse_retry_ms: self.sse_retry_ms,
+            echo: self.echo,
+            auth: AuthSettings {
+                // Both flags cannot be given together; an inline secret wins
+                // should both ever arrive.
+                secret: match (&self.auth_secret, &self.auth_secret_file) {
+                    (Some(s), _) => Some(Secret::Given(s.clone())),
+                    (None, Some(path)) => Some(Secret::File(path.clone())),
+                    (None, None) => None,
+                },
+                publish_key: self.publish_key.clone(),
+                allowed_origins: self.allowed_origins.clone(),
+                cookie: self.auth_cookie.clone(),
+            },
+            broker: self.broker.as_ref().map(|url| BrokerSettings {
+                url: url.clone(),
+                history: self.history,
+                ttl: self.history_ttl,
+            }),
+        }
     }
 }
 
@@ -521,5 +600,66 @@ mod tests {
         assert_eq!(cfg.max_header_bytes, 8192);
         assert_eq!(cfg.history, 1000);
         assert_eq!(cfg.effective_idle_timeout(), Duration::from_secs(35));
+    }
+
+    fn settings_of(args: &[&str]) -> Settings {
+        let cli =
+            Cli::try_parse_from(["ringcast", "serve"].iter().chain(args)).expect("flags parse");
+        let Command::Serve(cfg) = cli.command else {
+            panic!("serve expected")
+        };
+        cfg.settings()
+    }
+
+    #[test]
+    fn settings_carry_the_derived_values_in_ticks_and_per_core_shares() {
+        let s = settings_of(&[
+            "--cores",
+            "4",
+            "--history-memory",
+            "256MiB",
+            "--driver",
+            "epoll",
+        ]);
+        assert_eq!(s.cores, 4);
+        assert_eq!(s.driver, Driver::Epoll);
+        assert_eq!(s.history.memory, 64 << 20);
+        assert_eq!(s.history.len, 1000);
+        assert_eq!(s.history.ttl, 360_000, "1h in 10 ms ticks");
+        assert_eq!(s.limits.heartbeat_ticks, 1500, "15s in 10 ms ticks");
+        assert_eq!(s.idle_timeout, Duration::from_secs(35));
+        assert_eq!(s.limits.idle_ticks, 3500);
+        assert!(s.broker.is_none());
+        assert!(s.auth.secret.is_none());
+    }
+
+    #[test]
+    fn settings_take_the_idle_timeout_flag_and_the_broker_with_its_history() {
+        let s = settings_of(&[
+            "--idle-timeout",
+            "0",
+            "--broker",
+            "redis://127.0.0.1:6379",
+            "--history",
+            "50",
+            "--history-ttl",
+            "0",
+        ]);
+        assert_eq!(s.idle_timeout, Duration::ZERO);
+        assert_eq!(s.limits.idle_ticks, 0);
+        let broker = s.broker.expect("broker settings");
+        assert_eq!(broker.url, "redis://127.0.0.1:6379");
+        assert_eq!(broker.history, 50);
+        assert_eq!(broker.ttl, Duration::ZERO);
+    }
+
+    #[test]
+    fn settings_read_the_secret_from_the_flag_or_name_its_file() {
+        let s = settings_of(&["--auth-secret", "0123456789abcdef0123456789abcdef"]);
+        assert!(matches!(s.auth.secret, Some(Secret::Given(ref k)) if k.len() == 32));
+        let s = settings_of(&["--auth-secret-file", "/run/secret"]);
+        assert!(
+            matches!(s.auth.secret, Some(Secret::File(ref p)) if p.to_str() == Some("/run/secret"))
+        );
     }
 }

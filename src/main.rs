@@ -4,7 +4,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 
-use clap::Parser;
 use ringcast::config::{Cli, Command, PublishArgs};
 
 #[global_allocator]
@@ -12,9 +11,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     ringcast::log::init_from_env();
-    let cli = Cli::parse();
+    let cli = Cli::from_env();
     match cli.command {
-        Command::Serve(cfg) => match ringcast::runtime::worker::run(*cfg) {
+        Command::Serve(cfg) => match ringcast::runtime::worker::run(cfg.settings()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ringcast: {e}");

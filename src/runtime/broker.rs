@@ -35,7 +35,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Value};
 
 use super::bus::Bus;
-use crate::config::ServeConfig;
+use super::settings::BrokerSettings;
 use crate::core::msg::{CoreMsg, StreamEntry};
 use crate::core::topics::home_of;
 use crate::proto::cursor::{parse_stream_id, IdScheme, STREAM_SEQ_BITS};
@@ -95,15 +95,14 @@ pub fn render_metrics(s: &BrokerStatus, out: &mut String) {
 /// Starts the bridge thread. Streams keep about `--history` entries and expire
 /// `--history-ttl` after their last publish (`0`: no expiry is set).
 pub fn spawn(
-    url: &str,
+    cfg: &BrokerSettings,
     bus: Bus,
     cores: usize,
-    cfg: &ServeConfig,
     status: Arc<BrokerStatus>,
 ) -> Result<std::thread::JoinHandle<()>, String> {
     let maxlen = cfg.history.max(1);
-    let ttl = cfg.history_ttl;
-    let client = Client::open(url).map_err(|e| format!("bad --broker URL: {e}"))?;
+    let ttl = cfg.ttl;
+    let client = Client::open(cfg.url.as_str()).map_err(|e| format!("bad --broker URL: {e}"))?;
     std::thread::Builder::new()
         .name("ringcast-broker".into())
         .spawn(move || {

@@ -470,7 +470,8 @@ fn to_request(w: &Worker, head: &http::RequestHead<'_>) -> Result<Request, HttpE
         bearer: head.bearer().map(<[u8]>::to_vec),
         cookie_token: w
             .cfg
-            .auth_cookie
+            .auth
+            .cookie
             .as_deref()
             .and_then(|name| head.cookie(name.as_bytes()))
             .map(<[u8]>::to_vec),

@@ -7,6 +7,7 @@ pub mod bus;
 pub mod conn;
 pub mod ingress;
 pub mod session;
+pub mod settings;
 pub mod shutdown;
 pub mod sse_session;
 pub mod timer;

@@ -147,17 +147,13 @@ pub fn expiry_tick(w: &Worker, exp: u64) -> u64 {
         .duration_since(std::time::SystemTime::now())
         .unwrap_or_default();
     // Rounded up from the worker's origin as a whole, never early.
-    crate::runtime::worker::ticks(w.started.elapsed() + left)
+    super::timer::ticks(w.started.elapsed() + left)
 }
 
 /// Bounds how long written data may stay unacknowledged (`TCP_USER_TIMEOUT`, the
 /// idle timeout): a peer that vanished without FIN or RST is found by the next
 /// heartbeat's write failing, not by the next broadcast hours later.
 pub fn bound_unacked_writes(w: &Worker, fd: RawFd) {
-    let ms = w
-        .cfg
-        .effective_idle_timeout()
-        .as_millis()
-        .min(i32::MAX as u128) as i32;
+    let ms = w.cfg.idle_timeout.as_millis().min(i32::MAX as u128) as i32;
     let _ = netio::set_sockopt(fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms);
 }

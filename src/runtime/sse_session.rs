@@ -63,7 +63,7 @@ pub struct Admitted {
 /// Checks an SSE request (topics, access) and registers its client. Runs before
 /// the stream's task is spawned, so the request itself never lives in that task.
 pub fn admit(w: &Rc<Worker>, fd: RawFd, req: Request) -> Result<Admitted, Refused> {
-    let topics = topics_from_query(&req.query, w.cfg.max_topics_per_client)
+    let topics = topics_from_query(&req.query, w.cfg.limits.max_topics_per_client)
         .map_err(|e| Refused::BadRequest(e.to_string()))?;
     let query_token = req.param("token").map(|v| v.into_owned());
     let grants = w

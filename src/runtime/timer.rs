@@ -8,8 +8,13 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use super::worker::{ticks, Worker};
+use super::worker::Worker;
 use crate::core::wheel::{TimerHandle, DEFAULT_TICK};
+
+/// A duration in wheel ticks, rounded up.
+pub fn ticks(d: Duration) -> u64 {
+    crate::core::wheel::deadline_to_tick(d, DEFAULT_TICK)
+}
 
 /// Ready once the core's clock reaches `deadline`; its wheel entry is cancelled
 /// if dropped first.

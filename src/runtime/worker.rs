@@ -15,11 +15,10 @@ use monoio::net::{ListenerOpts, TcpListener, UnixListener};
 
 use super::broker::{self, BrokerStatus};
 use super::bus::{self, Bus};
+use super::settings::{AuthSettings, Driver, Secret, Settings};
 use super::shutdown::{self, DrainSignal, Lifecycle};
 use super::{conn, ingress};
-use crate::config::{Driver, ServeConfig};
-use crate::core::homes::HistoryLimits;
-use crate::core::state::{CoreState, Limits};
+use crate::core::state::CoreState;
 use crate::metrics::CoreMetrics;
 use crate::netio;
 use crate::proto::access::AccessPolicy;
@@ -33,7 +32,7 @@ const BUS_BATCH: usize = 1024;
 /// Everything one core owns, shared by its tasks (never by other threads).
 pub struct Worker {
     pub core: usize,
-    pub cfg: Arc<ServeConfig>,
+    pub cfg: Arc<Settings>,
     pub state: RefCell<CoreState>,
     pub bus: RefCell<Bus>,
     pub all_metrics: Arc<[Arc<CoreMetrics>]>,
@@ -210,9 +209,9 @@ pub enum StartError {
 }
 
 /// Runs the server until the process is stopped.
-pub fn run(cfg: ServeConfig) -> Result<(), StartError> {
+pub fn run(cfg: Settings) -> Result<(), StartError> {
     let cfg = Arc::new(cfg);
-    let cores = cfg.core_count();
+    let cores = cfg.cores;
     let uring = match cfg.driver {
         Driver::Epoll => false,
         Driver::Uring if !monoio::utils::detect_uring() => return Err(StartError::NoUring),
@@ -230,7 +229,7 @@ pub fn run(cfg: ServeConfig) -> Result<(), StartError> {
     disable_huge_pages();
 
     refuse_a_port_in_use(cfg.listen)?;
-    let access = Arc::new(access_policy(&cfg)?);
+    let access = Arc::new(access_policy(&cfg.auth)?);
     let epoch = new_epoch();
     let epoch_text = format!("{:012x}", epoch.get());
     let publish_listener = bind_publish_socket(&cfg)?;
@@ -247,13 +246,13 @@ pub fn run(cfg: ServeConfig) -> Result<(), StartError> {
     let mut threads = Vec::new();
     let mut buses = bus::build(cores + usize::from(cfg.broker.is_some()));
     let broker_status = match &cfg.broker {
-        Some(url) => {
+        Some(settings) => {
             let status = Arc::new(BrokerStatus::default());
             let bridge_bus = buses.pop().ok_or_else(|| StartError::Worker {
                 core: cores,
                 reason: "no bus endpoint for the broker".into(),
             })?;
-            broker::spawn(url, bridge_bus, cores, &cfg, status.clone())
+            broker::spawn(settings, bridge_bus, cores, status.clone())
                 .map_err(|reason| StartError::Broker { reason })?;
             Some(status)
         }
@@ -284,18 +283,8 @@ pub fn run(cfg: ServeConfig) -> Result<(), StartError> {
                         core,
                         cores,
                         IdScheme::Local(epoch),
-                        Limits {
-                            max_outbox_bytes: cfg.max_outbox_bytes,
-                            max_topics_per_client: cfg.max_topics_per_client,
-                            heartbeat_ticks: ticks(cfg.heartbeat).max(1),
-                            idle_ticks: ticks(cfg.effective_idle_timeout()),
-                        },
-                        HistoryLimits {
-                            len: cfg.history,
-                            bytes: cfg.history_bytes,
-                            memory: cfg.history_memory / cores,
-                            ttl: ticks(cfg.history_ttl),
-                        },
+                        cfg.limits,
+                        cfg.history,
                         all_metrics[core].clone(),
                     );
                     if broker_status.is_some() {
@@ -632,11 +621,11 @@ fn refuse_a_port_in_use(addr: std::net::SocketAddr) -> Result<(), StartError> {
 }
 
 /// The access rules from the flags; the secret must be long enough for HS256.
-fn access_policy(cfg: &ServeConfig) -> Result<AccessPolicy, StartError> {
+fn access_policy(cfg: &AuthSettings) -> Result<AccessPolicy, StartError> {
     let fail = |reason: String| StartError::Access { reason };
-    let secret = match (&cfg.auth_secret, &cfg.auth_secret_file) {
-        (Some(s), _) => Some(s.as_bytes().to_vec()),
-        (None, Some(path)) => {
+    let secret = match &cfg.secret {
+        Some(Secret::Given(s)) => Some(s.as_bytes().to_vec()),
+        Some(Secret::File(path)) => {
             let mut bytes = std::fs::read(path)
                 .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
             while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
@@ -644,7 +633,7 @@ fn access_policy(cfg: &ServeConfig) -> Result<AccessPolicy, StartError> {
             }
             Some(bytes)
         }
-        (None, None) => None,
+        None => None,
     };
     if let Some(secret) = &secret {
         if secret.len() < crate::proto::token::MIN_SECRET_LEN {
@@ -662,11 +651,6 @@ fn access_policy(cfg: &ServeConfig) -> Result<AccessPolicy, StartError> {
         cfg.publish_key.as_deref().map(str::as_bytes),
         cfg.allowed_origins.as_deref(),
     ))
-}
-
-/// A duration in wheel ticks, rounded up.
-pub fn ticks(d: Duration) -> u64 {
-    crate::core::wheel::deadline_to_tick(d, crate::core::wheel::DEFAULT_TICK)
 }
 
 /// A fresh epoch for this run: clock and process id mixed, 48 bits.
@@ -720,7 +704,7 @@ fn disable_huge_pages() {
 }
 
 /// Binds the publish socket, replacing a stale file but never a live server's.
-fn bind_publish_socket(cfg: &ServeConfig) -> Result<std::os::unix::net::UnixListener, StartError> {
+fn bind_publish_socket(cfg: &Settings) -> Result<std::os::unix::net::UnixListener, StartError> {
     let path = &cfg.publish_socket;
     let fail = |reason: String| StartError::PublishSocket {
         path: path.display().to_string(),

@@ -108,7 +108,7 @@ pub fn admit(w: &Rc<Worker>, fd: RawFd, req: Request) -> Result<Admitted, Refuse
         w.metrics().http_response(101);
         return Ok(Admitted::Echo(hello));
     }
-    let topics = match topics_from_query(&req.query, w.cfg.max_topics_per_client) {
+    let topics = match topics_from_query(&req.query, w.cfg.limits.max_topics_per_client) {
         Ok(t) => t,
         Err(TopicListError::Empty) => Vec::new(),
         Err(e) => return Err(Refused::Stream(R::BadRequest(e.to_string()))),
