@@ -13,7 +13,7 @@ fn main() -> ExitCode {
     ringcast::log::init_from_env();
     let cli = Cli::from_env();
     match cli.command {
-        Command::Serve(cfg) => match ringcast::runtime::worker::run(cfg.settings()) {
+        Command::Serve(cfg) => match ringcast::runtime::server::run(cfg.settings()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ringcast: {e}");

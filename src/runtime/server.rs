@@ -1,0 +1,309 @@
+//! Process boot and shutdown: `ringcast serve` from [`Settings`] to exit.
+//!
+//! [`run`] picks the I/O driver, does the OS chores ([`os`]), builds what the
+//! cores share (metrics, lifecycle, access policy, the bus and the broker
+//! bridge), then starts one pinned thread per core, each with its own monoio
+//! runtime and [`Worker`]. The server counts as started once every core has
+//! bound its listener and reported ready. The main thread then waits for
+//! SIGTERM/SIGINT, starts the drain, and waits (bounded) for the cores to stop.
+
+use std::io;
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use monoio::net::{ListenerOpts, TcpListener, UnixListener};
+
+use super::broker::{self, BrokerStatus};
+use super::bus::{self, Bus};
+use super::os;
+use super::settings::{AuthSettings, Driver, Secret, Settings};
+use super::shutdown::{self, Lifecycle};
+use super::worker::{self, ProcessShared, Worker};
+use crate::metrics::CoreMetrics;
+use crate::proto::access::AccessPolicy;
+use crate::{info, warn};
+
+/// Start-up failures, reported before the server counts as started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("io_uring is not available here (kernel, seccomp or io_uring_disabled); use --driver epoll or auto")]
+    NoUring,
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: io::Error },
+    #[error("cannot use publish socket {path}: {reason}")]
+    PublishSocket { path: String, reason: String },
+    #[error("worker {core} failed to start: {reason}")]
+    Worker { core: usize, reason: String },
+    #[error("cannot start the broker bridge: {reason}")]
+    Broker { reason: String },
+    #[error("access control: {reason}")]
+    Access { reason: String },
+}
+
+/// Runs the server until the process is stopped.
+pub fn run(cfg: Settings) -> Result<(), StartError> {
+    let cfg = Arc::new(cfg);
+    let cores = cfg.cores;
+    let uring = use_uring(cfg.driver)?;
+    let driver: &'static str = if uring { "uring" } else { "epoll" };
+    os::raise_nofile_limit();
+    os::disable_huge_pages();
+
+    os::refuse_a_port_in_use(cfg.listen).map_err(|source| StartError::Listen {
+        addr: cfg.listen.to_string(),
+        source,
+    })?;
+    let access = Arc::new(access_policy(&cfg.auth)?);
+    let epoch = os::new_epoch();
+    let epoch_text = format!("{:012x}", epoch.get());
+    let publish_listener = os::bind_publish_socket(&cfg.publish_socket, cfg.publish_socket_mode)
+        .map_err(|reason| StartError::PublishSocket {
+            path: cfg.publish_socket.display().to_string(),
+            reason,
+        })?;
+    let all_metrics: Arc<[Arc<CoreMetrics>]> = (0..cores)
+        .map(|_| Arc::new(CoreMetrics::default()))
+        .collect();
+
+    let life = Arc::new(Lifecycle::new(cores));
+    shutdown::block_stop_signals();
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
+    let (done_tx, done_rx) = mpsc::channel::<usize>();
+    let mut publish_listener = Some(publish_listener);
+    let mut threads = Vec::new();
+    let mut buses = bus::build(cores + usize::from(cfg.broker.is_some()));
+    let broker_status = match &cfg.broker {
+        Some(settings) => {
+            let status = Arc::new(BrokerStatus::default());
+            let bridge_bus = buses.pop().ok_or_else(|| StartError::Worker {
+                core: cores,
+                reason: "no bus endpoint for the broker".into(),
+            })?;
+            broker::spawn(settings, bridge_bus, cores, status.clone())
+                .map_err(|reason| StartError::Broker { reason })?;
+            Some(status)
+        }
+        None => None,
+    };
+    let shared = ProcessShared {
+        cfg: cfg.clone(),
+        all_metrics,
+        driver,
+        epoch,
+        epoch_text: epoch_text.clone(),
+        life: life.clone(),
+        access,
+        broker: broker_status,
+    };
+    for (core, bus) in buses.into_iter().enumerate() {
+        // The publish socket is served by core 0.
+        let unix = if core == 0 {
+            publish_listener.take()
+        } else {
+            None
+        };
+        let spawned = spawn_core(
+            core,
+            uring,
+            bus,
+            shared.clone(),
+            unix,
+            ready_tx.clone(),
+            done_tx.clone(),
+        );
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                return Err(StartError::Worker {
+                    core,
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+    drop(ready_tx);
+    drop(done_tx);
+    for _ in 0..cores {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(StartError::Worker {
+                    core: 0,
+                    reason: "a worker stopped during start".into(),
+                })
+            }
+        }
+    }
+    info!(
+        "msg=\"ringcast serving\" listen={} publish_socket={} cores={cores} driver={driver} epoch={epoch_text}",
+        cfg.listen,
+        cfg.publish_socket.display()
+    );
+    let sig = shutdown::wait_stop_signal();
+    info!(
+        "msg=\"draining\" signal={sig} drain_timeout_ms={}",
+        cfg.drain_timeout.as_millis()
+    );
+    life.start_drain();
+    std::thread::spawn(|| {
+        let sig = shutdown::wait_stop_signal();
+        eprintln!("ringcast: second signal ({sig}), exiting now");
+        std::process::exit(1);
+    });
+    // Each core stops by itself at the drain deadline; the margin covers a core
+    // stuck in a long batch.
+    let deadline = std::time::Instant::now() + cfg.drain_timeout + Duration::from_secs(2);
+    let mut stopped = 0;
+    while stopped < cores {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match done_rx.recv_timeout(left) {
+            Ok(_) => stopped += 1,
+            Err(_) => break,
+        }
+    }
+    if stopped == cores {
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+    os::remove_publish_socket(&cfg.publish_socket);
+    info!("msg=\"stopped\" cores_stopped={stopped}");
+    Ok(())
+}
+
+/// Whether the workers run on io_uring (else epoll), as `--driver` asks and the
+/// kernel allows.
+fn use_uring(driver: Driver) -> Result<bool, StartError> {
+    Ok(match driver {
+        Driver::Epoll => false,
+        Driver::Uring if !monoio::utils::detect_uring() => return Err(StartError::NoUring),
+        Driver::Uring => true,
+        Driver::Auto => {
+            let ok = monoio::utils::detect_uring();
+            if !ok {
+                warn!("msg=\"io_uring unavailable, falling back to epoll\"");
+            }
+            ok
+        }
+    })
+}
+
+/// Starts the thread of one core: pinned to a CPU, with its own monoio runtime
+/// and [`Worker`]. It reports on `ready` once serving (or why it cannot), and on
+/// `done` when it has stopped.
+fn spawn_core(
+    core: usize,
+    uring: bool,
+    bus: Bus,
+    shared: ProcessShared,
+    unix: Option<std::os::unix::net::UnixListener>,
+    ready: mpsc::Sender<Result<(), StartError>>,
+    done: mpsc::Sender<usize>,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::Builder::new()
+        .name(format!("ringcast-core-{core}"))
+        .spawn(move || {
+            if let Err(e) = monoio::utils::bind_to_cpu_set([core % available]) {
+                warn!("core={core} msg=\"cannot pin thread to cpu\" error=\"{e}\"");
+            }
+            // Built on the core's own thread, once its runtime exists.
+            let worker = move || Worker::new(core, bus, shared);
+            let result = if uring {
+                monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                    .with_entries(4096)
+                    .enable_timer()
+                    .build()
+                    .map(|mut rt| rt.block_on(core_main(worker(), unix, ready.clone())))
+            } else {
+                monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                    .enable_timer()
+                    .build()
+                    .map(|mut rt| rt.block_on(core_main(worker(), unix, ready.clone())))
+            };
+            if let Err(e) = result {
+                let _ = ready.send(Err(StartError::Worker {
+                    core,
+                    reason: e.to_string(),
+                }));
+            }
+            let _ = done.send(core);
+        })
+}
+
+/// The life of one core inside its runtime: binds its listener (and, on core
+/// 0, takes the publish socket), starts the core's tasks, reports ready, then
+/// serves until the drain ends.
+async fn core_main(
+    w: Rc<Worker>,
+    unix: Option<std::os::unix::net::UnixListener>,
+    ready: mpsc::Sender<Result<(), StartError>>,
+) {
+    let opts = ListenerOpts::new()
+        .reuse_port(true)
+        .reuse_addr(true)
+        .backlog(4096);
+    let listener = match TcpListener::bind_with_config(w.cfg.listen, &opts) {
+        Ok(l) => l,
+        Err(source) => {
+            let _ = ready.send(Err(StartError::Listen {
+                addr: w.cfg.listen.to_string(),
+                source,
+            }));
+            return;
+        }
+    };
+    let publish = match unix.map(UnixListener::from_std).transpose() {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(StartError::PublishSocket {
+                path: w.cfg.publish_socket.display().to_string(),
+                reason: e.to_string(),
+            }));
+            return;
+        }
+    };
+    worker::spawn_tasks(&w, publish);
+    info!(
+        "core={} driver={} msg=\"worker started\" listen={}",
+        w.core, w.driver, w.cfg.listen
+    );
+    let _ = ready.send(Ok(()));
+    drop(ready);
+    worker::serve(w, listener).await;
+}
+
+/// The access rules from the flags; the secret must be long enough for HS256.
+fn access_policy(cfg: &AuthSettings) -> Result<AccessPolicy, StartError> {
+    let fail = |reason: String| StartError::Access { reason };
+    let secret = match &cfg.secret {
+        Some(Secret::Given(s)) => Some(s.as_bytes().to_vec()),
+        Some(Secret::File(path)) => {
+            let mut bytes = std::fs::read(path)
+                .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+            while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+                bytes.pop();
+            }
+            Some(bytes)
+        }
+        None => None,
+    };
+    if let Some(secret) = &secret {
+        if secret.len() < crate::proto::token::MIN_SECRET_LEN {
+            return Err(fail(format!(
+                "the auth secret must be at least {} bytes (RFC 7518 §3.2)",
+                crate::proto::token::MIN_SECRET_LEN
+            )));
+        }
+    }
+    if cfg.publish_key.is_some() && secret.is_none() {
+        warn!("msg=\"--publish-key has no effect without --auth-secret: publishing is open\"");
+    }
+    Ok(AccessPolicy::new(
+        secret.as_deref(),
+        cfg.publish_key.as_deref().map(str::as_bytes),
+        cfg.allowed_origins.as_deref(),
+    ))
+}
