@@ -24,7 +24,7 @@ use super::worker::{OpenConn, Worker};
 use crate::core::client::{CloseReason, Transport};
 use crate::core::msg::Since;
 use crate::core::registry::ClientId;
-use crate::core::state::ClientTask;
+use crate::core::state::{Admission, ClientTask};
 use crate::netio;
 use crate::proto::sse;
 use crate::proto::topic::topics_from_query;
@@ -77,26 +77,19 @@ pub fn admit(w: &Rc<Worker>, fd: RawFd, req: Request) -> Result<Admitted, Refuse
     let sinces = Since::from_cursor(last_id.as_deref(), w.state.borrow().ids(), topics.len());
     let cors = req.cors(w);
     bound_unacked_writes(w, fd);
-    let mut st = w.state.borrow_mut();
-    st.set_now(w.now_tick());
-    let id = st.register(Transport::Sse, fd);
-    st.set_stream_cursor(id, topics.len());
     let mut head = Vec::with_capacity(256);
     let headers: Vec<(&str, &str)> = cors.iter().map(|(k, v)| (*k, v.as_str())).collect();
     sse::write_stream_head(&mut head, w.cfg.sse_retry_ms, &headers);
-    st.queue_head(id, &head);
-    if let Some(g) = &grants {
-        st.set_expiry(id, expiry_tick(w, g.exp));
-    }
-    // The 200 goes out once every topic is confirmed by its home core: a client
-    // that sees it gets everything published from then on.
-    st.hold(id);
-    for (topic, since) in topics.iter().zip(sinces) {
-        // The list was validated and bounded above; a refusal here would be a
-        // bug, and the stream then simply lacks that topic.
-        let _ = st.subscribe(id, topic, since);
-    }
-    st.open_when_ready(id);
+    let mut st = w.state.borrow_mut();
+    st.set_now(w.now_tick());
+    let id = st.admit(Admission {
+        transport: Transport::Sse,
+        fd,
+        head: &head,
+        expires_at: grants.as_ref().map(|g| expiry_tick(w, g.exp)),
+        topics: &topics,
+        sinces,
+    });
     w.metrics().http_response(200);
     Ok(Admitted { id })
 }

@@ -26,7 +26,7 @@ use super::worker::{OpenConn, Worker};
 use crate::core::client::{CloseReason, Transport};
 use crate::core::msg::Since;
 use crate::core::registry::ClientId;
-use crate::core::state::ClientTask;
+use crate::core::state::{Admission, ClientTask};
 use crate::netio;
 use crate::proto::control::{self, ControlError, Op};
 use crate::proto::http::{self, Method};
@@ -123,17 +123,14 @@ pub fn admit(w: &Rc<Worker>, fd: RawFd, req: Request) -> Result<Admitted, Refuse
     let sinces = Since::from_cursor(last_id.as_deref(), w.state.borrow().ids(), topics.len());
     let mut st = w.state.borrow_mut();
     st.set_now(w.now_tick());
-    let id = st.register(Transport::Ws, fd);
-    st.queue_head(id, &hello);
-    if let Some(g) = &grants {
-        st.set_expiry(id, expiry_tick(w, g.exp));
-    }
-    // The 101 goes out once every topic of the URL is confirmed by its home core.
-    st.hold(id);
-    for (topic, since) in topics.iter().zip(sinces) {
-        let _ = st.subscribe(id, topic, since);
-    }
-    st.open_when_ready(id);
+    let id = st.admit(Admission {
+        transport: Transport::Ws,
+        fd,
+        head: &hello,
+        expires_at: grants.as_ref().map(|g| expiry_tick(w, g.exp)),
+        topics: &topics,
+        sinces,
+    });
     w.metrics().http_response(101);
     Ok(Admitted::Subscriber {
         id,

@@ -62,6 +62,20 @@ pub enum SubscribeError {
     UnknownClient,
 }
 
+/// A stream to admit, as both transports hand it to the core.
+pub struct Admission<'a> {
+    pub transport: Transport,
+    pub fd: RawFd,
+    /// The response head (`200`, `101`).
+    pub head: &'a [u8],
+    /// Tick at which the client's access token expires.
+    pub expires_at: Option<u64>,
+    /// The stream's topics, validated and within `--max-topics-per-client`.
+    pub topics: &'a [String],
+    /// Where each topic starts (a resume, or live).
+    pub sinces: Vec<Since>,
+}
+
 /// The outcome of a publish started on this core.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PublishStart {
@@ -204,6 +218,29 @@ impl CoreState {
         let id = self.clients.insert(client);
         self.arm_client(id);
         self.update_gauges();
+        id
+    }
+
+    /// Admits a stream: registers its client, queues its response head, and
+    /// subscribes it to its topics. The head goes out only once every topic's
+    /// home core has confirmed the subscription: a client that sees it receives
+    /// everything published from then on. The one sequence both transports use.
+    pub fn admit(&mut self, a: Admission<'_>) -> ClientId {
+        let id = self.register(a.transport, a.fd);
+        if a.transport == Transport::Sse {
+            self.set_stream_cursor(id, a.topics.len());
+        }
+        self.queue_head(id, a.head);
+        if let Some(at) = a.expires_at {
+            self.set_expiry(id, at);
+        }
+        self.hold(id);
+        for (topic, since) in a.topics.iter().zip(a.sinces) {
+            // The caller validated and bounded the list: a refusal here would be
+            // a bug, and the stream then simply lacks that topic.
+            let _ = self.subscribe(id, topic, since);
+        }
+        self.open_when_ready(id);
         id
     }
 
@@ -719,7 +756,7 @@ impl CoreState {
 
     /// Queues the response head (`200`, `101`) of a new client: nothing else
     /// is queued before it, and a cut never drops it.
-    pub fn queue_head(&mut self, id: ClientId, bytes: &[u8]) {
+    fn queue_head(&mut self, id: ClientId, bytes: &[u8]) {
         if let Some(client) = self.clients.get_mut(id) {
             client.outbox.push_head(bytes);
             self.mark_dirty(id);
@@ -810,7 +847,7 @@ impl CoreState {
     }
 
     /// Holds everything queued to a new client until [`CoreState::open_when_ready`].
-    pub fn hold(&mut self, id: ClientId) {
+    fn hold(&mut self, id: ClientId) {
         if let Some(c) = self.clients.get_mut(id) {
             c.gated = true;
         }
@@ -818,7 +855,7 @@ impl CoreState {
 
     /// Lets a held client's output go once every subscription made so far is
     /// confirmed (at once when none is pending).
-    pub fn open_when_ready(&mut self, id: ClientId) {
+    fn open_when_ready(&mut self, id: ClientId) {
         let Some(c) = self.clients.get_mut(id) else {
             return;
         };

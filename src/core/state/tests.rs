@@ -596,12 +596,14 @@ fn a_resume_longer_than_the_outbox_bound_is_paced_by_the_socket_not_cut() {
     for i in 1..=400 {
         publish(&mut cs, 0, "t", &format!("\"{i:0>1000}\""));
     }
-    let c = cs[0].register(Transport::Sse, 10);
-    cs[0].set_stream_cursor(c, 1);
-    cs[0].queue_head(c, b"HEAD\n");
-    cs[0].hold(c);
-    cs[0].subscribe(c, "t", Since::After(0)).unwrap();
-    cs[0].open_when_ready(c);
+    let c = cs[0].admit(Admission {
+        transport: Transport::Sse,
+        fd: 10,
+        head: b"HEAD\n",
+        expires_at: None,
+        topics: &["t".to_string()],
+        sinces: vec![Since::After(0)],
+    });
     // 400 KiB of backlog, 25 times the bound: the socket takes 8 KiB a turn.
     let mut socks = Sockets::default();
     for turn in 0..200 {
