@@ -141,7 +141,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, open: OpenConn) {
     let limits = HeadLimits {
         max_header_bytes: w.cfg.max_header_bytes,
     };
-    let mut answers = Answers::default();
+    let mut answers = PendingAnswers::default();
     loop {
         scanner.reset();
         let read = timer::timeout(
@@ -533,7 +533,7 @@ async fn preflight(w: &Worker, stream: &TcpStream, fd: RawFd, req: &Request) -> 
 /// publishes are all started before the first is answered, so a burst reaches
 /// the topics' home cores together and fans out in one batch.
 #[derive(Default)]
-struct Answers {
+struct PendingAnswers {
     pending: Vec<Pending>,
 }
 
@@ -547,7 +547,7 @@ struct Pending {
 /// Most publishes of one connection in flight before they are answered.
 const MAX_PIPELINED: usize = 256;
 
-impl Answers {
+impl PendingAnswers {
     /// Answers every started publish, in order, in one write. Returns whether
     /// the connection stays open.
     async fn send(&mut self, w: &Rc<Worker>, stream: &TcpStream, fd: RawFd) -> bool {
@@ -607,7 +607,7 @@ async fn publish(
     fd: RawFd,
     req: &Request,
     buf: &mut Vec<u8>,
-    answers: &mut Answers,
+    answers: &mut PendingAnswers,
 ) -> Option<()> {
     // Check what can be checked before the body is read.
     let topic = match req.param("topic") {
@@ -690,7 +690,7 @@ async fn refuse_after(
     w: &Rc<Worker>,
     stream: &TcpStream,
     fd: RawFd,
-    answers: &mut Answers,
+    answers: &mut PendingAnswers,
     status: u16,
     reason: &str,
 ) -> Option<()> {
@@ -718,7 +718,7 @@ pub async fn publish_result(w: &Rc<Worker>, start: PublishStart) -> Result<u64, 
     match start {
         PublishStart::Done(seq) => Ok(seq),
         PublishStart::Pending(slot) => {
-            PendingPublish {
+            PublishWait {
                 w,
                 slot,
                 done: false,
@@ -729,13 +729,13 @@ pub async fn publish_result(w: &Rc<Worker>, start: PublishStart) -> Result<u64, 
 }
 
 /// Waits for a publish answered by another core; forgets it if dropped early.
-struct PendingPublish<'a> {
+struct PublishWait<'a> {
     w: &'a Rc<Worker>,
     slot: u32,
     done: bool,
 }
 
-impl std::future::Future for PendingPublish<'_> {
+impl std::future::Future for PublishWait<'_> {
     type Output = Result<u64, PublishError>;
     fn poll(
         mut self: std::pin::Pin<&mut Self>,
@@ -749,7 +749,7 @@ impl std::future::Future for PendingPublish<'_> {
     }
 }
 
-impl Drop for PendingPublish<'_> {
+impl Drop for PublishWait<'_> {
     fn drop(&mut self) {
         if !self.done {
             self.w.state.borrow_mut().cancel_publish(self.slot);

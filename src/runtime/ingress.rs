@@ -130,7 +130,7 @@ enum Input {
 }
 
 /// One parsed line waiting for its answer.
-enum Answer {
+enum ParsedLine {
     Ready(Result<u64, PublishError>),
     Command {
         topic: String,
@@ -144,7 +144,7 @@ async fn serve_publisher(w: Rc<Worker>, stream: UnixStream, _open: super::worker
     // A line holds a command whose data may be up to --max-message-bytes, plus
     // the topic, the event and the JSON around them.
     let mut lines = LineReader::new(w.cfg.max_message_bytes + 4096);
-    let mut answers: VecDeque<Answer> = VecDeque::new();
+    let mut answers: VecDeque<ParsedLine> = VecDeque::new();
     let mut out = Vec::new();
     loop {
         // Backpressure: while a ring to another core is full, read nothing more.
@@ -188,16 +188,16 @@ async fn serve_publisher(w: Rc<Worker>, stream: UnixStream, _open: super::worker
             let mut json = w.json.borrow_mut();
             while let Some(line) = lines.next_line() {
                 let answer = match line {
-                    Line::TooLong => Answer::Ready(Err(PublishError::LineTooLong)),
+                    Line::TooLong => ParsedLine::Ready(Err(PublishError::LineTooLong)),
                     Line::Complete(l) if l.iter().all(u8::is_ascii_whitespace) => continue,
                     Line::Complete(l) => {
                         match publish::parse_command(&mut json, l, w.cfg.max_message_bytes) {
-                            Ok(cmd) => Answer::Command {
+                            Ok(cmd) => ParsedLine::Command {
                                 topic: cmd.topic.into_owned(),
                                 event: cmd.event.map(|e| e.into_owned()),
                                 data: cmd.data,
                             },
-                            Err(e) => Answer::Ready(Err(e)),
+                            Err(e) => ParsedLine::Ready(Err(e)),
                         }
                     }
                 };
@@ -208,8 +208,8 @@ async fn serve_publisher(w: Rc<Worker>, stream: UnixStream, _open: super::worker
         let mut waits = Vec::with_capacity(answers.len());
         for answer in answers.drain(..) {
             match answer {
-                Answer::Ready(r) => waits.push(Wait::Ready(r)),
-                Answer::Command { topic, event, data } => {
+                ParsedLine::Ready(r) => waits.push(Wait::Ready(r)),
+                ParsedLine::Command { topic, event, data } => {
                     let start = w.state.borrow_mut().publish(&topic, event.as_deref(), data);
                     waits.push(Wait::Started(start));
                 }

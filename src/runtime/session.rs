@@ -19,19 +19,19 @@ use crate::netio;
 use crate::proto::access::Refusal;
 
 /// Why a stream request was not admitted.
-pub enum Refused {
+pub enum StreamRefused {
     /// 400 with this reason.
     BadRequest(String),
     /// 401 or 403.
     Access(Refusal),
 }
 
-impl Refused {
+impl StreamRefused {
     /// Answers the refusal and closes.
     pub async fn answer(&self, w: &Worker, stream: &TcpStream, fd: RawFd) {
         match self {
-            Refused::BadRequest(reason) => respond_error(w, stream, fd, 400, reason).await,
-            Refused::Access(refusal) => refuse_access(w, stream, fd, refusal).await,
+            StreamRefused::BadRequest(reason) => respond_error(w, stream, fd, 400, reason).await,
+            StreamRefused::Access(refusal) => refuse_access(w, stream, fd, refusal).await,
         }
     }
 }

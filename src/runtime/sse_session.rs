@@ -18,7 +18,7 @@ use monoio::net::TcpStream;
 
 use super::conn::{unix_now, Request};
 use super::session::{
-    await_writable, bound_unacked_writes, expiry_tick, linger, ClientGuard, Refused, LINGER,
+    await_writable, bound_unacked_writes, expiry_tick, linger, ClientGuard, StreamRefused, LINGER,
 };
 use super::worker::{OpenConn, Worker};
 use crate::core::client::{CloseReason, Transport};
@@ -56,20 +56,20 @@ enum Wake {
 }
 
 /// An admitted stream: registered, subscribed, its head queued.
-pub struct Admitted {
+pub struct AdmittedSse {
     id: ClientId,
 }
 
 /// Checks an SSE request (topics, access) and registers its client. Runs before
 /// the stream's task is spawned, so the request itself never lives in that task.
-pub fn admit(w: &Rc<Worker>, fd: RawFd, req: Request) -> Result<Admitted, Refused> {
+pub fn admit(w: &Rc<Worker>, fd: RawFd, req: Request) -> Result<AdmittedSse, StreamRefused> {
     let topics = topics_from_query(&req.query, w.cfg.limits.max_topics_per_client)
-        .map_err(|e| Refused::BadRequest(e.to_string()))?;
+        .map_err(|e| StreamRefused::BadRequest(e.to_string()))?;
     let query_token = req.param("token").map(|v| v.into_owned());
     let grants = w
         .access
         .subscriber(&req.presented(query_token.as_deref()), &topics, unix_now())
-        .map_err(Refused::Access)?;
+        .map_err(StreamRefused::Access)?;
     let last_id = req
         .last_event_id
         .clone()
@@ -91,7 +91,7 @@ pub fn admit(w: &Rc<Worker>, fd: RawFd, req: Request) -> Result<Admitted, Refuse
         sinces,
     });
     w.metrics().http_response(200);
-    Ok(Admitted { id })
+    Ok(AdmittedSse { id })
 }
 
 /// Runs an admitted stream until it ends, then removes its client.
@@ -102,7 +102,7 @@ pub fn admit(w: &Rc<Worker>, fd: RawFd, req: Request) -> Result<Admitted, Refuse
 pub fn serve(
     w: Rc<Worker>,
     stream: TcpStream,
-    admitted: Admitted,
+    admitted: AdmittedSse,
     open: OpenConn,
 ) -> impl Future<Output = ()> {
     let id = admitted.id;

@@ -18,8 +18,7 @@ use monoio::net::TcpStream;
 
 use super::conn::{finish, publish_and_wait, unix_now, Request, Route};
 use super::session::{
-    await_writable, bound_unacked_writes, expiry_tick, linger, ClientGuard,
-    Refused as StreamRefused, LINGER,
+    await_writable, bound_unacked_writes, expiry_tick, linger, ClientGuard, StreamRefused, LINGER,
 };
 use super::timer;
 use super::worker::{OpenConn, Worker};
@@ -43,7 +42,7 @@ use crate::proto::ws::{
 pub const CLOSE_TIMEOUT_MS: u64 = 5_000;
 
 /// An admitted WebSocket: its handshake answer and what it may do.
-pub enum Admitted {
+pub enum AdmittedWs {
     /// `/echo`: the 101 to send.
     Echo(Vec<u8>),
     /// `/ws`: registered and subscribed, the 101 queued.
@@ -56,16 +55,16 @@ pub enum Admitted {
 }
 
 /// Why an upgrade was not admitted.
-pub enum Refused {
+pub enum UpgradeRefused {
     Handshake(HandshakeError),
     Stream(StreamRefused),
 }
 
-impl Refused {
+impl UpgradeRefused {
     /// Answers the refusal and closes.
     pub async fn answer(&self, w: &Worker, stream: &TcpStream, fd: RawFd) {
         match self {
-            Refused::Handshake(e) => {
+            UpgradeRefused::Handshake(e) => {
                 let headers: &[(&str, &str)] = if e.status() == 426 {
                     &[("Sec-WebSocket-Version", "13")]
                 } else {
@@ -84,14 +83,14 @@ impl Refused {
                 w.metrics().http_response(e.status());
                 finish(w, stream, fd, &out).await;
             }
-            Refused::Stream(r) => r.answer(w, stream, fd).await,
+            UpgradeRefused::Stream(r) => r.answer(w, stream, fd).await,
         }
     }
 }
 
 /// Checks an upgrade (handshake, topics, access, origin) and registers its
 /// client, before the session's task is spawned.
-pub fn admit(w: &Rc<Worker>, fd: RawFd, req: Request) -> Result<Admitted, Refused> {
+pub fn admit(w: &Rc<Worker>, fd: RawFd, req: Request) -> Result<AdmittedWs, UpgradeRefused> {
     use StreamRefused as R;
     let handshake = HandshakeRequest {
         method_is_get: req.method == Method::Get,
@@ -101,23 +100,23 @@ pub fn admit(w: &Rc<Worker>, fd: RawFd, req: Request) -> Result<Admitted, Refuse
         key: req.ws_key.as_deref(),
         version: req.ws_version.as_deref(),
     };
-    let accept = check_handshake(&handshake).map_err(Refused::Handshake)?;
+    let accept = check_handshake(&handshake).map_err(UpgradeRefused::Handshake)?;
     let mut hello = Vec::with_capacity(160);
     write_101(&mut hello, &accept);
     if req.route == Route::Echo {
         w.metrics().http_response(101);
-        return Ok(Admitted::Echo(hello));
+        return Ok(AdmittedWs::Echo(hello));
     }
     let topics = match topics_from_query(&req.query, w.cfg.limits.max_topics_per_client) {
         Ok(t) => t,
         Err(TopicListError::Empty) => Vec::new(),
-        Err(e) => return Err(Refused::Stream(R::BadRequest(e.to_string()))),
+        Err(e) => return Err(UpgradeRefused::Stream(R::BadRequest(e.to_string()))),
     };
     let query_token = req.param("token").map(|v| v.into_owned());
     let grants = w
         .access
         .subscriber(&req.presented(query_token.as_deref()), &topics, unix_now())
-        .map_err(|r| Refused::Stream(R::Access(r)))?;
+        .map_err(|r| UpgradeRefused::Stream(R::Access(r)))?;
     bound_unacked_writes(w, fd);
     let last_id = req.param("lastEventId").map(|v| v.into_owned());
     let sinces = Since::from_cursor(last_id.as_deref(), w.state.borrow().ids(), topics.len());
@@ -132,7 +131,7 @@ pub fn admit(w: &Rc<Worker>, fd: RawFd, req: Request) -> Result<Admitted, Refuse
         sinces,
     });
     w.metrics().http_response(101);
-    Ok(Admitted::Subscriber {
+    Ok(AdmittedWs::Subscriber {
         id,
         grants: grants.map(Box::new),
     })
@@ -142,19 +141,19 @@ pub fn admit(w: &Rc<Worker>, fd: RawFd, req: Request) -> Result<Admitted, Refuse
 pub fn spawn(
     w: Rc<Worker>,
     stream: TcpStream,
-    admitted: Admitted,
+    admitted: AdmittedWs,
     leftover: Vec<u8>,
     open: OpenConn,
 ) {
     match admitted {
-        Admitted::Echo(hello) => {
+        AdmittedWs::Echo(hello) => {
             monoio::spawn(async move {
                 let fd = stream.as_raw_fd();
                 echo(&w, &stream, fd, &hello, leftover).await;
                 drop(open);
             });
         }
-        Admitted::Subscriber { id, grants } => {
+        AdmittedWs::Subscriber { id, grants } => {
             monoio::spawn(serve(w, stream, id, grants, leftover, open));
         }
     }

@@ -95,7 +95,7 @@ pub enum ClientTask {
 }
 
 #[derive(Default)]
-struct PendingPublish {
+struct PublishSlot {
     result: Option<Result<u64, PublishError>>,
     waker: Option<Waker>,
 }
@@ -108,7 +108,7 @@ pub struct CoreState {
     clients: Registry<Client>,
     local: LocalTopics,
     homes: HomeTopics,
-    pending: Slab<PendingPublish>,
+    pending: Slab<PublishSlot>,
     /// Messages for other cores, drained by the runtime into the bus.
     pub outbound: Vec<(usize, CoreMsg)>,
     /// Clients with output not yet written, oldest first.
@@ -593,7 +593,7 @@ impl CoreState {
         if home == self.core() {
             return PublishStart::Done(self.home_publish(topic, event, &data));
         }
-        let slot = self.pending.insert(PendingPublish::default()) as u32;
+        let slot = self.pending.insert(PublishSlot::default()) as u32;
         let reply = ReplyTo {
             core: self.core,
             slot,
