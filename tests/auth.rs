@@ -9,7 +9,7 @@
 //! tokens it would never make (wrong algorithm, `alg: none`) are built by hand.
 //! Every wait is bounded.
 
-mod common;
+pub mod common;
 
 use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -2,7 +2,7 @@
 //! and the server keeps serving (a stream opened before still gets a publish
 //! afterwards, and nothing panicked).
 
-mod common;
+pub mod common;
 
 use common::*;
 

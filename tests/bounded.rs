@@ -4,7 +4,7 @@
 //!
 //! Figures are printed with `eprintln!` (see them with `--nocapture`).
 
-mod common;
+pub mod common;
 
 use std::io::Read;
 use std::time::{Duration, Instant};

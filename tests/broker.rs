@@ -6,7 +6,7 @@
 //! Every wait is bounded. Subscriptions are known to be live when they receive a
 //! warm-up message (`{"warm":i}`), which every reader then skips.
 
-mod common;
+pub mod common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};

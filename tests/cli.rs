@@ -1,7 +1,7 @@
 //! `ringcast publish`: prints the id and exits 0; prints the server's error and
 //! exits non-zero on a refusal; exits non-zero with a clear message without a server.
 
-mod common;
+pub mod common;
 
 use std::process::{Command, Output};
 

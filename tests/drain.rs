@@ -5,7 +5,7 @@
 //!
 //! Figures are printed with `eprintln!` (see them with `--nocapture`).
 
-mod common;
+pub mod common;
 
 use std::io::ErrorKind;
 use std::time::{Duration, Instant};

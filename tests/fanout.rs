@@ -1,7 +1,7 @@
 //! Fan-out over real sockets: many SSE subscribers spread over both cores get
 //! every message published (Unix socket and HTTP), in order, exactly once.
 
-mod common;
+pub mod common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

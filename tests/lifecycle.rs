@@ -2,7 +2,7 @@
 //! abruptly after receiving leave nothing behind (registry, subscriptions,
 //! descriptors), as the registry's own gauges and /proc show.
 
-mod common;
+pub mod common;
 
 use std::io::Write;
 use std::net::TcpStream;

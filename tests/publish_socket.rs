@@ -3,7 +3,7 @@
 //! publishing is not), and past `--max-connections` a publisher gets one error
 //! line and the end of the stream, while the clients already served go on.
 
-mod common;
+pub mod common;
 
 use std::io::ErrorKind;
 use std::time::{Duration, Instant};

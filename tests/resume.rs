@@ -2,7 +2,7 @@
 //! missed, in order, then live messages; when history no longer reaches back, or
 //! the id is not of this run, it is told so with `ringcast.gap`.
 
-mod common;
+pub mod common;
 
 use common::*;
 

@@ -4,7 +4,7 @@
 //! ack until every topic's home core has recorded the subscription, so a
 //! publish that follows them cannot be stamped before the subscription.
 
-mod common;
+pub mod common;
 
 use std::net::TcpStream;
 use std::time::Duration;

@@ -7,7 +7,7 @@
 //! well-behaved cases, and raw frames over a `TcpStream` for everything a
 //! library would refuse to send. Every wait is bounded.
 
-mod common;
+pub mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
