@@ -216,11 +216,7 @@ fn publish_big_history(server: &Server, topic: &str) -> Vec<String> {
             )
         })
         .collect();
-    server
-        .publish_socket(&lines)
-        .iter()
-        .map(|a| answer_id(a))
-        .collect()
+    server.publish_ids(&lines)
 }
 
 #[test]

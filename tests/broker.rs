@@ -233,16 +233,6 @@ fn warm_up(via: &Server, topic: &str, subs: &mut [&mut Sub]) {
     }
 }
 
-/// Publishes `{"n":n}` for each `n` through the publish socket; the ids.
-fn publish_socket(server: &Server, topic: &str, ns: impl IntoIterator<Item = u64>) -> Vec<String> {
-    let lines: Vec<String> = ns.into_iter().map(|n| line_n(topic, n)).collect();
-    server
-        .publish_socket(&lines)
-        .iter()
-        .map(|a| answer_id(a))
-        .collect()
-}
-
 /// Publishes `{"n":n}` for each `n` with `POST /publish` (one keep-alive
 /// connection); the ids.
 fn publish_http(server: &Server, topic: &str, ns: impl IntoIterator<Item = u64>) -> Vec<String> {
@@ -487,7 +477,7 @@ fn resume_on_the_other_node(b_listens: bool) {
         let topic = topic.as_str();
         let mut on_a = Sub::sse(&a, topic);
         let mut watcher = b_listens.then(|| Sub::sse(&b, topic));
-        let ids = publish_socket(&a, topic, 1..=10);
+        let ids = a.publish_ns(topic, 1..=10);
         let seen = on_a.take(4);
         assert_eq!(
             seen,
@@ -505,7 +495,7 @@ fn resume_on_the_other_node(b_listens: bool) {
             got, want,
             "{by:?} on B: exactly the missed messages, in order"
         );
-        let live = publish_socket(&a, topic, [16]).remove(0);
+        let live = a.publish_ns(topic, [16]).remove(0);
         assert_eq!(
             c.take(1),
             vec![(16, live.clone())],
@@ -574,7 +564,7 @@ fn a_resume_from_an_id_trimmed_off_the_stream_gets_a_gap_event_first_then_what_i
     for by in RESUME_BY {
         let topic = format!("trim-{by:?}");
         let topic = topic.as_str();
-        let ids = publish_socket(&a, topic, 1..=10);
+        let ids = a.publish_ns(topic, 1..=10);
         let key = format!("ringcast:{topic}");
         assert_eq!(redis.cmd(&["XTRIM", &key, "MAXLEN", "1"]).int(), 9);
 
@@ -587,7 +577,7 @@ fn a_resume_from_an_id_trimmed_off_the_stream_gets_a_gap_event_first_then_what_i
             vec![(10, ids[9].clone())],
             "{by:?}: what is left"
         );
-        let live = publish_socket(&a, topic, [11]).remove(0);
+        let live = a.publish_ns(topic, [11]).remove(0);
         assert_eq!(c.take(1), vec![(11, live)], "{by:?}: then live");
     }
     a.assert_no_panic();
@@ -608,7 +598,7 @@ fn a_stream_expires_history_ttl_after_its_last_publish_and_a_resume_from_it_gets
         .collect();
     let mut ids = Vec::new();
     for topic in &topics {
-        ids.push(publish_socket(&a, topic, 1..=3));
+        ids.push(a.publish_ns(topic, 1..=3));
         let ttl = redis.cmd(&["PTTL", &format!("ringcast:{topic}")]).int();
         assert!(
             ttl > 0 && ttl <= 2000,
@@ -635,7 +625,7 @@ fn a_stream_expires_history_ttl_after_its_last_publish_and_a_resume_from_it_gets
         let mut on_b = resume(&b, topic, &ids[1], *by);
         expect_gap(&mut on_b, topic, &ids[1], None, &format!("{by:?} on B"));
         warm_up(&a, topic, &mut [&mut on_a, &mut on_b]);
-        let live = publish_socket(&a, topic, [4]).remove(0);
+        let live = a.publish_ns(topic, [4]).remove(0);
         assert_eq!(on_a.take(1), vec![(4, live.clone())], "{by:?} on A: live");
         assert_eq!(on_b.take(1), vec![(4, live)], "{by:?} on B: live");
     }
@@ -644,7 +634,7 @@ fn a_stream_expires_history_ttl_after_its_last_publish_and_a_resume_from_it_gets
     // (naming the new stream's first entry as the oldest kept), then exactly
     // what the new stream holds.
     let (topic, old) = (&topics[3], &ids[3]);
-    let new = publish_socket(&a, topic, 5..=6);
+    let new = a.publish_ns(topic, 5..=6);
     // Kept while the resumes below read it, however slow the machine.
     redis.cmd(&["PERSIST", &format!("ringcast:{topic}")]);
     assert_strictly_increasing(&[old.clone(), new.clone()].concat(), topic);
@@ -680,7 +670,7 @@ fn while_redis_is_down_publishes_fail_at_once_healthz_is_503_subscribers_stay_an
         let mut refs: Vec<&mut Sub> = subs.iter_mut().collect();
         warm_up(&a, topic, &mut refs);
     }
-    let before = publish_socket(&a, topic, 1..=10);
+    let before = a.publish_ns(topic, 1..=10);
     for s in subs.iter_mut() {
         let want: Vec<(u64, String)> = (1..=10).zip(before.iter().cloned()).collect();
         assert_eq!(s.take(10), want, "{} before the outage", s.name());
@@ -761,7 +751,7 @@ fn while_redis_is_down_publishes_fail_at_once_healthz_is_503_subscribers_stay_an
     assert!(a.metric("ringcast_broker_reconnects_total") >= 1.0);
 
     // The restarted Redis has empty streams: new entries must still flow.
-    let after = publish_socket(&a, topic, 11..=20);
+    let after = a.publish_ns(topic, 11..=20);
     let all: Vec<String> = before.iter().chain(&after).cloned().collect();
     assert_strictly_increasing(&all, "ids across the outage");
     for s in subs.iter_mut() {
@@ -788,7 +778,7 @@ fn a_node_killed_and_started_again_resumes_its_clients_from_the_stream_exactly()
     let mut sse = Sub::sse(&a, topic);
     let mut ws = Sub::ws(&a, topic);
     warm_up(&a, topic, &mut [&mut sse, &mut ws]);
-    let ids = publish_socket(&a, topic, 1..=6);
+    let ids = a.publish_ns(topic, 1..=6);
     let want: Vec<(u64, String)> = (1..=4).zip(ids.iter().cloned()).collect();
     assert_eq!(sse.take(4), want);
     assert_eq!(ws.take(4), want);
@@ -844,9 +834,9 @@ fn a_two_topic_cursor_from_node_a_resumes_both_topics_exactly_on_node_b() {
             })
             .collect()
     };
-    let x = publish_socket(&a, "cx", 1..=4);
+    let x = a.publish_ns("cx", 1..=4);
     let mut seen = read(4);
-    let y = publish_socket(&a, "cy", 1..=4);
+    let y = a.publish_ns("cy", 1..=4);
     seen.extend(read(2));
     let want_seen: Vec<(String, u64, String)> = (1..=4)
         .map(|n| ("cx".to_owned(), n, x[n as usize - 1].clone()))
@@ -915,14 +905,14 @@ fn a_resume_on_a_node_that_has_not_read_the_id_yet_gets_no_gap_and_no_duplicates
     let _b_listens = Sub::sse(&b, topic);
     let mut n = 0u64;
     for round in 0..20 {
-        let ids = publish_socket(&a, topic, n + 1..=n + 300);
+        let ids = a.publish_ns(topic, n + 1..=n + 300);
         n += 300;
         let got = on_a.take(300);
         let last = got.last().unwrap().1.clone();
         assert_eq!(last, ids[299]);
         // At once, to node B.
         let mut c = resume(&b, topic, &last, ResumeBy::SseHeader);
-        let live = publish_socket(&a, topic, [n + 1]).remove(0);
+        let live = a.publish_ns(topic, [n + 1]).remove(0);
         n += 1;
         assert_eq!(on_a.take(1), vec![(n, live.clone())]);
         // Everything the resumed client gets up to the live message (bounded).

@@ -92,11 +92,7 @@ fn fan_out(args: &[&str], driver: Option<&str>) {
 
     // 1,000 through the Unix socket, pipelined.
     let lines: Vec<String> = (0..PER_PATH).map(|n| line_n("fan", n)).collect();
-    let mut published: Vec<String> = server
-        .publish_socket(&lines)
-        .iter()
-        .map(|a| answer_id(a))
-        .collect();
+    let mut published: Vec<String> = server.publish_ids(&lines);
     // 1,000 through POST /publish on one keep-alive connection.
     let mut http = HttpConn::connect(server.addr);
     for n in PER_PATH..2 * PER_PATH {

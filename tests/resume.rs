@@ -6,16 +6,6 @@ pub mod common;
 
 use common::*;
 
-/// Publishes `{"n":n}` for each `n` to `topic` through the socket; returns the ids.
-fn publish(server: &Server, topic: &str, ns: impl IntoIterator<Item = u64>) -> Vec<String> {
-    let lines: Vec<String> = ns.into_iter().map(|n| line_n(topic, n)).collect();
-    server
-        .publish_socket(&lines)
-        .iter()
-        .map(|a| answer_id(a))
-        .collect()
-}
-
 /// Reads `count` messages: (topic, envelope id, n, SSE id line).
 fn read(c: &mut SseClient, count: usize) -> Vec<(String, String, u64, String)> {
     (0..count)
@@ -35,7 +25,7 @@ fn ns(msgs: &[(String, String, u64, String)]) -> Vec<u64> {
 
 /// After a resume, a message published now arrives next, and nothing else does.
 fn then_live(server: &Server, c: &mut SseClient, topic: &str, n: u64) {
-    let id = publish(server, topic, [n]).remove(0);
+    let id = server.publish_ns(topic, [n]).remove(0);
     let got = read(c, 1);
     assert_eq!(got[0].2, n, "the live message after the resume");
     assert_eq!(got[0].1, id);
@@ -45,12 +35,12 @@ fn resumes_exactly_the_missed_ones(use_query: bool) {
     let server = Server::start(&[]);
     let mut c = server.sse("topic=r");
     c.wait_cursor();
-    publish(&server, "r", 0..5);
+    server.publish_ns("r", 0..5);
     let seen = read(&mut c, 3);
     assert_eq!(ns(&seen), [0, 1, 2]);
     let last = seen[2].3.clone();
     drop(c);
-    publish(&server, "r", 5..8);
+    server.publish_ns("r", 5..8);
 
     let mut c = if use_query {
         server.sse(&format!("topic=r&lastEventId={last}"))
@@ -84,11 +74,11 @@ fn an_id_older_than_history_gets_a_gap_event_then_the_retained_messages() {
     let server = Server::start(&["--history", "5"]);
     let mut c = server.sse("topic=h");
     c.wait_cursor();
-    let ids = publish(&server, "h", [0]);
+    let ids = server.publish_ns("h", [0]);
     let first = read(&mut c, 1);
     assert_eq!(first[0].1, ids[0]);
     drop(c);
-    let later = publish(&server, "h", 1..11); // seq 2..=11; history keeps 7..=11
+    let later = server.publish_ns("h", 1..11); // seq 2..=11; history keeps 7..=11
 
     let mut c = SseClient::connect(server.addr, "topic=h", Some(&ids[0]));
     let gap = c.next_event();
@@ -120,7 +110,7 @@ fn an_id_older_than_history_gets_a_gap_event_then_the_retained_messages() {
 #[test]
 fn an_id_from_another_run_gets_a_gap_event_with_a_reason() {
     let server = Server::start(&[]);
-    let ids = publish(&server, "o", 0..3);
+    let ids = server.publish_ns("o", 0..3);
     let (epoch, seq) = split_id(&ids[2]);
     // Same shape, other epoch: flip the last hex digit.
     let last = epoch.chars().last().unwrap();
@@ -144,7 +134,7 @@ fn an_id_from_another_run_gets_a_gap_event_with_a_reason() {
         );
     }
     // Whatever history it replays, it is this run's, in order, and live follows.
-    let live = publish(&server, "o", [100]).remove(0);
+    let live = server.publish_ns("o", [100]).remove(0);
     let mut last_seq = 0;
     loop {
         let b = c.next_event();
@@ -166,7 +156,7 @@ fn an_id_from_another_run_gets_a_gap_event_with_a_reason() {
 #[test]
 fn a_fresh_stream_starts_with_an_id_only_block_that_resumes_exactly() {
     let server = Server::start(&[]);
-    publish(&server, "f", 0..2); // history before the stream: not for it
+    server.publish_ns("f", 0..2); // history before the stream: not for it
     let mut c = server.sse("topic=f");
     // The first blocks: an optional retry hint, then an id-only block.
     let cursor = loop {
@@ -186,7 +176,7 @@ fn a_fresh_stream_starts_with_an_id_only_block_that_resumes_exactly() {
     let (_, seq) = split_id(&cursor);
     assert_eq!(seq, 2, "the cursor stands at the topic's head");
     drop(c);
-    publish(&server, "f", 2..5);
+    server.publish_ns("f", 2..5);
     let mut c = SseClient::connect(server.addr, "topic=f", Some(&cursor));
     assert_eq!(
         ns(&read(&mut c, 3)),
@@ -201,14 +191,14 @@ fn a_multi_topic_cursor_resumes_the_missed_messages_of_both_topics() {
     let server = Server::start(&[]);
     let mut c = server.sse("topics=a,b");
     c.wait_cursor();
-    publish(&server, "a", [0, 1]);
-    publish(&server, "b", [10]);
+    server.publish_ns("a", [0, 1]);
+    server.publish_ns("b", [10]);
     let seen = read(&mut c, 3);
     let last = seen[2].3.clone();
     assert_eq!(c.last_event_id, last);
     drop(c);
-    publish(&server, "a", [2, 3]);
-    publish(&server, "b", [11, 12]);
+    server.publish_ns("a", [2, 3]);
+    server.publish_ns("b", [11, 12]);
 
     let mut c = SseClient::connect(server.addr, "topics=a,b", Some(&last));
     let missed = read(&mut c, 4);
@@ -216,7 +206,7 @@ fn a_multi_topic_cursor_resumes_the_missed_messages_of_both_topics() {
     assert_eq!(of("a"), [2, 3]);
     assert_eq!(of("b"), [11, 12]);
     // Nothing more than the missed ones before a live message.
-    let live = publish(&server, "b", [13]).remove(0);
+    let live = server.publish_ns("b", [13]).remove(0);
     let next = read(&mut c, 1);
     assert_eq!(
         next[0].1, live,

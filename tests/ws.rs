@@ -44,16 +44,6 @@ fn wait_ws_gauge(server: &Server, n: usize, why: &str) {
     );
 }
 
-/// Publishes `{"n":n}` for each `n` to `topic` through the socket; returns the ids.
-fn publish(server: &Server, topic: &str, ns: impl IntoIterator<Item = u64>) -> Vec<String> {
-    let lines: Vec<String> = ns.into_iter().map(|n| line_n(topic, n)).collect();
-    server
-        .publish_socket(&lines)
-        .iter()
-        .map(|a| answer_id(a))
-        .collect()
-}
-
 /// A message envelope as delivered on `/ws`.
 #[derive(Debug)]
 struct Env {
@@ -482,11 +472,7 @@ fn twenty_four_clients_on_both_cores_get_five_hundred_messages_in_per_topic_orde
     const N: u64 = 500;
     let topic = |n: u64| if n.is_multiple_of(2) { "fa" } else { "fb" };
     let lines: Vec<String> = (0..N).map(|n| line_n(topic(n), n)).collect();
-    let ids: Vec<String> = server
-        .publish_socket(&lines)
-        .iter()
-        .map(|a| answer_id(a))
-        .collect();
+    let ids: Vec<String> = server.publish_ids(&lines);
 
     for (i, c) in clients.iter_mut().enumerate() {
         let mut per_topic: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
@@ -541,8 +527,8 @@ fn subscribe_unsubscribe_and_publish_are_acked_with_their_ref_and_unsubscribe_st
 
     c.send(r#"{"op":"unsubscribe","topics":["c1"],"ref":"u"}"#);
     assert_answer(&c.next_text(), "ack", Some(r#""u""#));
-    publish(&server, "c1", [1]);
-    publish(&server, "c2", [2]);
+    server.publish_ns("c1", [1]);
+    server.publish_ns("c2", [2]);
     let next = c.next_env();
     assert_eq!(
         (next.topic.as_str(), env_n(&next)),
@@ -592,7 +578,7 @@ fn a_bad_control_message_gets_an_error_frame_with_its_ref_and_the_connection_liv
     assert_eq!(server.metric_sum(WS), 1.0, "the connection was dropped");
     c.send(r#"{"op":"subscribe","topics":["alive"],"ref":10}"#);
     assert_answer(&c.next_text(), "ack", Some("10"));
-    publish(&server, "alive", [1]);
+    server.publish_ns("alive", [1]);
     assert_eq!(env_n(&c.next_env()), 1);
 }
 
@@ -608,8 +594,8 @@ fn subscribing_past_max_topics_per_client_gets_an_error_frame() {
     c.send(r#"{"op":"subscribe","topics":["t1"],"ref":3}"#);
     assert_answer(&c.next_text(), "ack", Some("3"));
     // The refused topic was not subscribed; the others still are.
-    publish(&server, "t3", [3]);
-    publish(&server, "t2", [2]);
+    server.publish_ns("t3", [3]);
+    server.publish_ns("t2", [2]);
     let e = c.next_env();
     assert_eq!((e.topic.as_str(), env_n(&e)), ("t2", 2));
 
@@ -627,12 +613,12 @@ fn resume_gets_exactly_the_missed_messages(by_op: bool) {
     let server = Server::start(&[]);
     let mut c = Client::connect(server.addr, "/ws?topic=r");
     wait_ws_gauge(&server, 1, "first connection");
-    let ids = publish(&server, "r", 0..5);
+    let ids = server.publish_ns("r", 0..5);
     let seen: Vec<u64> = (0..3).map(|_| env_n(&c.next_env())).collect();
     assert_eq!(seen, [0, 1, 2]);
     drop(c);
     wait_ws_gauge(&server, 0, "after the first connection left");
-    let later = publish(&server, "r", 5..8);
+    let later = server.publish_ns("r", 5..8);
 
     let mut c = if by_op {
         let mut c = Client::connect(server.addr, "/ws");
@@ -666,7 +652,7 @@ fn resume_gets_exactly_the_missed_messages(by_op: bool) {
         got.iter().map(|g| g.1.clone()).collect::<Vec<_>>(),
         want_ids
     );
-    let live = publish(&server, "r", [8]).remove(0);
+    let live = server.publish_ns("r", [8]).remove(0);
     loop {
         let t = c.next_text();
         if is_answer(&t) {
@@ -694,8 +680,8 @@ fn since_in_a_subscribe_op_resumes_exactly_the_missed_messages() {
 
 fn an_id_older_than_history_gets_a_gap_then_the_retained(by_op: bool) {
     let server = Server::start(&["--history", "3"]);
-    let first = publish(&server, "h", [0]).remove(0);
-    let later = publish(&server, "h", 1..11); // history keeps n = 8, 9, 10
+    let first = server.publish_ns("h", [0]).remove(0);
+    let later = server.publish_ns("h", 1..11); // history keeps n = 8, 9, 10
 
     let mut c = if by_op {
         let mut c = Client::connect(server.addr, "/ws");
@@ -736,7 +722,7 @@ fn an_id_older_than_history_gets_a_gap_then_the_retained(by_op: bool) {
             (10, later[9].clone())
         ]
     );
-    publish(&server, "h", [11]);
+    server.publish_ns("h", [11]);
     assert_eq!(env_n(&c.next_env()), 11);
 }
 
@@ -811,7 +797,7 @@ fn firefox_style_connection_keep_alive_upgrade_gets_a_101_with_the_accept_key() 
         .expect("Sec-WebSocket-Accept");
     assert_eq!(accept, ACCEPT);
     wait_ws_gauge(&server, 1, "the Firefox-style client");
-    publish(&server, "ff", [1]);
+    server.publish_ns("ff", [1]);
     let (first, payload) = raw.frame();
     assert_eq!(first, FIN | TEXT);
     assert_eq!(env_n(&env(std::str::from_utf8(&payload).unwrap())), 1);
@@ -833,7 +819,7 @@ fn an_offered_permessage_deflate_is_not_echoed_and_frames_stay_uncompressed() {
         raw.head
     );
     wait_ws_gauge(&server, 1, "the client");
-    publish(&server, "px", [1]);
+    server.publish_ns("px", [1]);
     let (first, payload) = raw.frame();
     assert_eq!(first, FIN | TEXT, "RSV1 must stay clear");
     assert_eq!(env_n(&env(std::str::from_utf8(&payload).unwrap())), 1);
@@ -869,7 +855,7 @@ fn frames_sent_in_the_same_write_as_the_handshake_are_not_lost() {
             f => panic!("unexpected frame {f:#x} {payload:?}"),
         }
     }
-    publish(&server, "early", [1]);
+    server.publish_ns("early", [1]);
     let (first, payload) = raw.frame();
     assert_eq!(first, FIN | TEXT);
     assert_eq!(env_n(&env(std::str::from_utf8(&payload).unwrap())), 1);
@@ -1079,7 +1065,7 @@ fn a_client_that_answers_pings_stays_connected() {
     );
     assert_eq!(server.metric_sum(WS), 1.0);
     assert_eq!(server.metric_sum("ringcast_idle_timeouts_total"), 0.0);
-    publish(&server, "alive", [1]);
+    server.publish_ns("alive", [1]);
     assert_eq!(env_n(&c.next_env()), 1);
 }
 

@@ -122,6 +122,21 @@ impl Server {
         answers
     }
 
+    /// Publishes `lines` as [`Server::publish_socket`] does; every answer must be
+    /// `{"ok":true,...}`. Returns the ids, in order.
+    pub fn publish_ids(&self, lines: &[String]) -> Vec<String> {
+        self.publish_socket(lines)
+            .iter()
+            .map(|a| answer_id(a))
+            .collect()
+    }
+
+    /// Publishes `{"n":n}` for each `n` to `topic` through the socket; returns the ids.
+    pub fn publish_ns(&self, topic: &str, ns: impl IntoIterator<Item = u64>) -> Vec<String> {
+        let lines: Vec<String> = ns.into_iter().map(|n| line_n(topic, n)).collect();
+        self.publish_ids(&lines)
+    }
+
     /// `POST /publish?topic=T` with `body` on a fresh connection: (status, body).
     pub fn http_publish(&self, topic: &str, body: &str) -> (u16, String) {
         let mut c = HttpConn::connect(self.addr);
