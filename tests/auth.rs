@@ -202,11 +202,6 @@ fn publish(server: &Server, topic: &str, data: &str) -> String {
     answer_id(&server.publish_socket(&[format!("{{\"topic\":\"{topic}\",\"data\":{data}}}")])[0])
 }
 
-fn json(text: &str) -> OwnedValue {
-    let mut b = text.as_bytes().to_vec();
-    simd_json::to_owned_value(&mut b).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
-}
-
 fn field<'a>(v: &'a OwnedValue, key: &str) -> Option<&'a str> {
     v.get(key).and_then(|x| x.as_str())
 }

@@ -28,11 +28,6 @@ fn node(redis: &Redis, extra: &[&str]) -> Server {
     Server::start(&args)
 }
 
-fn json(text: &str) -> OwnedValue {
-    let mut b = text.as_bytes().to_vec();
-    simd_json::to_owned_value(&mut b).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
-}
-
 fn str_field(v: &OwnedValue, key: &str) -> Option<String> {
     v.get(key).and_then(|x| x.as_str()).map(str::to_owned)
 }

@@ -25,11 +25,6 @@ const WS: &str = "ringcast_connections{transport=\"ws\"}";
 
 // ---- helpers ----------------------------------------------------------------
 
-fn json(text: &str) -> OwnedValue {
-    let mut b = text.as_bytes().to_vec();
-    simd_json::to_owned_value(&mut b).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
-}
-
 fn str_field<'a>(v: &'a OwnedValue, key: &str) -> Option<&'a str> {
     v.get(key).and_then(|x| x.as_str())
 }

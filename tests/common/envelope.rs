@@ -1,6 +1,13 @@
-//! The message envelope (the same on SSE and WebSocket) and its ids.
+//! The JSON the server writes: the message envelope (the same on SSE and
+//! WebSocket), its ids, and a plain parse for everything else.
 
 use super::Block;
+
+/// `text` as JSON; panics, quoting it, when it is not.
+pub fn json(text: &str) -> simd_json::OwnedValue {
+    let mut b = text.as_bytes().to_vec();
+    simd_json::to_owned_value(&mut b).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
+}
 
 /// The message envelope of a data block: (topic, id, event, data).
 pub struct Envelope {
