@@ -269,21 +269,6 @@ impl SseClient {
         }
     }
 
-    /// Everything left on the stream (what is buffered, then reads) until EOF,
-    /// a reset or `timeout`: (bytes, how it ended).
-    pub fn read_rest(&mut self, timeout: Duration) -> (Vec<u8>, StreamEnd) {
-        let deadline = Instant::now() + timeout;
-        let end = loop {
-            match self.fill(deadline) {
-                Ok(0) => break StreamEnd::Eof,
-                Ok(_) => {}
-                Err(e) if e.kind() == ErrorKind::TimedOut => break StreamEnd::TimedOut,
-                Err(e) => break StreamEnd::Error(e.kind()),
-            }
-        };
-        (std::mem::take(&mut self.buf), end)
-    }
-
     /// The socket and the bytes read past the last block taken.
     pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
         (self.stream, self.buf)
@@ -293,14 +278,6 @@ impl SseClient {
     pub fn reset(self) {
         reset_close(self.stream);
     }
-}
-
-/// How a stream read to its end ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamEnd {
-    Eof,
-    TimedOut,
-    Error(ErrorKind),
 }
 
 impl Server {
