@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use simd_json::prelude::*;
 use simd_json::OwnedValue;
-use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
@@ -114,17 +113,12 @@ fn is_timeout(e: &tungstenite::Error) -> bool {
 }
 
 impl Client {
+    /// The handshake of the shared [`TungsteniteClient`]; this client reads its
+    /// own way (data and close messages, with the `tungstenite::Error`).
     fn connect(addr: SocketAddr, path: &str) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect WS");
-        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        let req = format!("ws://{addr}{path}")
-            .into_client_request()
-            .expect("WS request");
-        let (ws, resp) = tungstenite::client::client(req, stream)
-            .unwrap_or_else(|e| panic!("WS handshake on {path}: {e}"));
-        assert_eq!(resp.status().as_u16(), 101);
-        Client { ws }
+        Client {
+            ws: TungsteniteClient::connect(addr, path).ws,
+        }
     }
 
     fn send(&mut self, text: &str) {
