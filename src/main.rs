@@ -56,15 +56,12 @@ fn publish(args: &PublishArgs) -> Result<String, String> {
     let data = ringcast::proto::publish::payload_to_json(&mut json, &raw, usize::MAX)
         .map_err(|e| e.to_string())?;
     let mut line = Vec::with_capacity(data.len() + 64);
-    line.extend_from_slice(b"{\"topic\":");
-    ringcast::proto::json::write_string(&mut line, &args.topic);
-    if let Some(event) = &args.event {
-        line.extend_from_slice(b",\"event\":");
-        ringcast::proto::json::write_string(&mut line, event);
-    }
-    line.extend_from_slice(b",\"data\":");
-    line.extend_from_slice(&data);
-    line.extend_from_slice(b"}\n");
+    ringcast::proto::publish::write_command_line(
+        &mut line,
+        &args.topic,
+        args.event.as_deref(),
+        &data,
+    );
 
     let mut sock = UnixStream::connect(&args.socket).map_err(|e| {
         format!(

@@ -289,9 +289,8 @@ impl Encoder {
                 plan.topics
                     .iter()
                     .map(|t| {
-                        let mut pre = b"{\"topic\":".to_vec();
-                        crate::proto::json::write_string(&mut pre, t);
-                        pre.extend_from_slice(b",\"data\":");
+                        let mut pre = Vec::new();
+                        crate::proto::publish::write_command_start(&mut pre, t, None);
                         pre
                     })
                     .collect(),
@@ -334,7 +333,7 @@ impl Encoder {
             Kind::Unix(pre) => {
                 out.extend_from_slice(&pre[topic]);
                 payload::encode(out, seq, t_ns, self.size);
-                out.extend_from_slice(b"}\n");
+                out.extend_from_slice(crate::proto::publish::COMMAND_END);
             }
             Kind::Http(pre) => {
                 scratch.clear();

@@ -41,8 +41,8 @@ use super::sys::now_ns;
 use super::target::{HttpTarget, Transport};
 use super::wire::{self, SseLine, WireError};
 use crate::config::PayloadMode;
-use crate::core::state::GAP_EVENT;
 use crate::netio;
+use crate::proto::envelope::GAP_EVENT;
 use crate::proto::ws::frame::OpCode;
 
 /// How often threads publish their counters and histogram to [`Shared`].

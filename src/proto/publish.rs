@@ -138,6 +138,29 @@ pub fn write_ok_line(out: &mut Vec<u8>, id: &str) {
     out.extend_from_slice(b"}\n");
 }
 
+/// Appends the start of a command line, `{"topic":"<topic>",["event":"<e>",]"data":`:
+/// the data and [`COMMAND_END`] follow (a publisher that sends many commands to
+/// one topic writes this once).
+pub fn write_command_start(out: &mut Vec<u8>, topic: &str, event: Option<&str>) {
+    out.extend_from_slice(b"{\"topic\":");
+    json::write_string(out, topic);
+    if let Some(event) = event {
+        out.extend_from_slice(b",\"event\":");
+        json::write_string(out, event);
+    }
+    out.extend_from_slice(b",\"data\":");
+}
+
+/// What ends a command line after its data.
+pub const COMMAND_END: &[u8] = b"}\n";
+
+/// Appends one whole command line; `data` is JSON.
+pub fn write_command_line(out: &mut Vec<u8>, topic: &str, event: Option<&str>, data: &[u8]) {
+    write_command_start(out, topic, event);
+    out.extend_from_slice(data);
+    out.extend_from_slice(COMMAND_END);
+}
+
 /// Appends the failure answer `{"ok":false,"error":"..."}\n`.
 pub fn write_error_line(out: &mut Vec<u8>, error: &str) {
     out.extend_from_slice(b"{\"ok\":false,\"error\":");
@@ -253,6 +276,20 @@ impl LineReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_line_written_here_parses_back() {
+        let mut line = Vec::new();
+        write_command_line(&mut line, "news", Some("upd"), br#"{"h":1}"#);
+        assert_eq!(
+            line,
+            b"{\"topic\":\"news\",\"event\":\"upd\",\"data\":{\"h\":1}}\n"
+        );
+        let mut json = JsonScratch::new();
+        let cmd = parse_command(&mut json, &line[..line.len() - 1], 1 << 20).unwrap();
+        assert_eq!((&*cmd.topic, cmd.event.as_deref()), ("news", Some("upd")));
+        assert_eq!(cmd.data, br#"{"h":1}"#);
+    }
 
     fn parse(line: &str) -> Result<PublishCommand<'_>, PublishError> {
         parse_command(&mut JsonScratch::new(), line.as_bytes(), 1 << 20)

@@ -29,14 +29,7 @@ use crate::netio;
 use crate::proto::sse;
 use crate::proto::topic::topics_from_query;
 
-/// The event telling a stream the server is going away.
-pub const SHUTDOWN_EVENT: &str = "ringcast.shutdown";
-/// The event telling a client the server is over capacity.
-pub const BUSY_EVENT: &str = "ringcast.busy";
-/// The event ending a stream whose access token expired.
-pub const EXPIRED_EVENT: &str = "ringcast.expired";
-/// The event telling a stream it is cut as a slow consumer.
-pub const SLOW_EVENT: &str = "ringcast.slow";
+pub use crate::proto::envelope::{BUSY_EVENT, EXPIRED_EVENT, SHUTDOWN_EVENT, SLOW_EVENT};
 
 /// Answers an SSE request the server will not serve now (draining, over
 /// capacity): `200`, a `retry:` hint with jitter, one event saying why, end.

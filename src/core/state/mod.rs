@@ -28,6 +28,7 @@ use super::replay::{BacklogCache, Replay, REPLAY_SLICE, REPLAY_SLICE_ITEMS};
 use super::topics::{home_of, LocalTopics};
 use crate::metrics::CoreMetrics;
 use crate::proto::cursor::IdScheme;
+use crate::proto::envelope::{self, GAP_EVENT};
 use crate::proto::publish::PublishError;
 use crate::proto::sse;
 use crate::proto::ws::frame as ws_frame;
@@ -1015,19 +1016,12 @@ fn queue_gap(client: &mut Client, topic: &str, gap: Gap, ids: IdScheme) {
         Transport::Sse => sse::write_event_body(&mut out, Some(GAP_EVENT), &data),
         Transport::Ws => {
             let mut env = Vec::with_capacity(data.len() + 48);
-            env.extend_from_slice(b"{\"topic\":\"");
-            env.extend_from_slice(topic.as_bytes());
-            env.extend_from_slice(b"\",\"event\":\"ringcast.gap\",\"data\":");
-            env.extend_from_slice(&data);
-            env.push(b'}');
+            envelope::write_server_envelope(&mut env, topic, GAP_EVENT, &data);
             out.extend_from_slice(&ws_frame::text_frame(&env));
         }
     }
     client.outbox.push(&out);
 }
-
-/// Name of the event that reports a hole in a resume.
-pub const GAP_EVENT: &str = "ringcast.gap";
 
 /// Marks a client whose outbox passed the bound as a slow consumer to cut.
 fn cut_slow(client: &mut Client, metrics: &CoreMetrics) {
