@@ -527,8 +527,6 @@ async fn preflight(w: &Worker, stream: &TcpStream, fd: RawFd, req: &Request) -> 
     send(w, stream, fd, 204, &out, req.keep_alive).await
 }
 
-/// `POST /publish?topic=T[&event=E]`: the body is the payload. Returns whether the
-/// connection stays open, `None` when it must close at once.
 /// Publishes read from one connection and not answered yet. Pipelined
 /// publishes are all started before the first is answered, so a burst reaches
 /// the topics' home cores together and fans out in one batch.

@@ -37,7 +37,8 @@ enum State {
 ///    (re)arm the close deadline, then [`wants_close_tcp`](Self::wants_close_tcp):
 ///    once true, flush the outbox and close TCP.
 ///
-/// Data frames (one shared `Bytes` per message) go to the outbox directly, only
+/// Data frames (one core-local frame per message, shared by its subscribers) go
+/// to the outbox directly, only
 /// while [`can_send_data`](Self::can_send_data) holds.
 #[derive(Debug)]
 pub struct Connection {
