@@ -38,8 +38,7 @@ enum State {
 ///    once true, flush the outbox and close TCP.
 ///
 /// Data frames (one core-local frame per message, shared by its subscribers) go
-/// to the outbox directly, only
-/// while [`can_send_data`](Self::can_send_data) holds.
+/// to the outbox directly, only while [`can_send_data`](Self::can_send_data) holds.
 #[derive(Debug)]
 pub struct Connection {
     decoder: Decoder,
