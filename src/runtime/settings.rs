@@ -66,8 +66,9 @@ pub struct Settings {
     pub broker: Option<BrokerSettings>,
 }
 
-/// The inputs of access control; the policy is built from them at start.
-#[derive(Debug, Clone, Default)]
+/// The inputs of access control; the policy is built from them at start. Its
+/// `Debug` never shows the secret or the publish key.
+#[derive(Clone, Default)]
 pub struct AuthSettings {
     /// The HS256 secret; `None`: access control is off.
     pub secret: Option<Secret>,
@@ -79,13 +80,41 @@ pub struct AuthSettings {
     pub cookie: Option<String>,
 }
 
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |set: bool| if set { "<redacted>" } else { "none" };
+        f.debug_struct("AuthSettings")
+            .field("secret", &self.secret.as_ref().map(Secret::source))
+            .field("publish_key", &redacted(self.publish_key.is_some()))
+            .field("allowed_origins", &self.allowed_origins)
+            .field("cookie", &self.cookie)
+            .finish()
+    }
+}
+
 /// Where the HS256 secret comes from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Secret {
     /// Given on the command line or in the environment.
     Given(String),
     /// Read from this file at start (trailing whitespace ignored).
     File(PathBuf),
+}
+
+impl Secret {
+    /// Where it comes from, without its value (for logs and `Debug`).
+    pub fn source(&self) -> String {
+        match self {
+            Secret::Given(_) => "<given, redacted>".into(),
+            Secret::File(path) => format!("file {}", path.display()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.source())
+    }
 }
 
 /// The broker bridge's settings.
@@ -97,4 +126,25 @@ pub struct BrokerSettings {
     pub history: usize,
     /// Expiry of an idle topic's stream (`--history-ttl`; zero: none).
     pub ttl: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_the_secret_or_the_publish_key() {
+        let auth = AuthSettings {
+            secret: Some(Secret::Given("a-very-secret-value-of-32-bytes!".into())),
+            publish_key: Some("pk-shh".into()),
+            allowed_origins: None,
+            cookie: Some("rc".into()),
+        };
+        let text = format!("{auth:?}");
+        assert!(
+            !text.contains("a-very-secret") && !text.contains("pk-shh"),
+            "{text}"
+        );
+        assert!(text.contains("redacted"), "{text}");
+    }
 }
