@@ -496,7 +496,7 @@ pub struct StormArgs {
 
     /// Messages published while every client is away (round-robin over the topics):
     /// each client misses its topic's share and gets it back on resume. Keep a
-    /// client's backlog under the server's --max-outbox-bytes and --history.
+    /// client's backlog (plus the warm-up) under the server's --history.
     #[arg(
         short = 'm',
         long,
