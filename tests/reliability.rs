@@ -20,13 +20,13 @@ const MIB: u64 = 1 << 20;
 /// The timer entries a core keeps without any client: one for the age limit
 /// of its history, while it holds messages.
 fn history_timers(metrics: &str) -> f64 {
-    (0..8)
-        .filter(|core| {
-            find_series(
-                metrics,
-                &format!("ringcast_history_messages{{core=\"{core}\"}}"),
-            )
-            .is_some_and(|m| m > 0.0)
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("ringcast_history_messages{"))
+        .filter(|l| {
+            l.rsplit_once(' ')
+                .and_then(|(_, v)| v.parse::<f64>().ok())
+                .is_some_and(|m| m > 0.0)
         })
         .count() as f64
 }

@@ -187,6 +187,13 @@ impl Client {
         }
     }
 
+    /// The client still takes messages: it is not closing, nor muted for its
+    /// last frames (a message for it now counts as dropped).
+    #[inline]
+    pub fn takes_messages(&self) -> bool {
+        !self.muted && !matches!(self.write, WriteState::Closing(_))
+    }
+
     /// Queues one message of subscription `index` to the outbox: the frame,
     /// after its cursor line on a stream over several topics.
     #[inline]

@@ -54,35 +54,28 @@ impl Publisher {
 
 /// The `id` of an `{"ok":true,"id":"..."}` answer; panics on anything else.
 pub fn answer_id(answer: &str) -> String {
-    use simd_json::prelude::*;
-    let mut bytes = answer.as_bytes().to_vec();
-    let v = simd_json::to_owned_value(&mut bytes)
-        .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {answer:?}"));
-    assert_eq!(
-        v.get("ok").and_then(|o| o.as_bool()),
-        Some(true),
-        "not ok: {answer}"
-    );
-    v.get("id")
-        .and_then(|i| i.as_str())
-        .unwrap_or_else(|| panic!("answer without id: {answer}"))
-        .to_owned()
+    answer_field(answer, true, "id")
 }
 
 /// The `error` of an `{"ok":false,"error":"..."}` answer; panics on anything else.
 pub fn answer_error(answer: &str) -> String {
+    answer_field(answer, false, "error")
+}
+
+/// The string `field` of an answer line whose `ok` is `ok`; panics on anything else.
+fn answer_field(answer: &str, ok: bool, field: &str) -> String {
     use simd_json::prelude::*;
     let mut bytes = answer.as_bytes().to_vec();
     let v = simd_json::to_owned_value(&mut bytes)
         .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {answer:?}"));
     assert_eq!(
         v.get("ok").and_then(|o| o.as_bool()),
-        Some(false),
-        "expected an error: {answer}"
+        Some(ok),
+        "expected ok={ok}: {answer}"
     );
-    v.get("error")
+    v.get(field)
         .and_then(|i| i.as_str())
-        .unwrap_or_else(|| panic!("error answer without error: {answer}"))
+        .unwrap_or_else(|| panic!("answer without {field}: {answer}"))
         .to_owned()
 }
 

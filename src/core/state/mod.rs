@@ -542,7 +542,7 @@ impl CoreState {
         }
         let mut delivered = 0u64;
         if let Some(last) = backlog.last() {
-            if !client.muted && !matches!(client.write, WriteState::Closing(_)) {
+            if client.takes_messages() {
                 // Paced by the socket: moved into the outbox as it drains.
                 let frames = self.backlogs.frames(backlog);
                 client
@@ -941,7 +941,7 @@ impl CoreState {
 /// closing (the message then counts as dropped).
 #[inline]
 fn queue_message(client: &mut Client, index: usize, seq: u64, frame: &Frame) -> bool {
-    if client.muted || matches!(client.write, WriteState::Closing(_)) {
+    if !client.takes_messages() {
         return false;
     }
     match client.replay.as_mut() {
