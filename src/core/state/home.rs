@@ -73,7 +73,7 @@ impl CoreState {
         }
         let head = home.seq;
         let (gap, backlog): (_, Backlog) = match since {
-            Since::Live => (None, Backlog::from([])),
+            Since::Live => (None, self.no_backlog.clone()),
             Since::After(after)
                 if broker && after < home.history.covered_after() && after <= head =>
             {

@@ -132,6 +132,9 @@ pub struct CoreState {
     history_timer: Option<super::wheel::TimerHandle>,
     /// This core's encodings of the backlogs its clients replay.
     backlogs: BacklogCache,
+    /// The empty backlog of every live subscribe: shared, so a subscribe
+    /// allocates none.
+    no_backlog: Backlog,
 }
 
 impl CoreState {
@@ -165,6 +168,7 @@ impl CoreState {
             broker: false,
             history_timer: None,
             backlogs: BacklogCache::default(),
+            no_backlog: Backlog::from([]),
         }
     }
 
