@@ -42,17 +42,26 @@ pub struct LazyFrames {
 
 impl LazyFrames {
     /// The frame of `msg` for a client taking `kind`, shared by every client
-    /// of the core that takes it.
-    #[inline]
+    /// of the core that takes it. Inlined into the fan-out loop: after the
+    /// first client of each kind, this is one branch.
+    #[inline(always)]
     pub fn get(&mut self, msg: &Message, kind: FrameKind) -> &Frame {
-        match kind {
-            FrameKind::Sse => self.sse.get_or_insert_with(|| Frame::new(&msg.sse)),
-            FrameKind::SseBody => self
-                .sse_body
-                .get_or_insert_with(|| Frame::new(&msg.sse).from_offset(msg.sse_body)),
-            FrameKind::Ws => self
-                .ws
-                .get_or_insert_with(|| Frame::new(&ws_frame::text_frame(msg.envelope()))),
-        }
+        let slot = match kind {
+            FrameKind::Sse => &mut self.sse,
+            FrameKind::SseBody => &mut self.sse_body,
+            FrameKind::Ws => &mut self.ws,
+        };
+        slot.get_or_insert_with(|| encode(msg, kind))
+    }
+}
+
+/// Encodes `msg` the way `kind` takes it (once per message, kind and core).
+#[cold]
+#[inline(never)]
+fn encode(msg: &Message, kind: FrameKind) -> Frame {
+    match kind {
+        FrameKind::Sse => Frame::new(&msg.sse),
+        FrameKind::SseBody => Frame::new(&msg.sse).from_offset(msg.sse_body),
+        FrameKind::Ws => Frame::new(&ws_frame::text_frame(msg.envelope())),
     }
 }

@@ -85,11 +85,10 @@ pub enum Flush {
 pub struct Outbox {
     items: VecDeque<Item>,
     bytes: usize,
-    /// The front item is partly on the wire: dropping it would cut a frame.
-    front_started: bool,
-    /// The front item is the response head (`200`, `101`), not yet written
-    /// whole: it is never dropped, whatever follows it (a close included).
-    head_pending: bool,
+    /// The front item must not be dropped: it is partly on the wire (dropping
+    /// it would cut a frame), or it is the response head (`200`, `101`), which
+    /// goes out whatever follows it (a close included).
+    front_kept: bool,
 }
 
 impl Drop for Outbox {
@@ -127,7 +126,7 @@ impl Outbox {
     pub fn push_head(&mut self, bytes: &[u8]) {
         debug_assert!(self.items.is_empty(), "the head goes first");
         self.push(bytes);
-        self.head_pending = !self.items.is_empty();
+        self.front_kept = !self.items.is_empty();
     }
 
     /// Queues a shared frame (a clone of it: a non-atomic count increment).
@@ -192,8 +191,7 @@ impl Outbox {
             }
         }
         self.shrink(self.bytes);
-        self.front_started = false;
-        self.head_pending = false;
+        self.front_kept = false;
         out
     }
 
@@ -202,7 +200,7 @@ impl Outbox {
     /// and the response head while it is not written. Returns how many items
     /// were dropped.
     pub fn drop_unsent(&mut self) -> usize {
-        let keep = usize::from((self.front_started || self.head_pending) && !self.items.is_empty());
+        let keep = usize::from(self.front_kept && !self.items.is_empty());
         let mut dropped = 0;
         while self.items.len() > keep {
             if let Some(item) = self.items.pop_back() {
@@ -295,6 +293,7 @@ impl Outbox {
 
     /// Drops `written` bytes from the front, committing cursor advances that
     /// reached the socket.
+    #[inline(always)]
     fn consume(
         &mut self,
         mut written: usize,
@@ -313,14 +312,13 @@ impl Outbox {
                     if written < len {
                         f.advance(written);
                         self.shrink(written);
-                        self.front_started = true;
+                        self.front_kept = true;
                         return;
                     }
                     written -= len;
                     self.shrink(len);
                     self.items.pop_front();
-                    self.front_started = false;
-                    self.head_pending = false;
+                    self.front_kept = false;
                 }
                 Item::Cursor { topic, seq } => {
                     let (topic, seq) = (*topic, *seq);
@@ -339,13 +337,13 @@ impl Outbox {
                         *front = Item::Frame(rest);
                         self.shrink(CURSOR_COST);
                         self.grow(rest_len);
-                        self.front_started = true;
+                        self.front_kept = true;
                         return;
                     }
                     written -= len;
                     self.shrink(CURSOR_COST);
                     self.items.pop_front();
-                    self.front_started = false;
+                    self.front_kept = false;
                 }
             }
         }

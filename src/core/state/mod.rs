@@ -1046,25 +1046,10 @@ fn flush_one(
     scratch: &mut FlushScratch,
     write: &mut impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>,
 ) {
-    let fd = client.fd;
-    let flushed = loop {
-        if client.replay.is_some() {
-            refill(client);
-        }
-        let before = client.outbox.bytes();
-        let cursor = if client.multi_topic {
-            client.cursor.as_mut()
-        } else {
-            None
-        };
-        let flushed = client.outbox.flush(cursor, scratch, |iov| write(fd, iov));
-        if client.outbox.bytes() != before {
-            client.last_write = now;
-        }
-        // The socket took everything: the next slice of a replay, if any.
-        if flushed != Flush::Drained || client.replay.is_none() {
-            break flushed;
-        }
+    let flushed = if client.replay.is_none() {
+        flush_outbox(client, now, scratch, write)
+    } else {
+        flush_replaying(client, now, scratch, write)
     };
     match flushed {
         Flush::Drained => {}
@@ -1075,6 +1060,52 @@ fn flush_one(
         Flush::Failed => {
             client.write = WriteState::Closing(CloseReason::PeerGone);
             client.wake();
+        }
+    }
+}
+
+/// Writes what the outbox holds.
+#[inline]
+fn flush_outbox<W>(
+    client: &mut Client,
+    now: u64,
+    scratch: &mut FlushScratch,
+    write: &mut W,
+) -> Flush
+where
+    W: FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize> + ?Sized,
+{
+    let fd = client.fd;
+    let cursor = if client.multi_topic {
+        client.cursor.as_mut()
+    } else {
+        None
+    };
+    let before = client.outbox.bytes();
+    let flushed = client.outbox.flush(cursor, scratch, |iov| write(fd, iov));
+    if client.outbox.bytes() != before {
+        client.last_write = now;
+    }
+    flushed
+}
+
+/// Writes a resuming client: slice after slice of its replay, for as long as
+/// the socket takes everything. Kept out of the live flush (its own copy of
+/// the outbox writer, behind a `dyn`), which stays as lean as before resumes
+/// were paced.
+#[cold]
+#[inline(never)]
+fn flush_replaying(
+    client: &mut Client,
+    now: u64,
+    scratch: &mut FlushScratch,
+    write: &mut dyn FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>,
+) -> Flush {
+    loop {
+        refill(client);
+        let flushed = flush_outbox(client, now, scratch, write);
+        if flushed != Flush::Drained || client.replay.is_none() {
+            return flushed;
         }
     }
 }
