@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Instructions per subscriber of the fan-out path (publish, queue to each outbox, flush),
+# counted by cachegrind: steady on a loaded machine, where wall-clock micro-benchmarks
+# move by ±10 %. Compare revisions by running it on each.
+#
+#   scripts/fan-out-instructions.sh [MESSAGES]     # default 200; needs valgrind
+#
+# Prints, for WebSocket and SSE subscribers, (instructions with MESSAGES messages −
+# instructions with none) / (MESSAGES × 10,000 subscribers).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+messages=${1:-200}
+command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
+bin=$(cargo bench --bench fan_out_instructions --no-run --message-format=json 2>/dev/null |
+  python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "fan_out_instructions" and m.get("executable"):
+        print(m["executable"])')
+count() { # transport messages -> instructions
+  valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null "$bin" "$1" "$2" 2>&1 |
+    awk '/I *refs/ { gsub(",", "", $4); print $4 }'
+}
+for transport in ws sse; do
+  base=$(count "$transport" 0)
+  total=$(count "$transport" "$messages")
+  awk -v t="$transport" -v a="$base" -v b="$total" -v m="$messages" \
+    'BEGIN { printf "%-3s %.1f instructions per subscriber per message\n", t, (b - a) / (m * 10000) }'
+done
