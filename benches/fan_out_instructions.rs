@@ -50,7 +50,14 @@ fn main() {
         ttl: 360_000,
     };
     let metrics = Arc::new(CoreMetrics::default());
-    let mut core = CoreState::new(0, 1, IdScheme::Local(Epoch::new(1)), limits, history, metrics);
+    let mut core = CoreState::new(
+        0,
+        1,
+        IdScheme::Local(Epoch::new(1)),
+        limits,
+        history,
+        metrics,
+    );
     for i in 0..SUBSCRIBERS {
         let id = core.register(transport, 1000 + i as i32);
         if transport == Transport::Sse {
