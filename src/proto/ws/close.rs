@@ -20,6 +20,9 @@ pub mod code {
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// "encountered an unexpected condition that prevented it from fulfilling the request".
     pub const INTERNAL_ERROR: u16 = 1011;
+    /// "Try Again Later" (IANA registry): a temporary server condition, such as
+    /// the inbound memory budget spent.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// Whether a peer may send `code` in a Close frame.

@@ -52,6 +52,12 @@ pub struct Connection {
     pending_pong: Option<Box<ControlPayload>>,
     /// Our Close frame, until `poll_transmit` hands it out.
     pending_close: Option<(u16, &'static str)>,
+    /// How long a frame or fragmented message may take to arrive once started
+    /// (`--body-timeout`); `None`: no bound.
+    message_timeout: Option<Tick>,
+    /// When the message under way must be complete; trickling bytes do not
+    /// move it.
+    message_deadline: Option<Tick>,
 }
 
 impl Connection {
@@ -63,6 +69,36 @@ impl Connection {
             close_timeout,
             pending_pong: None,
             pending_close: None,
+            message_timeout: None,
+            message_deadline: None,
+        }
+    }
+
+    /// Bounds how long a frame or a fragmented message may take to arrive once
+    /// its first byte did: past it the connection is failed with 1008.
+    #[must_use]
+    pub fn with_message_timeout(mut self, timeout: Tick) -> Self {
+        self.message_timeout = Some(timeout);
+        self
+    }
+
+    /// Heap bytes held for a partial message (for the inbound memory budget).
+    pub fn held_bytes(&self) -> usize {
+        self.decoder.held_bytes()
+    }
+
+    /// Fails the connection for a server limit (a message too slow, the inbound
+    /// budget spent): the partial message is dropped, the peer's data is no
+    /// longer read, and our Close carries `code` and `reason`.
+    pub fn abort(&mut self, now: Tick, code: u16, reason: &'static str) {
+        if matches!(self.state, State::Open | State::CloseSent { .. }) {
+            self.decoder.discard();
+            self.message_deadline = None;
+            self.pending_pong = None;
+            self.pending_close = Some((code, reason));
+            self.state = State::Failed {
+                deadline: now.saturating_add(self.close_timeout),
+            };
         }
     }
 
@@ -76,6 +112,12 @@ impl Connection {
         match self.state {
             State::Open => {
                 let (n, result) = self.decoder.handle_bytes(input);
+                self.message_deadline = match self.message_timeout {
+                    Some(timeout) if self.decoder.mid_message() => {
+                        Some(self.message_deadline.unwrap_or(now.saturating_add(timeout)))
+                    }
+                    _ => None,
+                };
                 match &result {
                     Ok(Some(Event::Ping(payload))) => self.pending_pong = Some(Box::new(*payload)),
                     Ok(Some(Event::Close { code, .. })) => {
@@ -129,11 +171,15 @@ impl Connection {
         self.state = State::Closed;
     }
 
-    /// The close deadline may have passed: stop waiting for the peer.
+    /// A deadline may have passed: the close deadline stops the wait for the
+    /// peer; the message deadline fails the connection with 1008.
     pub fn handle_timeout(&mut self, now: Tick) {
         match self.state {
             State::CloseSent { deadline } | State::Failed { deadline } if now >= deadline => {
                 self.state = State::Closed;
+            }
+            State::Open if self.message_deadline.is_some_and(|at| now >= at) => {
+                self.abort(now, code::POLICY_VIOLATION, "message not complete in time");
             }
             _ => {}
         }
@@ -174,6 +220,7 @@ impl Connection {
     pub fn poll_timeout(&self) -> Option<Tick> {
         match self.state {
             State::CloseSent { deadline } | State::Failed { deadline } => Some(deadline),
+            State::Open => self.message_deadline,
             _ => None,
         }
     }

@@ -148,6 +148,35 @@ impl Decoder {
         }
     }
 
+    /// Heap bytes held for a message or control frame not complete yet (what
+    /// an inbound memory budget must count).
+    pub fn held_bytes(&self) -> usize {
+        self.buf.capacity()
+            + self
+                .control
+                .as_ref()
+                .map_or(0, |_| std::mem::size_of::<ControlPayload>())
+    }
+
+    /// A frame or a fragmented message has started and is not complete.
+    pub fn mid_message(&self) -> bool {
+        self.message.is_some()
+            || match self.read {
+                Read::Header { len, .. } => len > 0,
+                Read::Payload { .. } => true,
+                Read::Failed(_) => false,
+            }
+    }
+
+    /// Drops whatever was partly received (the connection is being failed for
+    /// a server limit and reads no more of the stream).
+    pub fn discard(&mut self) {
+        self.buf = Vec::new();
+        self.control = None;
+        self.message = None;
+        self.read = NEW_HEADER;
+    }
+
     /// The error the decoder is fused on, if any.
     pub fn failed(&self) -> Option<ProtocolError> {
         match self.read {

@@ -652,3 +652,62 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_message_that_trickles_past_its_deadline_fails_with_1008() {
+    let mut conn = Connection::new(LIMIT, 10).with_message_timeout(100);
+    assert_eq!(conn.poll_timeout(), None, "nothing started: no deadline");
+    let first = client_frame(OpCode::Text, false, b"part one");
+    let _ = conn.handle_bytes(5, &first);
+    assert_eq!(conn.poll_timeout(), Some(105));
+    // A byte now and then does not move the deadline.
+    let next = client_frame(OpCode::Continuation, false, b"two");
+    for (i, b) in next.iter().enumerate() {
+        let _ = conn.handle_bytes(10 + i as u64, std::slice::from_ref(b));
+        assert_eq!(conn.poll_timeout(), Some(105));
+    }
+    assert!(conn.held_bytes() > 0);
+    conn.handle_timeout(104);
+    assert!(conn.can_send_data(), "not yet");
+    conn.handle_timeout(105);
+    assert!(!conn.can_send_data());
+    assert_eq!(conn.held_bytes(), 0, "the partial message is dropped");
+    assert_eq!(
+        transmit(&mut conn),
+        server_close(code::POLICY_VIOLATION, "message not complete in time")
+    );
+    assert!(conn.wants_shutdown_write());
+    // The rest of the stream is not read any more.
+    let (n, r) = conn.handle_bytes(106, &client_frame(OpCode::Continuation, true, b"end"));
+    assert!(n > 0 && matches!(r, Ok(None)));
+}
+
+#[test]
+fn a_message_completed_in_time_clears_its_deadline() {
+    let mut conn = Connection::new(LIMIT, 10).with_message_timeout(100);
+    let _ = conn.handle_bytes(0, &client_frame(OpCode::Text, false, b"a"));
+    assert_eq!(conn.poll_timeout(), Some(100));
+    let (_, r) = conn.handle_bytes(50, &client_frame(OpCode::Continuation, true, b"b"));
+    assert!(matches!(r, Ok(Some(Event::Text(ref t))) if t == b"ab"));
+    assert_eq!(conn.poll_timeout(), None);
+    assert_eq!(conn.held_bytes(), 0);
+    // The next message gets a deadline of its own.
+    let _ = conn.handle_bytes(150, &client_frame(OpCode::Text, false, b"c"));
+    assert_eq!(conn.poll_timeout(), Some(250));
+}
+
+#[test]
+fn an_abort_for_a_server_limit_sends_its_code_and_reads_no_more() {
+    let mut conn = Connection::new(LIMIT, 10);
+    let _ = conn.handle_bytes(0, &client_frame(OpCode::Text, false, &[b'x'; 300]));
+    assert!(conn.held_bytes() >= 300);
+    conn.abort(1, code::TRY_AGAIN_LATER, "inbound memory budget spent");
+    assert_eq!(conn.held_bytes(), 0);
+    assert_eq!(
+        transmit(&mut conn),
+        server_close(code::TRY_AGAIN_LATER, "inbound memory budget spent")
+    );
+    assert_eq!(conn.poll_timeout(), Some(11));
+    conn.handle_timeout(11);
+    assert!(conn.wants_close_tcp());
+}
