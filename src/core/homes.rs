@@ -39,6 +39,7 @@ use super::history::{History, Resume};
 use super::message::{Message, AGE_ENTRY_BYTES};
 use super::msg::{Backlog, Since};
 use super::registry::ClientId;
+use super::topics::TopicMap;
 use crate::metrics::{CoreMetrics, EvictionReason};
 
 /// The history bounds of one core. Durations are in wheel ticks.
@@ -190,7 +191,7 @@ fn topic_bytes(name: &str) -> usize {
 }
 
 pub struct HomeTopics {
-    by_name: HashMap<Arc<str>, u32>,
+    by_name: TopicMap<u32>,
     topics: Slab<HomeTopic>,
     next_gen: u32,
     /// Every message held, oldest first (plus stale entries, see the module doc).
@@ -213,7 +214,7 @@ pub struct HomeTopics {
 impl HomeTopics {
     pub fn new(limits: HistoryLimits, metrics: Arc<CoreMetrics>) -> Self {
         Self {
-            by_name: HashMap::new(),
+            by_name: TopicMap::default(),
             topics: Slab::new(),
             next_gen: 0,
             age: VecDeque::new(),

@@ -6,7 +6,8 @@
 //! unsubscribe is an O(1) swap-remove, never a scan.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::hash::BuildHasher;
+use std::sync::{Arc, OnceLock};
 
 use slab::Slab;
 
@@ -15,15 +16,32 @@ use super::registry::ClientId;
 /// Key of a topic in [`LocalTopics`].
 pub type TopicKey = u32;
 
-/// The home core of a topic: a stable hash of its name (FNV-1a), so every core
-/// agrees without asking.
+/// The hasher of topic names, for the per-core maps and the placement of
+/// topics on cores: foldhash (several times faster than the std SipHash on
+/// short names), keyed with seeds drawn at process start.
+///
+/// Peers choose topic names, so a fixed or unkeyed hash would let them pick
+/// names that share one map bucket (hash flooding) or one home core. With a
+/// per-process key they cannot compute collisions offline, and nothing the
+/// server sends reveals a hash or a bucket. foldhash is not a cryptographic
+/// hash: this is the "minimally DoS resistant" use its authors intend (hash
+/// maps), not a security boundary. Where a hash stands for a name
+/// (`core::homes`' forgotten topics), the keyed SipHash is kept.
+pub type TopicHasher = foldhash::fast::RandomState;
+
+/// A map keyed by topic name.
+pub type TopicMap<V> = HashMap<Arc<str>, V, TopicHasher>;
+
+/// The key of topic placement, the same on every core of the process.
+fn placement() -> &'static TopicHasher {
+    static KEY: OnceLock<TopicHasher> = OnceLock::new();
+    KEY.get_or_init(TopicHasher::default)
+}
+
+/// The home core of a topic: a keyed hash of its name, the same on every core
+/// of the process, so every core agrees without asking (see [`TopicHasher`]).
 pub fn home_of(topic: &str, cores: usize) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in topic.as_bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (h % cores.max(1) as u64) as usize
+    (placement().hash_one(topic) % cores.max(1) as u64) as usize
 }
 
 pub struct LocalTopic {
@@ -35,7 +53,7 @@ pub struct LocalTopic {
 
 #[derive(Default)]
 pub struct LocalTopics {
-    by_name: HashMap<Arc<str>, TopicKey>,
+    by_name: TopicMap<TopicKey>,
     topics: Slab<LocalTopic>,
     subscriptions: usize,
 }
@@ -140,6 +158,42 @@ mod tests {
             (0..64).map(|i| home_of(&format!("t{i}"), 4)).collect();
         assert_eq!(homes.len(), 4);
         assert_eq!(home_of("anything", 1), 0);
+        let same = std::thread::spawn(|| home_of("news", 4)).join().unwrap();
+        assert_eq!(same, home_of("news", 4), "every core (thread) agrees");
+    }
+
+    /// The unkeyed FNV-1a placement this replaced: anyone can compute it.
+    fn fnv1a(topic: &str) -> u64 {
+        topic.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    }
+
+    #[test]
+    fn names_chosen_to_pile_onto_one_core_spread_over_all() {
+        // 4,000 names that the old placement put all on core 0 of 4: what a peer
+        // flooding one core would send.
+        let flood: Vec<String> = (0..)
+            .map(|i| format!("user:{i}"))
+            .filter(|t| fnv1a(t).is_multiple_of(4))
+            .take(4000)
+            .collect();
+        let mut per_core = [0usize; 4];
+        for t in &flood {
+            per_core[home_of(t, 4)] += 1;
+        }
+        for n in per_core {
+            assert!((800..1200).contains(&n), "uneven placement: {per_core:?}");
+        }
+        // And the map holding them stays a map: every name found, no clash.
+        let mut topics = LocalTopics::default();
+        let mut reg = Registry::new(0);
+        let id = reg.insert(0);
+        for t in &flood {
+            topics.add(t, id, 0);
+        }
+        assert_eq!(topics.len(), flood.len());
+        assert!(flood.iter().all(|t| topics.key(t).is_some()));
     }
 
     #[test]
