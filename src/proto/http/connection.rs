@@ -245,6 +245,9 @@ pub struct Connection {
     report: Option<Report>,
     /// The latest time the caller gave; deadlines start from it.
     now: u64,
+    /// The request handed out last did not allow another after it (`Connection:
+    /// close`, HTTP/1.0): no head is read after it.
+    last_request: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -268,6 +271,7 @@ impl Connection {
             answers: Answers::default(),
             report: None,
             now,
+            last_request: false,
         }
     }
 
@@ -550,6 +554,38 @@ impl Connection {
         self.answers.slots.len()
     }
 
+    /// Whether answers are queued that [`poll_transmit`](Self::poll_transmit) has
+    /// not taken yet.
+    pub fn has_transmit(&self) -> bool {
+        !self.answers.out.is_empty()
+    }
+
+    /// Between requests: waiting for a head, none of it buffered, every request
+    /// answered.
+    pub fn is_idle(&self) -> bool {
+        matches!(self.phase, Phase::Head { .. })
+            && !self.has_buffered_input()
+            && self.answers.slots.is_empty()
+            && !self.answers.ended
+    }
+
+    /// The head [`Event::Head`] handed out last, again, while the caller has not asked
+    /// for more (it stays at the front of the buffer until the next poll or read): for
+    /// a caller that had to let go of the event to answer the requests before it.
+    /// Parsing it again costs what the first parse did.
+    pub fn delivered_head(&self) -> Option<(RequestId, RequestHead<'_>)> {
+        let Phase::Delivered { id, .. } = self.phase else {
+            return None;
+        };
+        let limits = HeadLimits {
+            max_header_bytes: self.cfg.max_header_bytes,
+        };
+        match super::parse_request(&self.buf[..self.consumed], &limits) {
+            Ok(Some(head)) => Some((id, head)),
+            _ => None,
+        }
+    }
+
     /// Hands the connection over to another protocol (an event stream, a WebSocket)
     /// right after the head of the request that asked for it: returns the bytes the
     /// peer sent after that head, which belong to the new protocol. Write what
@@ -583,6 +619,7 @@ impl Connection {
             scanner,
             phase,
             answers,
+            last_request,
             ..
         } = self;
         let refused = match scanner.parse(buf, &limits) {
@@ -590,6 +627,7 @@ impl Connection {
             Ok(Some(head)) => match head.body(cfg.max_body_bytes) {
                 Ok(body) => {
                     let id = answers.open(head.keep_alive);
+                    *last_request = !head.keep_alive;
                     *phase = Phase::Delivered {
                         id,
                         body,
@@ -625,6 +663,11 @@ impl Connection {
     }
 
     fn await_head(&mut self) {
+        if self.last_request {
+            // Nothing after it is read (RFC 9112 §9.6); its answer closes.
+            self.phase = Phase::Closed(Close::Linger);
+            return;
+        }
         self.scanner.reset();
         self.phase = Phase::Head {
             deadline: self.now.saturating_add(self.cfg.header_timeout_ms),

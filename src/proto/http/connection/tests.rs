@@ -563,3 +563,26 @@ impl Not for bool {
         !self
     }
 }
+
+#[test]
+fn nothing_is_read_after_a_request_that_does_not_allow_another() {
+    let mut p = Peer::new();
+    let mut wire = b"GET /a HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_vec();
+    wire.extend_from_slice(GET);
+    p.send(&wire);
+    assert_eq!(p.heads().len(), 1);
+    assert_eq!(p.conn.read_room(), 0);
+}
+
+#[test]
+fn the_head_handed_out_can_be_had_again_until_the_next_poll() {
+    let mut p = Peer::new();
+    p.conn.feed(GET);
+    let Some(Event::Head { id, .. }) = p.conn.poll_event(0) else {
+        panic!("a head");
+    };
+    let (again, head) = p.conn.delivered_head().expect("still there");
+    assert_eq!((again, head.path), (id, "/a"));
+    assert!(p.conn.poll_event(0).is_none());
+    assert!(p.conn.delivered_head().is_none());
+}
