@@ -228,7 +228,21 @@ impl Answers {
     }
 }
 
-/// The server side of one HTTP/1.1 connection. See the [module docs](self).
+/// The server side of one HTTP/1.1 connection (what it keeps to itself is listed in
+/// the docs of `proto/http/connection.rs`).
+///
+/// Call order, driven by the caller's I/O loop:
+/// 1. Inputs: bytes appended through [`read_buf`](Self::read_buf) (at most
+///    [`read_room`](Self::read_room)) or [`feed`](Self::feed);
+///    [`handle_eof`](Self::handle_eof) when the read side ends;
+///    [`handle_timeout`](Self::handle_timeout) once the time returned by
+///    [`poll_timeout`](Self::poll_timeout) has come.
+/// 2. Events: [`poll_event`](Self::poll_event) until `None`. Answer heads with
+///    [`respond`](Self::respond) (any time later), ask for a body with
+///    [`read_body`](Self::read_body) before the next poll, or leave with
+///    [`into_upgrade`](Self::into_upgrade).
+/// 3. Outputs: write what [`poll_transmit`](Self::poll_transmit) gives; once
+///    [`closing`](Self::closing) says so, close as it says.
 #[derive(Debug)]
 pub struct Connection {
     cfg: Config,
