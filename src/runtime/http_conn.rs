@@ -195,10 +195,12 @@ async fn hand_off(
     }
 }
 
-/// Gives `reply` to the machine as the answer to `id`.
+/// Gives `reply` to the machine as the answer to `id`, and counts it unless an
+/// earlier answer closed the connection.
 fn answer(w: &Worker, conn: &mut Connection, id: RequestId, reply: &Reply) {
-    reply.as_response(|r| conn.respond(id, r, reply.close));
-    w.metrics().http_response(reply.status);
+    if reply.as_response(|r| conn.respond(id, r, reply.close)) {
+        w.metrics().http_response(reply.status);
+    }
 }
 
 /// Counts an answer the machine gave on its own.

@@ -190,14 +190,19 @@ impl Answers {
 
     /// Queues `err`'s answer for request `id`, or for a new one when the head itself was
     /// refused.
-    fn refuse(&mut self, id: Option<RequestId>, err: HttpError) {
+    ///
+    /// Returns false when `id` was answered already (its body broke a rule after the
+    /// answer): nothing is queued.
+    fn refuse(&mut self, id: Option<RequestId>, err: HttpError) -> bool {
         let id = id.unwrap_or_else(|| self.open(false));
+        let Some(slot) = self.slot(id) else {
+            return false;
+        };
         let mut bytes = Vec::new();
         error_response(&mut bytes, err);
-        if let Some(slot) = self.slot(id) {
-            slot.answer = Some((bytes, true));
-        }
+        slot.answer = Some((bytes, true));
         self.pump();
+        true
     }
 
     /// Moves the answers that are next in order to `out`.
@@ -395,12 +400,16 @@ impl Connection {
                     expect_continue,
                 } => {
                     // The caller did not ask for the body: skip it. A client waiting for
-                    // `100 Continue` will not send it: end after the answer instead.
+                    // `100 Continue` will not send it, and what it sends next cannot be
+                    // told apart from it: read nothing more, and end after the answer.
                     let (id, body, expect_continue) = (*id, *body, *expect_continue);
                     if expect_continue && !matches!(body, Body::Absent | Body::Length(0)) {
                         if let Some(slot) = self.answers.slot(id) {
                             slot.keep_alive = false;
                         }
+                        self.last_request = true;
+                        self.phase = Phase::Closed(Close::Linger);
+                        return None;
                     }
                     self.start_body(id, body, false);
                 }
@@ -440,8 +449,10 @@ impl Connection {
                         Ok(step) => step,
                         Err(e) => {
                             self.refuse(Some(id), e);
-                            self.report = None;
-                            return Some(Event::Refused(e));
+                            return self.report.take().map(|r| match r {
+                                Report::Refused(e) => Event::Refused(e),
+                                Report::Closed => Event::Closed,
+                            });
                         }
                     };
                     if last {
@@ -516,15 +527,24 @@ impl Connection {
     }
 
     /// Gives the answer to request `id`; `close` ends the connection after it (so does
-    /// a request that did not allow another). Answers are sent in request order.
-    pub fn respond(&mut self, id: RequestId, response: &Response<'_>, close: bool) {
+    /// a request that did not allow another). Answers are sent in request order, and
+    /// no request after a closing answer is read.
+    ///
+    /// # Return
+    /// Whether the answer will be sent: false when an earlier answer closed the
+    /// connection (requests read after it are dropped unanswered).
+    pub fn respond(&mut self, id: RequestId, response: &Response<'_>, close: bool) -> bool {
         // A body not asked for is skipped, unless the client waits for `100 Continue`
         // before sending it: then it never comes, and the connection must close.
         let body_withheld = matches!(self.phase, Phase::Delivered { id: d, body, expect_continue: true }
             if d == id && !matches!(body, Body::Absent | Body::Length(0)));
+        let latest = id.0 + 1 == self.answers.next;
         let Some(slot) = self.answers.slot(id) else {
-            debug_assert!(false, "respond({id:?}): not an unanswered request");
-            return;
+            debug_assert!(
+                self.answers.ended || self.closing().is_some(),
+                "respond({id:?}): not an unanswered request"
+            );
+            return false;
         };
         let keep_alive = slot.keep_alive && !close && !body_withheld;
         let mut bytes = Vec::with_capacity(response.body.len() + 128);
@@ -537,6 +557,13 @@ impl Connection {
             keep_alive,
         );
         slot.answer = Some((bytes, !keep_alive));
+        if !keep_alive && latest {
+            // Nothing after it is read (a body of its own is still skipped first).
+            self.last_request = true;
+            if let Phase::Head { .. } = self.phase {
+                self.phase = Phase::Closed(Close::Linger);
+            }
+        }
         self.answers.pump();
         // Everything answered and nothing more sent yet: the connection is idle from
         // now, and the next head has the whole header deadline.
@@ -545,6 +572,7 @@ impl Connection {
                 *deadline = self.now.saturating_add(self.cfg.header_timeout_ms);
             }
         }
+        true
     }
 
     /// The bytes to write now, if any, in the order they must go.
@@ -612,6 +640,12 @@ impl Connection {
         );
         self.drop_consumed();
         self.buf
+    }
+
+    /// Whether `id` still waits for its answer (tests only).
+    #[cfg(test)]
+    fn slot_open(&mut self, id: RequestId) -> bool {
+        self.answers.slot(id).is_some() && !self.answers.ended
     }
 
     fn drop_consumed(&mut self) {
@@ -689,11 +723,16 @@ impl Connection {
     }
 
     /// Queues `err`'s answer for `id` (or for a request whose head was refused), stops
-    /// reading, and reports it at the next poll.
+    /// reading, and reports it at the next poll. A request answered already (its body
+    /// broke a rule after the answer) only closes.
     fn refuse(&mut self, id: Option<RequestId>, err: HttpError) {
-        self.answers.refuse(id, err);
+        let queued = self.answers.refuse(id, err);
         self.phase = Phase::Closed(Close::Linger);
-        self.report = Some(Report::Refused(err));
+        self.report = Some(if queued {
+            Report::Refused(err)
+        } else {
+            Report::Closed
+        });
     }
 }
 
