@@ -383,10 +383,8 @@ impl Connection {
         self.now = self.now.max(now);
         self.drop_consumed();
         self.decoded.clear();
-        match self.report.take() {
-            Some(Report::Refused(e)) => return Some(Event::Refused(e)),
-            Some(Report::Closed) => return Some(Event::Closed),
-            None => {}
+        if let Some(event) = self.take_report() {
+            return Some(event);
         }
         loop {
             if self.answers.ended {
@@ -449,10 +447,7 @@ impl Connection {
                         Ok(step) => step,
                         Err(e) => {
                             self.refuse(Some(id), e);
-                            return self.report.take().map(|r| match r {
-                                Report::Refused(e) => Event::Refused(e),
-                                Report::Closed => Event::Closed,
-                            });
+                            return self.take_report();
                         }
                     };
                     if last {
@@ -640,6 +635,14 @@ impl Connection {
         );
         self.drop_consumed();
         self.buf
+    }
+
+    /// The event a deadline, the peer's close or a refusal left to report.
+    fn take_report(&mut self) -> Option<Event<'static>> {
+        self.report.take().map(|r| match r {
+            Report::Refused(e) => Event::Refused(e),
+            Report::Closed => Event::Closed,
+        })
     }
 
     /// Whether `id` still waits for its answer (tests only).
