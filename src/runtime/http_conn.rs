@@ -75,76 +75,12 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, open: OpenConn) {
     let mut conn = Connection::new(config(&w, w.cfg.header_timeout), w.now_ms());
     let mut publishes = Publishes::default();
     loop {
-        loop {
-            let all_written = publishes.started.is_empty() && !conn.has_transmit();
-            let Some(event) = conn.poll_event(w.now_ms()) else {
-                break;
-            };
-            let (id, action) = match event {
-                Event::Head { id, head } => {
-                    let first = Request::new(&w, head);
-                    if first.is_publish() || all_written {
-                        (id, routes::route(&w, fd, &first))
-                    } else {
-                        // Everything before it is answered and written first.
-                        if !answer_and_write(&w, &stream, fd, &mut conn, &mut publishes).await {
-                            return;
-                        }
-                        if conn.closing().is_some() {
-                            break;
-                        }
-                        let Some((id, head)) = conn.delivered_head() else {
-                            break;
-                        };
-                        (id, routes::route(&w, fd, &Request::new(&w, head)))
-                    }
-                }
-                Event::Body { id, data, last } => {
-                    let Some(reading) = publishes.reading.as_mut() else {
-                        continue;
-                    };
-                    if !last {
-                        reading.body.extend_from_slice(data);
-                        continue;
-                    }
-                    let Some(Reading { target, mut body }) = publishes.reading.take() else {
-                        continue;
-                    };
-                    let started = if body.is_empty() {
-                        routes::publish_body(&w, &target, data)
-                    } else {
-                        body.extend_from_slice(data);
-                        routes::publish_body(&w, &target, &body)
-                    };
-                    match started {
-                        Ok(start) => publishes.started.push(Started {
-                            id,
-                            start,
-                            cors: target.cors,
-                        }),
-                        Err(refusal) => answer(&w, &mut conn, id, &refusal),
-                    }
-                    continue;
-                }
-                Event::Refused(e) => {
-                    count_refusal(&w, e);
-                    continue;
-                }
-                Event::Closed => continue,
-            };
-            match action {
-                Action::Reply(reply) => answer(&w, &mut conn, id, &reply),
-                Action::Publish(target) => match conn.read_body(id) {
-                    Ok(()) => {
-                        publishes.reading = Some(Reading {
-                            target,
-                            body: Vec::new(),
-                        })
-                    }
-                    Err(e) => count_refusal(&w, e),
-                },
-                handoff => return hand_off(w, stream, conn, handoff, open).await,
+        match take_events(&w, &stream, fd, &mut conn, &mut publishes).await {
+            Err(Broken) => return,
+            Ok(Some(stream_action)) => {
+                return hand_off(w, stream, conn, stream_action, open).await;
             }
+            Ok(None) => {}
         }
         // More pipelined requests already in the socket: start them before
         // answering. A window of publishes to a topic homed on another core then
@@ -156,7 +92,10 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, open: OpenConn) {
         {
             continue;
         }
-        if !answer_and_write(&w, &stream, fd, &mut conn, &mut publishes).await {
+        if answer_and_write(&w, &stream, fd, &mut conn, &mut publishes)
+            .await
+            .is_err()
+        {
             return;
         }
         match conn.closing() {
@@ -167,6 +106,104 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, open: OpenConn) {
         if read(&w, &stream, fd, &mut conn).await.is_err() {
             return;
         }
+    }
+}
+
+/// The socket broke while writing.
+struct Broken;
+
+/// Takes every event the buffered bytes give: routes heads, collects publish
+/// bodies, counts the machine's own refusals. Returns the action of a request
+/// that turns the connection into a stream, if one does.
+async fn take_events(
+    w: &Rc<Worker>,
+    stream: &TcpStream,
+    fd: RawFd,
+    conn: &mut Connection,
+    publishes: &mut Publishes,
+) -> Result<Option<Action>, Broken> {
+    loop {
+        let all_written = publishes.started.is_empty() && !conn.has_transmit();
+        let Some(event) = conn.poll_event(w.now_ms()) else {
+            return Ok(None);
+        };
+        let (id, action) = match event {
+            Event::Head { id, head } => {
+                let first = Request::new(w, head);
+                if first.is_publish() || all_written {
+                    (id, routes::route(w, fd, &first))
+                } else {
+                    // Everything before it is answered and written first; then its
+                    // head is read again from the buffer, where it still is.
+                    answer_and_write(w, stream, fd, conn, publishes).await?;
+                    match conn.delivered_head() {
+                        Some((id, head)) if conn.closing().is_none() => {
+                            (id, routes::route(w, fd, &Request::new(w, head)))
+                        }
+                        _ => return Ok(None),
+                    }
+                }
+            }
+            Event::Body { id, data, last } => {
+                if let Some(refusal) = publish_body(w, publishes, id, data, last) {
+                    answer(w, conn, id, &refusal);
+                }
+                continue;
+            }
+            Event::Refused(e) => {
+                count_refusal(w, e);
+                continue;
+            }
+            Event::Closed => continue,
+        };
+        match action {
+            Action::Reply(reply) => answer(w, conn, id, &reply),
+            Action::Publish(target) => match conn.read_body(id) {
+                Ok(()) => {
+                    publishes.reading = Some(Reading {
+                        target,
+                        body: Vec::new(),
+                    })
+                }
+                Err(e) => count_refusal(w, e),
+            },
+            stream_action => return Ok(Some(stream_action)),
+        }
+    }
+}
+
+/// Collects a run of the publish body being read; once it is whole, publishes
+/// it. Returns the refusal to answer when the body cannot be published.
+fn publish_body(
+    w: &Rc<Worker>,
+    publishes: &mut Publishes,
+    id: RequestId,
+    data: &[u8],
+    last: bool,
+) -> Option<Reply> {
+    let reading = publishes.reading.as_mut()?;
+    if !last {
+        reading.body.extend_from_slice(data);
+        return None;
+    }
+    let Reading { target, mut body } = publishes.reading.take()?;
+    // A body that came in one run is published from the connection's buffer.
+    let started = if body.is_empty() {
+        routes::publish_body(w, &target, data)
+    } else {
+        body.extend_from_slice(data);
+        routes::publish_body(w, &target, &body)
+    };
+    match started {
+        Ok(start) => {
+            publishes.started.push(Started {
+                id,
+                start,
+                cors: target.cors,
+            });
+            None
+        }
+        Err(refusal) => Some(refusal),
     }
 }
 
@@ -212,21 +249,21 @@ fn count_refusal(w: &Worker, e: HttpError) {
 }
 
 /// Answers every started publish, in order, then writes everything queued in
-/// one write. False when the connection broke.
+/// one write.
 async fn answer_and_write(
     w: &Rc<Worker>,
     stream: &TcpStream,
     fd: RawFd,
     conn: &mut Connection,
     publishes: &mut Publishes,
-) -> bool {
+) -> Result<(), Broken> {
     for p in publishes.started.drain(..) {
         let result = publish_result(w, p.start).await;
         answer(w, conn, p.id, &routes::publish_answer(w, result, p.cors));
     }
     match conn.poll_transmit() {
-        Some(out) => netio::write_all(stream, fd, &out).await.is_ok(),
-        None => true,
+        Some(out) => netio::write_all(stream, fd, &out).await.map_err(|_| Broken),
+        None => Ok(()),
     }
 }
 
