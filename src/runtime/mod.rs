@@ -8,33 +8,25 @@
 //! [`http_conn`] drives one HTTP connection's sans-IO machine and hands streams
 //! to [`sse_session`] and [`ws_session`]; [`ingress`] serves the publish socket.
 //!
-//! Imports point down only; no module imports one that imports it:
+//! Imports point down only: a module imports modules on rows below its own, never
+//! one on its row or above, so no module imports one that imports it.
 //!
 //! ```text
-//! server ─────────────┬──────────────────────────────────────────────┐
-//!   │                 │                                              │
-//! tasks (accept loop, bus, drain)                                    os
-//!   ├──► http_conn (the HTTP driver) ──► routes                      │
-//!   │        │                             │                         │
-//!   │        ├─────────────────────────────┼──► sse_session ─┐       │
-//!   │        │                             └──► ws_session ──┤       │
-//!   ├──► ingress (publish socket)                            │       │
-//!   │        │                                   session ◄───┘       │
-//!   │        ▼                                      │                │
-//!   │   publish_wait   request   respond ◄──────────┘                │
-//!   │        │            │         │                                │
-//!   └──► timer ◄──────────┼─────────┘                                │
-//!          │              │                                          │
-//!          ▼              ▼                                          ▼
-//!        worker (per-core context: state, bus, clocks, flush, OpenConn)
-//!          │
-//!          ▼
-//!        bus, broker, settings, shutdown
+//! server                               process boot, threads
+//! tasks                                a core's accept loop, bus task, drain
+//! http_conn          ingress           the HTTP driver; the publish socket
+//! routes                               what each HTTP request gets
+//! sse_session        ws_session        the two stream transports
+//! session                              what both streams share
+//! respond   publish_wait   request     answers; waiting for a publish; the borrowed request
+//! timer                                wheel deadlines, the tick task, wall-clock seconds
+//! worker                               the per-core context: state, bus end, clocks, flush, OpenConn
+//! broker                               the Redis bridge
+//! bus   settings   shutdown   os       rings between cores; plain settings; signals; OS chores
 //! ```
 //!
-//! Each arrow is "imports"; a module may also import any module below it (the
-//! sessions, routes and the driver all read `request`, `respond`, `timer` and
-//! `worker`). `worker` is the leaf that everything reads the core through.
+//! The sans-IO machines the drivers feed are in `proto` (`proto::http::Connection`,
+//! `proto::ws::Connection`), the per-core state they change in `core`.
 
 pub mod broker;
 pub mod bus;
