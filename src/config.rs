@@ -143,6 +143,11 @@ pub struct ServeConfig {
     #[arg(long, env = "RINGCAST_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
 
+    /// Time allowed for a request body to arrive once it has started; bytes that
+    /// trickle in do not extend it (408 past it).
+    #[arg(long, env = "RINGCAST_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+
     /// Time allowed for a graceful drain after SIGTERM/SIGINT.
     #[arg(long, env = "RINGCAST_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -235,6 +240,7 @@ impl ServeConfig {
             max_message_bytes: self.max_message_bytes,
             max_connections: self.max_connections,
             header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
             drain_timeout: self.drain_timeout,
             sse_retry_ms: self.sse_retry_ms,
             echo: self.echo,

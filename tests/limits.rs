@@ -1,5 +1,6 @@
-//! Limits under abuse: half-sent request heads (slowloris), `--max-connections`,
-//! and running out of file descriptors (EMFILE).
+//! Limits under abuse: half-sent request heads (slowloris), trickled request
+//! bodies (`--body-timeout`), `--max-connections`, and running out of file
+//! descriptors (EMFILE).
 //!
 //! Figures are printed with `eprintln!` (see them with `--nocapture`).
 
@@ -111,6 +112,110 @@ fn five_hundred_half_sent_request_heads_get_408_after_the_header_timeout_while_a
         "closed only {all_done:?} after the first connect"
     );
     assert_eq!(server.metric_sum("ringcast_connections"), 1.0);
+    server.assert_no_panic();
+}
+
+// ---- 4. slow bodies -----------------------------------------------------------------
+
+#[test]
+fn fifty_trickling_bodies_get_408_within_the_body_timeout_while_a_publish_is_served() {
+    let _serial = serial();
+    let server = Server::start(&["--body-timeout", "2s"]);
+    const N: usize = 50;
+    const HEAD: &[u8] =
+        b"POST /publish?topic=slow HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n0123456789";
+    struct Slow {
+        s: TcpStream,
+        sent: Instant,
+        got: Vec<u8>,
+        ended: Option<Instant>,
+    }
+    let mut slow: Vec<Slow> = (0..N)
+        .map(|_| {
+            let mut s = TcpStream::connect(server.addr).expect("connect");
+            s.write_all(HEAD).expect("write the head and 10 body bytes");
+            s.set_nonblocking(true).unwrap();
+            Slow {
+                s,
+                sent: Instant::now(),
+                got: Vec::new(),
+                ended: None,
+            }
+        })
+        .collect();
+
+    let mut served = None;
+    let give_up = Instant::now() + Duration::from_secs(6);
+    let mut next_byte = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < give_up && slow.iter().any(|c| c.ended.is_none()) {
+        for c in slow.iter_mut().filter(|c| c.ended.is_none()) {
+            let mut chunk = [0u8; 1024];
+            loop {
+                match c.s.read(&mut chunk) {
+                    Ok(0) => {
+                        c.ended = Some(Instant::now());
+                        break;
+                    }
+                    Ok(n) => c.got.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        c.ended = Some(Instant::now());
+                        break;
+                    }
+                }
+            }
+        }
+        if Instant::now() >= next_byte {
+            // One more body byte every half second, to those not answered yet:
+            // it must not move the deadline.
+            for c in slow
+                .iter_mut()
+                .filter(|c| c.got.is_empty() && c.ended.is_none())
+            {
+                let _ = c.s.write(b"x");
+            }
+            next_byte += Duration::from_millis(500);
+        }
+        if served.is_none() && slow[0].sent.elapsed() >= Duration::from_secs(1) {
+            // Meanwhile, a subscriber gets a normal publish.
+            let t = Instant::now();
+            let mut c = server.sse("topic=a");
+            c.wait_cursor();
+            let (status, body) = server.http_publish("a", "{\"n\":7}");
+            assert_eq!(status, 202, "{body}");
+            assert_eq!(payload_n(&envelope(&c.next_event())), 7);
+            served = Some(t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let got_408 = slow
+        .iter()
+        .filter(|c| String::from_utf8_lossy(&c.got).starts_with("HTTP/1.1 408"))
+        .count();
+    let late: Vec<Duration> = slow
+        .iter()
+        .map(|c| c.ended.map_or(Duration::MAX, |e| e - c.sent))
+        .filter(|held| *held > Duration::from_secs(3))
+        .collect();
+    let longest = slow
+        .iter()
+        .filter_map(|c| c.ended.map(|e| e - c.sent))
+        .max();
+    eprintln!(
+        "slow bodies: {N} trickling 1 MB bodies with --body-timeout 2s: 408={got_408}, \
+         longest held {longest:?}, held past 3 s: {}; a publish reached a subscriber in {served:?}",
+        late.len()
+    );
+    assert!(served.is_some(), "the normal publish was not tried");
+    assert_eq!(got_408, N, "each trickling body gets a 408");
+    assert!(
+        slow.iter()
+            .all(|c| String::from_utf8_lossy(&c.got).contains("--body-timeout")),
+        "the 408 names the flag"
+    );
+    assert!(late.is_empty(), "held past --body-timeout + 1 s: {late:?}");
     server.assert_no_panic();
 }
 

@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use monoio::net::{UnixListener, UnixStream};
 
+use super::publish_wait::publish_result;
 use super::timer::{self, Elapsed};
-use super::worker::Worker;
+use super::worker::{OpenConn, Worker};
 use crate::netio;
 use crate::proto::publish::{self, Line, LineReader, PublishError};
 use crate::{debug, warn};
@@ -53,7 +54,7 @@ pub async fn serve(w: Rc<Worker>, listener: UnixListener) {
                     refuse_over_capacity(&w, stream);
                     continue;
                 }
-                let open = super::worker::OpenConn::new(&w);
+                let open = OpenConn::new(&w);
                 monoio::spawn(serve_publisher(w.clone(), stream, open));
             }
             Err(e) => {
@@ -61,7 +62,7 @@ pub async fn serve(w: Rc<Worker>, listener: UnixListener) {
                     "core={} msg=\"publish socket accept failed\" error=\"{e}\"",
                     w.core
                 );
-                super::timer::sleep(&w, std::time::Duration::from_millis(50)).await;
+                timer::sleep(&w, std::time::Duration::from_millis(50)).await;
             }
         }
     }
@@ -139,7 +140,7 @@ enum ParsedLine {
     },
 }
 
-async fn serve_publisher(w: Rc<Worker>, stream: UnixStream, _open: super::worker::OpenConn) {
+async fn serve_publisher(w: Rc<Worker>, stream: UnixStream, _open: OpenConn) {
     let fd = stream.as_raw_fd();
     // A line holds a command whose data may be up to --max-message-bytes, plus
     // the topic, the event and the JSON around them.
@@ -149,7 +150,7 @@ async fn serve_publisher(w: Rc<Worker>, stream: UnixStream, _open: super::worker
     loop {
         // Backpressure: while a ring to another core is full, read nothing more.
         while w.bus.borrow().congested() {
-            super::timer::sleep(&w, std::time::Duration::from_millis(1)).await;
+            timer::sleep(&w, std::time::Duration::from_millis(1)).await;
         }
         let input = loop {
             let buf = lines.buffer(READ_CHUNK);
@@ -220,7 +221,7 @@ async fn serve_publisher(w: Rc<Worker>, stream: UnixStream, _open: super::worker
         for wait in waits {
             let result = match wait {
                 Wait::Ready(r) => r,
-                Wait::Started(start) => super::conn::publish_result(&w, start).await,
+                Wait::Started(start) => publish_result(&w, start).await,
             };
             match result {
                 Ok(seq) => publish::write_ok_line(&mut out, &ids.format_id(seq)),

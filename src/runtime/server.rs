@@ -19,7 +19,8 @@ use super::bus::{self, Bus};
 use super::os;
 use super::settings::{AuthSettings, Driver, Secret, Settings};
 use super::shutdown::{self, Lifecycle};
-use super::worker::{self, ProcessShared, Worker};
+use super::tasks;
+use super::worker::{ProcessShared, Worker};
 use crate::metrics::CoreMetrics;
 use crate::proto::access::AccessPolicy;
 use crate::{info, warn};
@@ -265,14 +266,14 @@ async fn core_main(
             return;
         }
     };
-    worker::spawn_tasks(&w, publish);
+    tasks::spawn_tasks(&w, publish);
     info!(
         "core={} driver={} msg=\"worker started\" listen={}",
         w.core, w.driver, w.cfg.listen
     );
     let _ = ready.send(Ok(()));
     drop(ready);
-    worker::serve(w, listener).await;
+    tasks::serve(w, listener).await;
 }
 
 /// The access rules from the flags; the secret must be long enough for HS256.

@@ -1,6 +1,7 @@
 //! What both stream sessions (SSE and WebSocket) share: admission refusals, the
 //! guard that removes a client exactly once, the bounded last write of a client
-//! the server cut, waiting on a full socket, and the socket and token timers.
+//! the server cut, waiting on a full socket, and the bound on unacknowledged
+//! writes.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -10,7 +11,8 @@ use std::task::Poll;
 
 use monoio::net::TcpStream;
 
-use super::conn::{refuse_access, respond_error};
+use super::respond::{refuse_access, respond_error};
+use super::timer;
 use super::worker::Worker;
 use crate::core::client::CloseReason;
 use crate::core::registry::ClientId;
@@ -109,7 +111,7 @@ pub async fn linger(
     limit: std::time::Duration,
 ) {
     if !rest.is_empty() {
-        let _ = super::timer::timeout(w, limit, netio::write_all(stream, fd, rest)).await;
+        let _ = timer::timeout(w, limit, netio::write_all(stream, fd, rest)).await;
     }
     let _ = netio::shutdown_both(fd);
 }
@@ -138,16 +140,6 @@ pub async fn await_writable(
         }
         Err(reason) => Some(reason),
     }
-}
-
-/// The wheel tick at which a token expiring at `exp` (Unix seconds) is due.
-pub fn expiry_tick(w: &Worker, exp: u64) -> u64 {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp);
-    let left = at
-        .duration_since(std::time::SystemTime::now())
-        .unwrap_or_default();
-    // Rounded up from the worker's origin as a whole, never early.
-    super::timer::ticks(w.started.elapsed() + left)
 }
 
 /// Bounds how long written data may stay unacknowledged (`TCP_USER_TIMEOUT`, the

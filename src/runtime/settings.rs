@@ -55,6 +55,8 @@ pub struct Settings {
     pub max_connections: Option<usize>,
     /// Time allowed for a request head to arrive.
     pub header_timeout: Duration,
+    /// Time allowed for a started request body to arrive whole.
+    pub body_timeout: Duration,
     /// Time allowed for the graceful drain.
     pub drain_timeout: Duration,
     /// The `retry:` hint (milliseconds) sent to SSE clients, before jitter.

@@ -16,10 +16,12 @@ use std::task::Poll;
 
 use monoio::net::TcpStream;
 
-use super::conn::{unix_now, Request};
+use super::request::Request;
+use super::respond::finish;
 use super::session::{
-    await_writable, bound_unacked_writes, expiry_tick, linger, ClientGuard, StreamRefused, LINGER,
+    await_writable, bound_unacked_writes, linger, ClientGuard, StreamRefused, LINGER,
 };
+use super::timer::{expiry_tick, unix_now};
 use super::worker::{OpenConn, Worker};
 use crate::core::client::{CloseReason, Transport};
 use crate::core::msg::Since;
@@ -39,7 +41,7 @@ pub async fn refuse(w: &Worker, stream: &TcpStream, fd: RawFd, event: &str, reas
     sse::write_stream_head(&mut out, w.retry_with_jitter(), &[]);
     sse::write_server_event(&mut out, event, &[("reason", reason)]);
     w.metrics().http_response(200);
-    super::conn::finish(w, stream, fd, &out).await;
+    finish(w, stream, fd, &out).await;
 }
 
 /// What woke the session.
@@ -55,19 +57,20 @@ pub struct AdmittedSse {
 
 /// Checks an SSE request (topics, access) and registers its client. Runs before
 /// the stream's task is spawned, so the request itself never lives in that task.
-pub fn admit(w: &Rc<Worker>, fd: RawFd, req: Request) -> Result<AdmittedSse, StreamRefused> {
-    let topics = topics_from_query(&req.query, w.cfg.limits.max_topics_per_client)
+pub fn admit(w: &Rc<Worker>, fd: RawFd, req: &Request<'_>) -> Result<AdmittedSse, StreamRefused> {
+    let topics = topics_from_query(req.head.query, w.cfg.limits.max_topics_per_client)
         .map_err(|e| StreamRefused::BadRequest(e.to_string()))?;
     let query_token = req.param("token").map(|v| v.into_owned());
     let grants = w
         .access
         .subscriber(&req.presented(query_token.as_deref()), &topics, unix_now())
         .map_err(StreamRefused::Access)?;
-    let last_id = req
-        .last_event_id
-        .clone()
-        .or_else(|| req.param("lastEventId").map(|v| v.into_owned()));
-    let sinces = Since::from_cursor(last_id.as_deref(), w.state.borrow().ids(), topics.len());
+    let query_id = match req.head.last_event_id {
+        Some(_) => None,
+        None => req.param("lastEventId"),
+    };
+    let last_id = req.head.last_event_id.or(query_id.as_deref());
+    let sinces = Since::from_cursor(last_id, w.state.borrow().ids(), topics.len());
     let cors = req.cors(w);
     bound_unacked_writes(w, fd);
     let mut head = Vec::with_capacity(256);

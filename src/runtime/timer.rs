@@ -1,6 +1,7 @@
-//! Deadlines for tasks, on the core's timer wheel, and the tick task that
-//! advances the wheel. No per-connection runtime timers: every deadline of a core
-//! is one entry in its wheel.
+//! Time on a core: deadlines for tasks on the core's timer wheel, the tick task
+//! that advances the wheel, and wall-clock seconds for token expiry. No
+//! per-connection runtime timers: every deadline of a core is one entry in its
+//! wheel.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -83,6 +84,23 @@ pub async fn timeout<F: Future>(w: &Worker, d: Duration, f: F) -> Result<F::Outp
         sleep.as_mut().poll(cx).map(|()| Err(Elapsed))
     })
     .await
+}
+
+/// Seconds since the Unix epoch (token times).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The wheel tick at which a token expiring at `exp` (Unix seconds) is due.
+pub fn expiry_tick(w: &Worker, exp: u64) -> u64 {
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(exp);
+    let left = at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    // Rounded up from the worker's origin as a whole, never early.
+    ticks(w.started.elapsed() + left)
 }
 
 /// The tick task: sleeps until the wheel's next deadline (or until an earlier

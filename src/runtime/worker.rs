@@ -1,35 +1,28 @@
-//! One core's worker: the [`Worker`] that all tasks of a core share (its
-//! [`CoreState`], bus endpoint, clock, open-connection count and drain), and the
-//! core's own tasks: accept, bus, flush and drain. A connection accepted on a
-//! core lives and dies there.
+//! One core's context: the [`Worker`] that all tasks of a core share (its
+//! [`CoreState`], bus endpoint, clocks, scratch buffers, open-connection count
+//! and drain), the [`OpenConn`] count of its connections, and the flush that
+//! writes what the core queued ([`Worker::settle`], [`Worker::run_flush`]).
 //!
-//! Starting the process and its threads is `server`'s job; each thread builds
-//! its worker with [`Worker::new`], then [`spawn_tasks`] and [`serve`].
+//! Every other runtime module reads the core through this one, and it imports
+//! none of them but the ones it holds (bus, broker status, settings, shutdown).
+//! The core's tasks (accept, bus, drain) are in `tasks`; starting the process
+//! and its threads is `server`'s job.
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
-
-use monoio::net::{TcpListener, UnixListener};
 
 use super::broker::BrokerStatus;
 use super::bus::Bus;
 use super::settings::Settings;
-use super::shutdown::{self, DrainSignal, Lifecycle};
-use super::{conn, ingress};
+use super::shutdown::{DrainSignal, Lifecycle};
 use crate::core::state::CoreState;
 use crate::metrics::CoreMetrics;
 use crate::netio;
 use crate::proto::access::AccessPolicy;
 use crate::proto::cursor::{Epoch, IdScheme};
 use crate::proto::json::JsonScratch;
-use crate::{debug, info, warn};
-
-/// Bus messages handled per batch before other tasks get a turn.
-const BUS_BATCH: usize = 1024;
 
 /// Everything one core owns, shared by its tasks (never by other threads).
 pub struct Worker {
@@ -83,7 +76,7 @@ pub struct ProcessShared {
 const FLUSH_SLICE: usize = 1024;
 
 /// Lets the other ready tasks and the I/O completions run, then continues.
-async fn yield_now() {
+pub async fn yield_now() {
     let mut yielded = false;
     std::future::poll_fn(|cx| {
         if yielded {
@@ -230,7 +223,7 @@ impl Worker {
     }
 
     /// Ready once no connection of this core is open.
-    async fn all_closed(&self) {
+    pub async fn all_closed(&self) {
         std::future::poll_fn(|cx| {
             if self.open.get() == 0 {
                 return Poll::Ready(());
@@ -255,98 +248,6 @@ impl Worker {
     }
 }
 
-/// Starts the tasks of a core that run beside its accept loop: the publish
-/// socket (on the core that has it), the bus, the flush, the drain watcher and
-/// the wheel's ticks.
-pub fn spawn_tasks(w: &Rc<Worker>, publish: Option<UnixListener>) {
-    if let Some(publish) = publish {
-        monoio::spawn(ingress::serve(w.clone(), publish));
-    }
-    monoio::spawn(run_bus(w.clone()));
-    monoio::spawn(w.clone().run_flush());
-    let watcher = w.clone();
-    monoio::spawn(
-        async move { shutdown::watch(&watcher.life, watcher.core, &watcher.drain).await },
-    );
-    monoio::spawn(super::timer::run_ticks(w.clone()));
-}
-
-/// The rest of a core's life once started: accepts connections until the
-/// drain begins, then drains.
-pub async fn serve(w: Rc<Worker>, listener: TcpListener) {
-    accept_loop(w.clone(), listener).await;
-    drain(w).await;
-}
-
-async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
-    let limit = w.cfg.max_connections;
-    let mut backoff = Duration::from_millis(5);
-    let mut accept = std::pin::pin!(listener.accept());
-    loop {
-        let Some(accepted) = w.drain.unless_draining(accept.as_mut()).await else {
-            return;
-        };
-        accept.set(listener.accept());
-        match accepted {
-            Ok((stream, _peer)) => {
-                backoff = Duration::from_millis(5);
-                w.metrics().accepted.inc();
-                let _ = stream.set_nodelay(true);
-                if limit.is_some_and(|l| w.life.open() >= l) {
-                    // Over capacity: answer 503 (or a retry hint on /sse), with a
-                    // bound on how many refusals may be pending at once.
-                    if limit.is_some_and(|l| w.refusing.get() < l.max(16)) {
-                        w.refusing.set(w.refusing.get() + 1);
-                        let w = w.clone();
-                        monoio::spawn(async move {
-                            conn::refuse_busy(&w, stream).await;
-                            w.refusing.set(w.refusing.get() - 1);
-                        });
-                    }
-                    continue;
-                }
-                monoio::spawn(conn::serve(w.clone(), stream, OpenConn::new(&w)));
-            }
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EMFILE)
-                        | Some(libc::ENFILE)
-                        | Some(libc::ENOBUFS)
-                        | Some(libc::ENOMEM)
-                ) =>
-            {
-                // Out of descriptors or memory: wait for connections to close
-                // instead of spinning on the listener.
-                warn!(
-                    "core={} msg=\"accept failed, backing off\" error=\"{e}\" backoff_ms={}",
-                    w.core,
-                    backoff.as_millis()
-                );
-                monoio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-            Err(e) => {
-                debug!("core={} msg=\"accept error\" error=\"{e}\"", w.core);
-            }
-        }
-    }
-}
-
-/// The drain of one core: the listener is closed already, and every task that
-/// waits for the drain is woken (idle keep-alive and publish-socket connections
-/// close; those with a request under way answer it first). Close every client,
-/// then wait for the last connection or the drain deadline.
-async fn drain(w: Rc<Worker>) {
-    {
-        let mut st = w.state.borrow_mut();
-        st.close_all(crate::core::client::CloseReason::Shutdown);
-    }
-    w.settle();
-    let _ = super::timer::timeout(&w, w.cfg.drain_timeout, w.all_closed()).await;
-    info!("core={} msg=\"drained\" open_left={}", w.core, w.open.get());
-}
-
 /// Counts a connection as open on its core while alive; moves with the
 /// connection from the request reader into the session task that takes it
 /// over. The drain waits until none is left.
@@ -369,45 +270,6 @@ impl Drop for OpenConn {
             if let Some(waker) = w.all_closed.take() {
                 waker.wake();
             }
-        }
-    }
-}
-
-/// The bus task: applies what other cores send, in batches, then settles.
-async fn run_bus(w: Rc<Worker>) {
-    loop {
-        let congested = w.bus.borrow().congested();
-        if congested {
-            // A ring to some core is full: retry soon, and meanwhile take input.
-            let sleep = monoio::time::sleep(Duration::from_millis(1));
-            let mut sleep = std::pin::pin!(sleep);
-            std::future::poll_fn(|cx| {
-                if sleep.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(());
-                }
-                w.bus.borrow().poll_inbound(cx)
-            })
-            .await;
-            w.bus.borrow_mut().retry_overflow();
-        } else {
-            std::future::poll_fn(|cx| w.bus.borrow().poll_inbound(cx)).await;
-        }
-        loop {
-            {
-                let bus = w.bus.borrow();
-                w.metrics()
-                    .bus_depth
-                    .set((bus.inbound_depth() + bus.overflowed()) as u64);
-            }
-            let n = {
-                let mut st = w.state.borrow_mut();
-                w.bus.borrow_mut().drain(BUS_BATCH, |msg| st.handle(msg))
-            };
-            w.settle();
-            if n < BUS_BATCH {
-                break;
-            }
-            yield_now().await;
         }
     }
 }

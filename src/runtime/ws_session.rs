@@ -16,11 +16,13 @@ use std::time::Duration;
 
 use monoio::net::TcpStream;
 
-use super::conn::{finish, publish_and_wait, unix_now, Request, Route};
+use super::publish_wait::publish_and_wait;
+use super::request::{Request, Route};
+use super::respond::finish;
 use super::session::{
-    await_writable, bound_unacked_writes, expiry_tick, linger, ClientGuard, StreamRefused, LINGER,
+    await_writable, bound_unacked_writes, linger, ClientGuard, StreamRefused, LINGER,
 };
-use super::timer;
+use super::timer::{self, expiry_tick, unix_now};
 use super::worker::{OpenConn, Worker};
 use crate::core::client::{CloseReason, Transport};
 use crate::core::msg::Since;
@@ -90,15 +92,16 @@ impl UpgradeRefused {
 
 /// Checks an upgrade (handshake, topics, access, origin) and registers its
 /// client, before the session's task is spawned.
-pub fn admit(w: &Rc<Worker>, fd: RawFd, req: Request) -> Result<AdmittedWs, UpgradeRefused> {
+pub fn admit(w: &Rc<Worker>, fd: RawFd, req: &Request<'_>) -> Result<AdmittedWs, UpgradeRefused> {
     use StreamRefused as R;
+    let head = &req.head;
     let handshake = HandshakeRequest {
-        method_is_get: req.method == Method::Get,
-        http11_or_later: req.http11,
-        upgrade_websocket: req.upgrade_websocket,
-        connection_upgrade: req.connection_upgrade,
-        key: req.ws_key.as_deref(),
-        version: req.ws_version.as_deref(),
+        method_is_get: head.method == Method::Get,
+        http11_or_later: head.minor_version >= 1,
+        upgrade_websocket: head.upgrade_websocket,
+        connection_upgrade: head.connection_upgrade,
+        key: head.ws_key,
+        version: head.ws_version,
     };
     let accept = check_handshake(&handshake).map_err(UpgradeRefused::Handshake)?;
     let mut hello = Vec::with_capacity(160);
@@ -107,7 +110,7 @@ pub fn admit(w: &Rc<Worker>, fd: RawFd, req: Request) -> Result<AdmittedWs, Upgr
         w.metrics().http_response(101);
         return Ok(AdmittedWs::Echo(hello));
     }
-    let topics = match topics_from_query(&req.query, w.cfg.limits.max_topics_per_client) {
+    let topics = match topics_from_query(head.query, w.cfg.limits.max_topics_per_client) {
         Ok(t) => t,
         Err(TopicListError::Empty) => Vec::new(),
         Err(e) => return Err(UpgradeRefused::Stream(R::BadRequest(e.to_string()))),
@@ -118,7 +121,7 @@ pub fn admit(w: &Rc<Worker>, fd: RawFd, req: Request) -> Result<AdmittedWs, Upgr
         .subscriber(&req.presented(query_token.as_deref()), &topics, unix_now())
         .map_err(|r| UpgradeRefused::Stream(R::Access(r)))?;
     bound_unacked_writes(w, fd);
-    let last_id = req.param("lastEventId").map(|v| v.into_owned());
+    let last_id = req.param("lastEventId");
     let sinces = Since::from_cursor(last_id.as_deref(), w.state.borrow().ids(), topics.len());
     let mut st = w.state.borrow_mut();
     st.set_now(w.now_tick());

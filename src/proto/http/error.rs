@@ -74,6 +74,12 @@ pub enum HttpError {
     TrailersTooLarge,
     /// Peer: a query key or value that is not UTF-8 after percent-decoding (400).
     QueryNotUtf8,
+    /// Peer: part of a request head came, but not all of it by the header deadline
+    /// (408, `--header-timeout`).
+    HeadTimeout,
+    /// Peer: a request body did not arrive whole by the body deadline, however many
+    /// bytes trickled in meanwhile (408, `--body-timeout`).
+    BodyTimeout,
 }
 
 impl HttpError {
@@ -86,6 +92,7 @@ impl HttpError {
             UnsupportedVersion => 505,
             UnsupportedTransferEncoding => 501,
             LengthRequired => 411,
+            HeadTimeout | BodyTimeout => 408,
             BodyTooLarge => 413,
             MalformedRequestLine
             | TargetNotUtf8
@@ -136,6 +143,8 @@ impl HttpError {
             ChunkExtensionsTooLong => "chunk extensions too long",
             TrailersTooLarge => "chunked trailer section too large",
             QueryNotUtf8 => "query string is not valid UTF-8 after percent-decoding",
+            HeadTimeout => "request head not received within --header-timeout",
+            BodyTimeout => "request body not received within --body-timeout",
         }
     }
 }

@@ -12,17 +12,20 @@
 //! | decode a chunked body | [`ChunkedDecoder`] | `max_body_bytes` at the chunk-size digit, size line, extensions, trailers |
 //! | read the query | [`query_pairs`] | none (borrows, allocates only to decode) |
 //! | answer | [`write_response`], [`write_head`], [`error_response`] | none |
+//! | all of the above, per connection | [`Connection`] | every limit above, the header and body deadlines, answer order |
 //!
 //! Every failure is one [`HttpError`]: a `Copy` value that knows its status code and the
 //! one-line reason the server puts in the body before it closes the connection.
 
 mod chunked;
+mod connection;
 mod error;
 mod head;
 mod query;
 mod response;
 
 pub use chunked::ChunkedDecoder;
+pub use connection::{Close, Config, Connection, Event, RequestId, Response, MAX_UNANSWERED};
 pub use error::HttpError;
 pub use head::{
     bearer_token, cookie_value, head_complete, parse_request, Body, HeadLimits, HeadScanner,

@@ -4,7 +4,8 @@ use super::close::code;
 use super::decoder::{ControlPayload, Decoded, Decoder, Event};
 use super::frame::{encode_close, encode_pong};
 
-/// Time in the caller's integer ticks; this module never reads a clock.
+/// Time in the caller's integer units (the WebSocket session passes milliseconds);
+/// this module never reads a clock.
 pub type Tick = u64;
 
 /// Lifecycle of the connection, as far as the WebSocket protocol is concerned.

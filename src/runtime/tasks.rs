@@ -1,0 +1,152 @@
+//! A core's own tasks: the accept loop (and the refusals over
+//! `--max-connections`), the bus that applies what other cores send, the drain,
+//! and starting the flush, tick and publish-socket tasks beside them.
+
+use std::future::Future;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
+
+use monoio::net::{TcpListener, UnixListener};
+
+use super::worker::{yield_now, OpenConn, Worker};
+use super::{http_conn, ingress, shutdown, timer};
+use crate::{debug, info, warn};
+
+/// Bus messages handled per batch before other tasks get a turn.
+const BUS_BATCH: usize = 1024;
+
+/// Starts the tasks of a core that run beside its accept loop: the publish
+/// socket (on the core that has it), the bus, the flush, the drain watcher and
+/// the wheel's ticks.
+pub fn spawn_tasks(w: &Rc<Worker>, publish: Option<UnixListener>) {
+    if let Some(publish) = publish {
+        monoio::spawn(ingress::serve(w.clone(), publish));
+    }
+    monoio::spawn(run_bus(w.clone()));
+    monoio::spawn(w.clone().run_flush());
+    let watcher = w.clone();
+    monoio::spawn(
+        async move { shutdown::watch(&watcher.life, watcher.core, &watcher.drain).await },
+    );
+    monoio::spawn(timer::run_ticks(w.clone()));
+}
+
+/// The rest of a core's life once started: accepts connections until the
+/// drain begins, then drains.
+pub async fn serve(w: Rc<Worker>, listener: TcpListener) {
+    accept_loop(w.clone(), listener).await;
+    drain(w).await;
+}
+
+async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
+    let limit = w.cfg.max_connections;
+    let mut backoff = Duration::from_millis(5);
+    let mut accept = std::pin::pin!(listener.accept());
+    loop {
+        let Some(accepted) = w.drain.unless_draining(accept.as_mut()).await else {
+            return;
+        };
+        accept.set(listener.accept());
+        match accepted {
+            Ok((stream, _peer)) => {
+                backoff = Duration::from_millis(5);
+                w.metrics().accepted.inc();
+                let _ = stream.set_nodelay(true);
+                if limit.is_some_and(|l| w.life.open() >= l) {
+                    // Over capacity: answer 503 (or a retry hint on /sse), with a
+                    // bound on how many refusals may be pending at once.
+                    if limit.is_some_and(|l| w.refusing.get() < l.max(16)) {
+                        w.refusing.set(w.refusing.get() + 1);
+                        let w = w.clone();
+                        monoio::spawn(async move {
+                            http_conn::refuse_busy(&w, stream).await;
+                            w.refusing.set(w.refusing.get() - 1);
+                        });
+                    }
+                    continue;
+                }
+                monoio::spawn(http_conn::serve(w.clone(), stream, OpenConn::new(&w)));
+            }
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE)
+                        | Some(libc::ENFILE)
+                        | Some(libc::ENOBUFS)
+                        | Some(libc::ENOMEM)
+                ) =>
+            {
+                // Out of descriptors or memory: wait for connections to close
+                // instead of spinning on the listener.
+                warn!(
+                    "core={} msg=\"accept failed, backing off\" error=\"{e}\" backoff_ms={}",
+                    w.core,
+                    backoff.as_millis()
+                );
+                monoio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => {
+                debug!("core={} msg=\"accept error\" error=\"{e}\"", w.core);
+            }
+        }
+    }
+}
+
+/// The drain of one core: the listener is closed already, and every task that
+/// waits for the drain is woken (idle keep-alive and publish-socket connections
+/// close; those with a request under way answer it first). Close every client,
+/// then wait for the last connection or the drain deadline.
+async fn drain(w: Rc<Worker>) {
+    {
+        let mut st = w.state.borrow_mut();
+        st.close_all(crate::core::client::CloseReason::Shutdown);
+    }
+    w.settle();
+    let _ = timer::timeout(&w, w.cfg.drain_timeout, w.all_closed()).await;
+    info!(
+        "core={} msg=\"drained\" open_left={}",
+        w.core,
+        w.open_connections()
+    );
+}
+
+/// The bus task: applies what other cores send, in batches, then settles.
+async fn run_bus(w: Rc<Worker>) {
+    loop {
+        let congested = w.bus.borrow().congested();
+        if congested {
+            // A ring to some core is full: retry soon, and meanwhile take input.
+            let sleep = monoio::time::sleep(Duration::from_millis(1));
+            let mut sleep = std::pin::pin!(sleep);
+            std::future::poll_fn(|cx| {
+                if sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+                w.bus.borrow().poll_inbound(cx)
+            })
+            .await;
+            w.bus.borrow_mut().retry_overflow();
+        } else {
+            std::future::poll_fn(|cx| w.bus.borrow().poll_inbound(cx)).await;
+        }
+        loop {
+            {
+                let bus = w.bus.borrow();
+                w.metrics()
+                    .bus_depth
+                    .set((bus.inbound_depth() + bus.overflowed()) as u64);
+            }
+            let n = {
+                let mut st = w.state.borrow_mut();
+                w.bus.borrow_mut().drain(BUS_BATCH, |msg| st.handle(msg))
+            };
+            w.settle();
+            if n < BUS_BATCH {
+                break;
+            }
+            yield_now().await;
+        }
+    }
+}
