@@ -131,6 +131,18 @@ pub struct ServeConfig {
     #[arg(long, env = "RINGCAST_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
+    /// Open TCP connections allowed from one address (an IPv6 host by its /64),
+    /// over all cores [default: no limit]. Behind a proxy every client has the
+    /// proxy's address: leave it off there.
+    #[arg(long, env = "RINGCAST_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<u32>,
+
+    /// Memory for partial input over all cores: request bodies and WebSocket
+    /// messages that have started to arrive. A connection that would go past it
+    /// is refused (HTTP 503, WebSocket close 1013).
+    #[arg(long, env = "RINGCAST_MAX_INBOUND_MEMORY", default_value = "256MiB", value_parser = parse_size)]
+    pub max_inbound_memory: usize,
+
     /// Heartbeat interval (SSE comment, WS ping) when a stream is otherwise idle.
     #[arg(long, env = "RINGCAST_HEARTBEAT", default_value = "15s", value_parser = parse_duration)]
     pub heartbeat: Duration,
@@ -239,6 +251,8 @@ impl ServeConfig {
             max_body_bytes: self.max_body_bytes,
             max_message_bytes: self.max_message_bytes,
             max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_inbound_memory: self.max_inbound_memory,
             header_timeout: self.header_timeout,
             body_timeout: self.body_timeout,
             drain_timeout: self.drain_timeout,

@@ -41,8 +41,8 @@ impl Cell {
 }
 
 /// HTTP statuses counted by `ringcast_http_responses_total`; others count as 0.
-pub const STATUSES: [u16; 18] = [
-    0, 101, 200, 202, 204, 400, 401, 403, 404, 405, 408, 411, 413, 426, 431, 500, 501, 503,
+pub const STATUSES: [u16; 19] = [
+    0, 101, 200, 202, 204, 400, 401, 403, 404, 405, 408, 411, 413, 426, 429, 431, 500, 501, 503,
 ];
 
 /// Close reasons counted by `ringcast_connections_closed_total`.
@@ -63,6 +63,31 @@ pub enum EvictionReason {
 
 /// The labels of [`EvictionReason`], by its value.
 pub const EVICTION_REASONS: [&str; 4] = ["budget", "ttl", "count", "bytes"];
+
+/// Why partial input was refused; the `transport` and `reason` labels of
+/// `ringcast_inbound_refused_total`, indexed by [`InboundRefusal`].
+pub const INBOUND_REFUSALS: [(&str, &str); 5] = [
+    ("http", "budget"),
+    ("http", "timeout"),
+    ("ws", "budget"),
+    ("ws", "timeout"),
+    ("http", "per_ip"),
+];
+
+/// A refusal counted by `ringcast_inbound_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundRefusal {
+    /// A request body would have overdrawn `--max-inbound-memory` (503).
+    HttpBudget = 0,
+    /// A request body did not arrive within `--body-timeout` (408).
+    HttpTimeout = 1,
+    /// A WebSocket message would have overdrawn `--max-inbound-memory` (1013).
+    WsBudget = 2,
+    /// A WebSocket message did not arrive within `--body-timeout` (1008).
+    WsTimeout = 3,
+    /// A connection past `--max-connections-per-ip` (429).
+    PerIp = 4,
+}
 
 /// The counters of one core.
 #[derive(Default, Debug)]
@@ -94,11 +119,19 @@ pub struct CoreMetrics {
     pub outbox_bytes: Cell,
     pub outbox_max: Cell,
     pub bus_depth: Cell,
+    /// Bytes of partial input held by the core's connections (its part of
+    /// `--max-inbound-memory` in use).
+    pub inbound_bytes: Cell,
+    pub inbound_refused: [Cell; INBOUND_REFUSALS.len()],
 }
 
 impl CoreMetrics {
     pub fn eviction(&self, reason: EvictionReason) -> &Cell {
         &self.history_evictions[reason as usize]
+    }
+
+    pub fn inbound_refused(&self, why: InboundRefusal) {
+        self.inbound_refused[why as usize].inc();
     }
 
     pub fn http_response(&self, status: u16) {
@@ -313,6 +346,28 @@ pub fn render(cores: &[Arc<CoreMetrics>], info: &ProcessInfo<'_>) -> String {
         "The largest single outbox seen during the last second.",
         &|m| m.outbox_max.get(),
     );
+    per_core(
+        &mut out,
+        "ringcast_inbound_bytes",
+        "gauge",
+        "Bytes held for request bodies and WebSocket messages not complete yet (--max-inbound-memory).",
+        &|m| m.inbound_bytes.get(),
+    );
+    family(
+        &mut out,
+        "ringcast_inbound_refused_total",
+        "counter",
+        "Requests and WebSocket messages refused while arriving: over --max-inbound-memory, past --body-timeout, past --max-connections-per-ip.",
+    );
+    for (core, m) in cores.iter().enumerate() {
+        for (i, (transport, reason)) in INBOUND_REFUSALS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "ringcast_inbound_refused_total{{transport=\"{transport}\",reason=\"{reason}\",core=\"{core}\"}} {}",
+                m.inbound_refused[i].get()
+            );
+        }
+    }
     per_core(
         &mut out,
         "ringcast_bus_queue_depth",

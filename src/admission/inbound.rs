@@ -21,6 +21,8 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::metrics::CoreMetrics;
+
 /// Largest chunk a share borrows from the budget at once.
 const MAX_CHUNK: usize = 1 << 20;
 
@@ -65,8 +67,10 @@ pub struct InboundShare {
     chunk: usize,
     /// Taken from the budget, held by no charge.
     spare: Cell<usize>,
-    /// Held by this core's charges (`ringcast_inbound_bytes{core}`).
+    /// Held by this core's charges.
     held: Cell<usize>,
+    /// Where `held` is published (`ringcast_inbound_bytes{core}`).
+    gauge: Option<Arc<CoreMetrics>>,
 }
 
 /// The budget is spent: the connection asking for more must be refused.
@@ -83,7 +87,28 @@ impl InboundShare {
             chunk,
             spare: Cell::new(0),
             held: Cell::new(0),
+            gauge: None,
         })
+    }
+
+    /// The share of a core whose metrics show what it holds.
+    pub fn with_gauge(
+        budget: Arc<InboundBudget>,
+        cores: usize,
+        metrics: Arc<CoreMetrics>,
+    ) -> Rc<InboundShare> {
+        let mut share = InboundShare::new(budget, cores);
+        if let Some(s) = Rc::get_mut(&mut share) {
+            s.gauge = Some(metrics);
+        }
+        share
+    }
+
+    fn set_held(&self, held: usize) {
+        self.held.set(held);
+        if let Some(m) = &self.gauge {
+            m.inbound_bytes.set(held as u64);
+        }
     }
 
     /// Bytes held by this core's charges.
@@ -107,13 +132,13 @@ impl InboundShare {
             }
         }
         self.spare.set(self.spare.get() - n);
-        self.held.set(self.held.get() + n);
+        self.set_held(self.held.get() + n);
         Ok(())
     }
 
     fn release(&self, n: usize) {
         debug_assert!(n <= self.held.get(), "released more than held");
-        self.held.set(self.held.get() - n);
+        self.set_held(self.held.get() - n);
         let spare = self.spare.get() + n;
         if spare > 2 * self.chunk {
             self.budget.give(spare - self.chunk);

@@ -239,6 +239,11 @@ impl Grants {
     pub fn may_publish(&self, topic: &str) -> bool {
         self.publish.iter().any(|p| p.matches(topic))
     }
+
+    /// True when the `pub` claim lets the holder publish to some topic.
+    pub fn may_publish_any(&self) -> bool {
+        !self.publish.is_empty()
+    }
 }
 
 /// Signs `claims_json` (taken as is, not checked) with header

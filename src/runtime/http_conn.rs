@@ -25,7 +25,9 @@ use super::sse_session::{self, BUSY_EVENT, SHUTDOWN_EVENT};
 use super::timer;
 use super::worker::{OpenConn, Worker};
 use super::ws_session;
+use crate::admission::inbound::Charge;
 use crate::core::state::PublishStart;
+use crate::metrics::InboundRefusal;
 use crate::netio;
 use crate::proto::http::{Close, Config, Connection, Event, HttpError, RequestId};
 
@@ -56,6 +58,7 @@ struct Publishes {
 }
 
 struct Reading {
+    id: RequestId,
     target: PublishTarget,
     /// The body so far, when it comes in more than one run.
     body: Vec<u8>,
@@ -74,6 +77,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, open: OpenConn) {
     let fd = stream.as_raw_fd();
     let mut conn = Connection::new(config(&w, w.cfg.header_timeout), w.now_ms());
     let mut publishes = Publishes::default();
+    let mut charge = Charge::new(&w.inbound);
     loop {
         match take_events(&w, &stream, fd, &mut conn, &mut publishes).await {
             Err(Broken) => return,
@@ -82,6 +86,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, open: OpenConn) {
             }
             Ok(None) => {}
         }
+        charge_body(&w, &mut conn, &mut publishes, &mut charge);
         // More pipelined requests already in the socket: start them before
         // answering. A window of publishes to a topic homed on another core then
         // waits for one round trip through the bus, not one per read.
@@ -111,6 +116,27 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, open: OpenConn) {
 
 /// The socket broke while writing.
 struct Broken;
+
+/// Sizes the connection's charge on `--max-inbound-memory` to the publish body
+/// it is collecting (the machine's buffer and the runs gathered so far); over
+/// the budget, the body is refused with a `503` and the connection closes after
+/// the answers before it.
+fn charge_body(w: &Worker, conn: &mut Connection, publishes: &mut Publishes, charge: &mut Charge) {
+    let Some(reading) = &publishes.reading else {
+        let _ = charge.resize(0);
+        return;
+    };
+    if charge
+        .resize(conn.held_bytes() + reading.body.capacity())
+        .is_err()
+    {
+        conn.refuse_body(reading.id, HttpError::InboundBudget);
+        publishes.reading = None;
+        let _ = charge.resize(0);
+        w.metrics().inbound_refused(InboundRefusal::HttpBudget);
+        w.metrics().http_response(HttpError::InboundBudget.status());
+    }
+}
 
 /// Takes every event the buffered bytes give: routes heads, collects publish
 /// bodies, counts the machine's own refusals. Returns the action of a request
@@ -161,6 +187,7 @@ async fn take_events(
             Action::Publish(target) => match conn.read_body(id) {
                 Ok(()) => {
                     publishes.reading = Some(Reading {
+                        id,
                         target,
                         body: Vec::new(),
                     })
@@ -186,7 +213,9 @@ fn publish_body(
         reading.body.extend_from_slice(data);
         return None;
     }
-    let Reading { target, mut body } = publishes.reading.take()?;
+    let Reading {
+        target, mut body, ..
+    } = publishes.reading.take()?;
     // A body that came in one run is published from the connection's buffer.
     let started = if body.is_empty() {
         routes::publish_body(w, &target, data)
@@ -242,8 +271,10 @@ fn answer(w: &Worker, conn: &mut Connection, id: RequestId, reply: &Reply) {
 
 /// Counts an answer the machine gave on its own.
 fn count_refusal(w: &Worker, e: HttpError) {
-    if e == HttpError::HeadTimeout {
-        w.metrics().header_timeouts.inc();
+    match e {
+        HttpError::HeadTimeout => w.metrics().header_timeouts.inc(),
+        HttpError::BodyTimeout => w.metrics().inbound_refused(InboundRefusal::HttpTimeout),
+        _ => {}
     }
     w.metrics().http_response(e.status());
 }
@@ -337,10 +368,44 @@ async fn read_idle(
     }
 }
 
-/// Answers a connection accepted over `--max-connections`: `/sse` gets a `200`
+/// Why a connection is refused at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Busy {
+    /// Over `--max-connections`: `503`.
+    Capacity,
+    /// Over `--max-connections-per-ip` for its address: `429`.
+    PerIp,
+}
+
+impl Busy {
+    fn status(self) -> u16 {
+        match self {
+            Busy::Capacity => 503,
+            Busy::PerIp => 429,
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            Busy::Capacity => "over capacity: retry later",
+            Busy::PerIp => "too many connections from this address (--max-connections-per-ip)",
+        }
+    }
+
+    /// The `reason` of the `ringcast.busy` event.
+    fn event_reason(self) -> &'static str {
+        match self {
+            Busy::Capacity => "over capacity",
+            Busy::PerIp => "too many connections from this address",
+        }
+    }
+}
+
+/// Answers a connection refused at accept (see [`Busy`]): `/sse` gets a `200`
 /// with a `retry:` hint and a `ringcast.busy` event (a browser's EventSource gives
-/// up for good on any other status), everything else a `503` with `Retry-After`.
-pub async fn refuse_busy(w: &Rc<Worker>, stream: TcpStream) {
+/// up for good on any other status), everything else a `503` or `429` with
+/// `Retry-After`.
+pub async fn refuse_busy(w: &Rc<Worker>, stream: TcpStream, why: Busy) {
     let fd = stream.as_raw_fd();
     let mut conn = Connection::new(config(w, BUSY_HEAD_TIMEOUT), w.now_ms());
     loop {
@@ -359,10 +424,9 @@ pub async fn refuse_busy(w: &Rc<Worker>, stream: TcpStream) {
             },
         };
         return match sse {
-            Some(true) => sse_session::refuse(w, &stream, fd, BUSY_EVENT, "over capacity").await,
+            Some(true) => sse_session::refuse(w, &stream, fd, BUSY_EVENT, why.event_reason()).await,
             Some(false) => {
-                let reply =
-                    Reply::error(503, "over capacity: retry later").with("Retry-After", "1");
+                let reply = Reply::error(why.status(), why.reason()).with("Retry-After", "1");
                 send_last(w, &stream, fd, &reply).await
             }
             // A refused head gets its answer; a peer gone or silent gets nothing.

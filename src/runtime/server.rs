@@ -21,6 +21,8 @@ use super::settings::{AuthSettings, Driver, Secret, Settings};
 use super::shutdown::{self, Lifecycle};
 use super::tasks;
 use super::worker::{ProcessShared, Worker};
+use crate::admission::inbound::InboundBudget;
+use crate::admission::peers::PeerCounts;
 use crate::metrics::CoreMetrics;
 use crate::proto::access::AccessPolicy;
 use crate::{info, warn};
@@ -96,6 +98,8 @@ pub fn run(cfg: Settings) -> Result<(), StartError> {
         life: life.clone(),
         access,
         broker: broker_status,
+        inbound: InboundBudget::new(cfg.max_inbound_memory),
+        peers: cfg.max_connections_per_ip.map(PeerCounts::new),
     };
     for (core, bus) in buses.into_iter().enumerate() {
         // The publish socket is served by core 0.

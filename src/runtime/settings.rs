@@ -53,6 +53,10 @@ pub struct Settings {
     pub max_message_bytes: usize,
     /// Open connections allowed over all cores; `None`: no limit.
     pub max_connections: Option<usize>,
+    /// Open TCP connections allowed from one address; `None`: no limit.
+    pub max_connections_per_ip: Option<u32>,
+    /// Bytes of partial request bodies and WebSocket messages over all cores.
+    pub max_inbound_memory: usize,
     /// Time allowed for a request head to arrive.
     pub header_timeout: Duration,
     /// Time allowed for a started request body to arrive whole.

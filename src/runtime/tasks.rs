@@ -1,5 +1,5 @@
 //! A core's own tasks: the accept loop (and the refusals over
-//! `--max-connections`), the bus that applies what other cores send, the drain,
+//! `--max-connections` and `--max-connections-per-ip`), the bus that applies what other cores send, the drain,
 //! and starting the flush, tick and publish-socket tasks beside them.
 
 use std::future::Future;
@@ -7,10 +7,12 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
 
-use monoio::net::{TcpListener, UnixListener};
+use monoio::net::{TcpListener, TcpStream, UnixListener};
 
+use super::http_conn::{self, Busy};
 use super::worker::{yield_now, OpenConn, Worker};
-use super::{http_conn, ingress, shutdown, timer};
+use super::{ingress, shutdown, timer};
+use crate::metrics::InboundRefusal;
 use crate::{debug, info, warn};
 
 /// Bus messages handled per batch before other tasks get a turn.
@@ -49,24 +51,27 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
         };
         accept.set(listener.accept());
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
                 w.metrics().accepted.inc();
                 let _ = stream.set_nodelay(true);
+                let slot = match &w.peers {
+                    None => None,
+                    Some(peers) => match peers.admit(peer.ip()) {
+                        Some(slot) => Some(slot),
+                        None => {
+                            w.metrics().inbound_refused(InboundRefusal::PerIp);
+                            refuse(&w, stream, Busy::PerIp);
+                            continue;
+                        }
+                    },
+                };
                 if limit.is_some_and(|l| w.life.open() >= l) {
-                    // Over capacity: answer 503 (or a retry hint on /sse), with a
-                    // bound on how many refusals may be pending at once.
-                    if limit.is_some_and(|l| w.refusing.get() < l.max(16)) {
-                        w.refusing.set(w.refusing.get() + 1);
-                        let w = w.clone();
-                        monoio::spawn(async move {
-                            http_conn::refuse_busy(&w, stream).await;
-                            w.refusing.set(w.refusing.get() - 1);
-                        });
-                    }
+                    refuse(&w, stream, Busy::Capacity);
                     continue;
                 }
-                monoio::spawn(http_conn::serve(w.clone(), stream, OpenConn::new(&w)));
+                let open = OpenConn::new(&w).with_peer(slot);
+                monoio::spawn(http_conn::serve(w.clone(), stream, open));
             }
             Err(e)
                 if matches!(
@@ -91,6 +96,21 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
                 debug!("core={} msg=\"accept error\" error=\"{e}\"", w.core);
             }
         }
+    }
+}
+
+/// Answers a connection refused at accept (`503`, `429`, or a retry hint on
+/// `/sse`), with a bound on how many refusals may be pending at once: past it
+/// the connection is dropped unanswered.
+fn refuse(w: &Rc<Worker>, stream: TcpStream, why: Busy) {
+    let bound = w.cfg.max_connections.unwrap_or(0).max(16);
+    if w.refusing.get() < bound {
+        w.refusing.set(w.refusing.get() + 1);
+        let w = w.clone();
+        monoio::spawn(async move {
+            http_conn::refuse_busy(&w, stream, why).await;
+            w.refusing.set(w.refusing.get() - 1);
+        });
     }
 }
 

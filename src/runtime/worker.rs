@@ -17,6 +17,8 @@ use super::broker::BrokerStatus;
 use super::bus::Bus;
 use super::settings::Settings;
 use super::shutdown::{DrainSignal, Lifecycle};
+use crate::admission::inbound::{InboundBudget, InboundShare};
+use crate::admission::peers::{PeerCounts, PeerSlot};
 use crate::core::state::CoreState;
 use crate::metrics::CoreMetrics;
 use crate::netio;
@@ -56,6 +58,10 @@ pub struct Worker {
     /// Connections being refused for capacity right now.
     pub refusing: Cell<usize>,
     rng: Cell<u64>,
+    /// This core's part of `--max-inbound-memory`.
+    pub inbound: Rc<InboundShare>,
+    /// Connections per address (`--max-connections-per-ip`), when capped.
+    pub peers: Option<Arc<PeerCounts>>,
 }
 
 /// What the process hands every worker at start: the same for all cores.
@@ -70,6 +76,9 @@ pub struct ProcessShared {
     pub life: Arc<Lifecycle>,
     pub access: Arc<AccessPolicy>,
     pub broker: Option<Arc<BrokerStatus>>,
+    /// The budget for partial input (`--max-inbound-memory`).
+    pub inbound: Arc<InboundBudget>,
+    pub peers: Option<Arc<PeerCounts>>,
 }
 
 /// Clients written per slice of a flush (see [`Worker::run_flush`]).
@@ -102,6 +111,8 @@ impl Worker {
             life,
             access,
             broker,
+            inbound,
+            peers,
         } = shared;
         let mut state = CoreState::new(
             core,
@@ -114,6 +125,7 @@ impl Worker {
         if broker.is_some() {
             state = state.with_broker();
         }
+        let share = InboundShare::with_gauge(inbound, cfg.cores, all_metrics[core].clone());
         Rc::new(Worker {
             core,
             cfg,
@@ -135,6 +147,8 @@ impl Worker {
             all_closed: Cell::new(None),
             refusing: Cell::new(0),
             rng: Cell::new(epoch.get() ^ (core as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
+            inbound: share,
+            peers,
         })
     }
 
@@ -248,16 +262,22 @@ impl Worker {
     }
 }
 
-/// Counts a connection as open on its core while alive; moves with the
-/// connection from the request reader into the session task that takes it
-/// over. The drain waits until none is left.
-pub struct OpenConn(Rc<Worker>);
+/// Counts a connection as open on its core (and toward its address's cap)
+/// while alive; moves with the connection from the request reader into the
+/// session task that takes it over. The drain waits until none is left.
+pub struct OpenConn(Rc<Worker>, Option<PeerSlot>);
 
 impl OpenConn {
     pub fn new(w: &Rc<Worker>) -> Self {
         w.open.set(w.open.get() + 1);
         w.life.count_open(true);
-        OpenConn(w.clone())
+        OpenConn(w.clone(), None)
+    }
+
+    /// The connection also holds its place in its address's count.
+    pub fn with_peer(mut self, slot: Option<PeerSlot>) -> Self {
+        self.1 = slot;
+        self
     }
 }
 

@@ -24,15 +24,17 @@ use super::session::{
 };
 use super::timer::{self, expiry_tick, unix_now};
 use super::worker::{OpenConn, Worker};
+use crate::admission::inbound::Charge;
 use crate::core::client::{CloseReason, Transport};
 use crate::core::msg::Since;
 use crate::core::registry::ClientId;
 use crate::core::state::{Admission, ClientTask};
+use crate::metrics::InboundRefusal;
 use crate::netio;
 use crate::proto::control::{self, ControlError, Op};
 use crate::proto::http::{self, Method};
 use crate::proto::token::Grants;
-use crate::proto::topic::{topics_from_query, TopicListError};
+use crate::proto::topic::{topics_from_query, TopicListError, MAX_TOPIC_LEN};
 use crate::proto::ws::close::code;
 use crate::proto::ws::HandshakeError;
 use crate::proto::ws::{
@@ -204,10 +206,13 @@ async fn run(
     grants: Option<&Grants>,
     leftover: &[u8],
 ) -> CloseReason {
-    let mut conn = Connection::new(w.cfg.max_message_bytes, CLOSE_TIMEOUT_MS);
+    let mut conn = Connection::new(inbound_limit(w, grants), CLOSE_TIMEOUT_MS)
+        .with_message_timeout(millis(w.cfg.body_timeout));
+    let mut charge = Charge::new(&w.inbound);
     let mut reason = CloseReason::PeerGone;
     if !leftover.is_empty() {
         Box::pin(feed(w, &mut conn, id, grants, leftover)).await;
+        charge_message(w, &mut conn, id, &mut charge);
     }
     let mut readable = pin!(stream.readable(false));
     loop {
@@ -238,6 +243,7 @@ async fn run(
                 // Boxed, as are the other cold paths below: they would otherwise
                 // size every idle connection's task.
                 Box::pin(read_available(w, &mut conn, id, grants, fd)).await;
+                charge_message(w, &mut conn, id, &mut charge);
                 readable.set(stream.readable(false));
             }
             Wake::Task(ClientTask::AwaitWritable) => {
@@ -290,10 +296,59 @@ async fn run(
                 // millisecond clock round differently, and waiting again for the
                 // last millisecond would arm a zero timeout. The deadline is reached.
                 let at = deadline.unwrap_or(0);
+                let open = conn.can_send_data();
                 conn.handle_timeout(w.now_ms().max(at));
+                if open && !conn.can_send_data() {
+                    // The message deadline: the connection failed with 1008.
+                    w.metrics().inbound_refused(InboundRefusal::WsTimeout);
+                    w.state.borrow_mut().mute(id);
+                    transmit(w, &mut conn, id);
+                }
+                let _ = charge.resize(conn.held_bytes());
             }
         }
     }
+}
+
+/// The largest message the client may send: `--max-message-bytes` when it may
+/// publish, else what the largest control message needs (a `subscribe` naming
+/// `--max-topics-per-client` topics of the longest name), so a client that only
+/// listens cannot make the server buffer a megabyte.
+fn inbound_limit(w: &Worker, grants: Option<&Grants>) -> usize {
+    match grants {
+        Some(g) if !g.may_publish_any() => {
+            control_limit(w.cfg.limits.max_topics_per_client).min(w.cfg.max_message_bytes)
+        }
+        _ => w.cfg.max_message_bytes,
+    }
+}
+
+/// Room for a control message naming `topics` topics of the longest name, with
+/// its quoting and the other fields.
+pub fn control_limit(topics: usize) -> usize {
+    (topics * (MAX_TOPIC_LEN + 8) + 1024).max(4096)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Sizes the connection's charge on `--max-inbound-memory` to the partial
+/// message it holds; over the budget the connection is failed with 1013 (try
+/// again later) and its partial message dropped.
+fn charge_message(w: &Rc<Worker>, conn: &mut Connection, id: ClientId, charge: &mut Charge) {
+    if charge.resize(conn.held_bytes()).is_ok() {
+        return;
+    }
+    conn.abort(
+        w.now_ms(),
+        code::TRY_AGAIN_LATER,
+        "server inbound memory spent: retry later",
+    );
+    let _ = charge.resize(conn.held_bytes());
+    w.metrics().inbound_refused(InboundRefusal::WsBudget);
+    w.state.borrow_mut().mute(id);
+    transmit(w, conn, id);
 }
 
 /// Reads everything the socket holds (bounded) and feeds it to the connection.

@@ -521,6 +521,22 @@ impl Connection {
         Ok(())
     }
 
+    /// Refuses the body of `id` while it arrives, for a reason of the server's
+    /// (`InboundBudget`): its answer is queued in order, nothing more is read, and
+    /// the buffered input is dropped. The caller drops what it collected.
+    pub fn refuse_body(&mut self, id: RequestId, err: HttpError) {
+        self.refuse(Some(id), err);
+        self.report = None;
+        self.buf = Vec::new();
+        self.consumed = 0;
+    }
+
+    /// Heap bytes the machine holds for input: its read buffer (what an inbound
+    /// memory budget counts, with the body the caller collects).
+    pub fn held_bytes(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Gives the answer to request `id`; `close` ends the connection after it (so does
     /// a request that did not allow another). Answers are sent in request order, and
     /// no request after a closing answer is read.

@@ -80,6 +80,11 @@ pub enum HttpError {
     /// Peer: a request body did not arrive whole by the body deadline, however many
     /// bytes trickled in meanwhile (408, `--body-timeout`).
     BodyTimeout,
+    /// Server: buffering more of the body would overdraw the process-wide budget for
+    /// partial input (503 with `Retry-After`, `--max-inbound-memory`). The one variant
+    /// that is not the peer's fault; the connection still closes, since the rest of the
+    /// body is not read.
+    InboundBudget,
 }
 
 impl HttpError {
@@ -93,6 +98,7 @@ impl HttpError {
             UnsupportedTransferEncoding => 501,
             LengthRequired => 411,
             HeadTimeout | BodyTimeout => 408,
+            InboundBudget => 503,
             BodyTooLarge => 413,
             MalformedRequestLine
             | TargetNotUtf8
@@ -138,6 +144,7 @@ impl HttpError {
             UnsupportedTransferEncoding => "only the chunked transfer coding is supported",
             LengthRequired => "request body needs Content-Length or chunked encoding",
             BodyTooLarge => "request body exceeds the body size limit",
+            InboundBudget => "the server's memory for request bodies is spent: retry later",
             BadChunkSize => "malformed chunk size line",
             BadChunkFraming => "chunk data must be followed by CRLF",
             ChunkExtensionsTooLong => "chunk extensions too long",

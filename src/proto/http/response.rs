@@ -83,10 +83,14 @@ pub fn write_response(
 /// as a `text/plain` body, and `Connection: close` (after a framing error the next
 /// request cannot be found, so the connection must end).
 pub fn error_response(out: &mut Vec<u8>, err: HttpError) {
+    let retry: &[(&str, &str)] = match err {
+        HttpError::InboundBudget => &[("Retry-After", "1")],
+        _ => &[],
+    };
     write_parts(
         out,
         err.status(),
-        &[],
+        retry,
         "text/plain; charset=utf-8",
         &[err.reason().as_bytes(), b"\n"],
         false,

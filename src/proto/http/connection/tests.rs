@@ -713,3 +713,26 @@ fn random_scripts_keep_the_invariants() {
         }
     }
 }
+
+#[test]
+fn a_body_refused_for_the_inbound_budget_gets_503_and_nothing_more_is_read() {
+    let mut p = Peer::new();
+    p.send(b"POST /publish HTTP/1.1\r\nHost: t\r\nContent-Length: 50\r\n\r\n0123");
+    let id = p.heads()[0];
+    assert!(p.conn.held_bytes() > 0);
+    p.conn.refuse_body(id, HttpError::InboundBudget);
+    assert_eq!(p.conn.held_bytes(), 0, "the buffered input is dropped");
+    assert_eq!(p.conn.read_room(), 0, "nothing more is read");
+    p.pump();
+    let wire = p.take_wire();
+    assert!(wire.starts_with("HTTP/1.1 503"), "{wire}");
+    assert!(wire.contains("Retry-After: 1\r\n"), "{wire}");
+    assert!(wire.contains("retry later"));
+    assert!(p.conn.closing().is_some());
+    p.send(b"456789");
+    assert_eq!(
+        p.body(id),
+        (b"0123".to_vec(), false),
+        "no more of the body is taken"
+    );
+}
