@@ -118,10 +118,10 @@ fn five_hundred_half_sent_request_heads_get_408_after_the_header_timeout_while_a
 // ---- 4. slow bodies -----------------------------------------------------------------
 
 #[test]
-fn fifty_trickling_bodies_get_408_within_the_body_timeout_while_a_publish_is_served() {
+fn two_hundred_trickling_bodies_get_408_within_the_body_timeout_while_a_publish_is_served() {
     let _serial = serial();
     let server = Server::start(&["--body-timeout", "2s"]);
-    const N: usize = 50;
+    const N: usize = 200;
     const HEAD: &[u8] =
         b"POST /publish?topic=slow HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n0123456789";
     struct Slow {
