@@ -165,12 +165,6 @@ impl Client {
         }
     }
 
-    pub fn wake(&mut self) {
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
-    }
-
     /// One subscription of acknowledgement `token` is settled (confirmed, or
     /// dropped while pending): queue the ack once none is left.
     pub fn settle_ack(&mut self, token: u32) {

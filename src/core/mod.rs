@@ -1,6 +1,7 @@
 //! Per-core state, owned by one worker thread and never shared.
 
 pub mod client;
+pub mod effects;
 pub mod encodings;
 pub mod frame;
 pub mod history;

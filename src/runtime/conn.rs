@@ -658,7 +658,6 @@ async fn publish(
         Err(e) => return refuse_after(w, stream, fd, answers, 400, &e.to_string()).await,
     };
     let start = w.state.borrow_mut().publish(&topic, event.as_deref(), data);
-    w.settle();
     answers.pending.push(Pending {
         start,
         keep_alive: req.keep_alive,
@@ -706,7 +705,6 @@ pub async fn publish_and_wait(
     data: Vec<u8>,
 ) -> Result<u64, PublishError> {
     let start = w.state.borrow_mut().publish(topic, event, data);
-    w.settle();
     publish_result(w, start).await
 }
 

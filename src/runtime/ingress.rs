@@ -215,7 +215,6 @@ async fn serve_publisher(w: Rc<Worker>, stream: UnixStream, _open: super::worker
                 }
             }
         }
-        w.settle();
         let ids = w.state.borrow().ids();
         for wait in waits {
             let result = match wait {

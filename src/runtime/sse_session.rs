@@ -102,7 +102,6 @@ pub fn serve(
     async move {
         let fd = stream.as_raw_fd();
         let guard = ClientGuard::new(&w, id);
-        w.settle();
         let reason = run(&w, &stream, fd, id).await;
         guard.reason.set(reason);
         if matches!(

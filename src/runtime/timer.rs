@@ -105,10 +105,7 @@ pub async fn run_ticks(w: Rc<Worker>) {
             None => kicked.await,
         }
         let now = w.now_tick();
-        let fired = w.state.borrow_mut().advance_timers(now);
-        if fired > 0 {
-            w.settle();
-        }
+        w.state.borrow_mut().advance_timers(now);
         if now >= next_report {
             // Once a second: the largest outbox of the second that ended.
             next_report = now + ticks(Duration::from_secs(1));

@@ -1,7 +1,12 @@
 //! One core's worker: the [`Worker`] that all tasks of a core share (its
 //! [`CoreState`], bus endpoint, clock, open-connection count and drain), and the
-//! core's own tasks: accept, bus, flush and drain. A connection accepted on a
+//! core's own tasks: accept, bus, effects and drain. A connection accepted on a
 //! core lives and dies there.
+//!
+//! Tasks change the core state freely; none carries out what the change asks
+//! for. The core queues it (cross-core messages, wakes, clients to write) and
+//! wakes the effects task ([`Worker::run_effects`]), which does all of it once
+//! per turn of the event loop.
 //!
 //! Starting the process and its threads is `server`'s job; each thread builds
 //! its worker with [`Worker::new`], then [`spawn_tasks`] and [`serve`].
@@ -45,9 +50,6 @@ pub struct Worker {
     pub epoch_text: String,
     pub started: std::time::Instant,
     pub life: Arc<Lifecycle>,
-    /// A flush is due (see [`Worker::settle`]), and the flush task's waker.
-    flush_due: Cell<bool>,
-    flusher: Cell<Option<std::task::Waker>>,
     /// Who may subscribe, publish and connect from which origin.
     pub access: Arc<AccessPolicy>,
     /// The broker bridge's health, when topics are shared through one.
@@ -79,7 +81,7 @@ pub struct ProcessShared {
     pub broker: Option<Arc<BrokerStatus>>,
 }
 
-/// Clients written per slice of a flush (see [`Worker::run_flush`]).
+/// Clients written per slice of a flush (see [`Worker::run_effects`]).
 const FLUSH_SLICE: usize = 1024;
 
 /// Lets the other ready tasks and the I/O completions run, then continues.
@@ -133,8 +135,6 @@ impl Worker {
             epoch_text,
             started: std::time::Instant::now(),
             life,
-            flush_due: Cell::new(false),
-            flusher: Cell::new(None),
             broker,
             access,
             drain: DrainSignal::default(),
@@ -145,53 +145,40 @@ impl Worker {
         })
     }
 
-    /// After any change to the core state: hands queued cross-core messages to the
-    /// bus, writes to every client touched, and wakes the cores sent to.
+    /// The effects task: carries out what the core queued (see
+    /// [`CoreState::run_effects`]) once per turn of the event loop. The first
+    /// effect of a turn wakes it, so it runs after every task already woken in
+    /// that turn: cross-core messages leave in one batch, the cores sent to are
+    /// woken once, and all the messages a turn fans out reach each client in one
+    /// write.
     ///
-    /// Cross-core messages leave at once; the writes are left to the flush task,
-    /// which runs after every task already woken in this turn of the event loop,
-    /// so all the messages a turn fans out reach each client in one write.
-    pub fn settle(&self) {
-        let mut st = self.state.borrow_mut();
-        st.set_now(self.now_tick());
-        let mut bus = self.bus.borrow_mut();
-        let mut overflowed = 0;
-        for (to, msg) in st.outbound.drain(..) {
-            if !bus.send(to, msg) {
-                overflowed += 1;
-            }
-        }
-        st.metrics().bus_overflow.add(overflowed);
-        bus.wake_peers();
-        if !self.flush_due.replace(true) {
-            if let Some(w) = self.flusher.take() {
-                w.wake();
-            }
-        }
-    }
-
-    /// The flush task: writes every client touched since the last flush, once
-    /// per turn of the event loop, in slices of [`FLUSH_SLICE`] clients.
-    ///
-    /// Between slices the task yields, so the core's other tasks run (the bus
-    /// with its publishes and their acknowledgements, reads): a flush to many
-    /// subscribers, which takes milliseconds of system calls, does not hold up a
-    /// publish from another core until it ends. The clients left get whatever
-    /// arrived meanwhile in the same write.
-    pub async fn run_flush(self: Rc<Self>) {
+    /// Cross-core messages go first, then the writes, in slices of
+    /// [`FLUSH_SLICE`] clients. Between slices the task yields, so the core's
+    /// other tasks run (the bus with its publishes and their acknowledgements,
+    /// reads): a flush to many subscribers, which takes milliseconds of system
+    /// calls, does not hold up a publish from another core until it ends. The
+    /// clients left get whatever arrived meanwhile in the same write, and the
+    /// messages for other cores queued meanwhile leave at the next slice.
+    pub async fn run_effects(self: Rc<Self>) {
         loop {
-            std::future::poll_fn(|cx| {
-                if self.flush_due.replace(false) {
-                    return Poll::Ready(());
-                }
-                self.flusher.set(Some(cx.waker().clone()));
-                Poll::Pending
-            })
-            .await;
+            std::future::poll_fn(|cx| self.state.borrow_mut().poll_effects(cx)).await;
             loop {
                 let more = {
                     let mut st = self.state.borrow_mut();
-                    let more = st.flush_dirty_upto(FLUSH_SLICE, netio::writev);
+                    let mut bus = self.bus.borrow_mut();
+                    let mut overflowed = 0;
+                    let more = st.run_effects(
+                        self.now_tick(),
+                        FLUSH_SLICE,
+                        |to, msg| {
+                            if !bus.send(to, msg) {
+                                overflowed += 1;
+                            }
+                        },
+                        netio::writev,
+                    );
+                    bus.wake_peers();
+                    st.metrics().bus_overflow.add(overflowed);
                     st.metrics()
                         .outbox_bytes
                         .set(crate::core::outbox::queued_on_this_core() as u64);
@@ -256,14 +243,14 @@ impl Worker {
 }
 
 /// Starts the tasks of a core that run beside its accept loop: the publish
-/// socket (on the core that has it), the bus, the flush, the drain watcher and
+/// socket (on the core that has it), the bus, the effects, the drain watcher and
 /// the wheel's ticks.
 pub fn spawn_tasks(w: &Rc<Worker>, publish: Option<UnixListener>) {
     if let Some(publish) = publish {
         monoio::spawn(ingress::serve(w.clone(), publish));
     }
     monoio::spawn(run_bus(w.clone()));
-    monoio::spawn(w.clone().run_flush());
+    monoio::spawn(w.clone().run_effects());
     let watcher = w.clone();
     monoio::spawn(
         async move { shutdown::watch(&watcher.life, watcher.core, &watcher.drain).await },
@@ -338,11 +325,9 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
 /// close; those with a request under way answer it first). Close every client,
 /// then wait for the last connection or the drain deadline.
 async fn drain(w: Rc<Worker>) {
-    {
-        let mut st = w.state.borrow_mut();
-        st.close_all(crate::core::client::CloseReason::Shutdown);
-    }
-    w.settle();
+    w.state
+        .borrow_mut()
+        .close_all(crate::core::client::CloseReason::Shutdown);
     let _ = super::timer::timeout(&w, w.cfg.drain_timeout, w.all_closed()).await;
     info!("core={} msg=\"drained\" open_left={}", w.core, w.open.get());
 }
@@ -373,7 +358,7 @@ impl Drop for OpenConn {
     }
 }
 
-/// The bus task: applies what other cores send, in batches, then settles.
+/// The bus task: applies what other cores send, in batches.
 async fn run_bus(w: Rc<Worker>) {
     loop {
         let congested = w.bus.borrow().congested();
@@ -403,7 +388,6 @@ async fn run_bus(w: Rc<Worker>) {
                 let mut st = w.state.borrow_mut();
                 w.bus.borrow_mut().drain(BUS_BATCH, |msg| st.handle(msg))
             };
-            w.settle();
             if n < BUS_BATCH {
                 break;
             }

@@ -174,7 +174,6 @@ fn serve(
     async move {
         let fd = stream.as_raw_fd();
         let guard = ClientGuard::new(&w, id);
-        w.settle();
         let reason = run(&w, &stream, fd, id, grants.as_deref(), &leftover).await;
         guard.reason.set(reason);
         if reason == CloseReason::SlowConsumer {
@@ -368,7 +367,6 @@ fn transmit(w: &Rc<Worker>, conn: &mut Connection, id: ClientId) {
     if conn.poll_transmit(&mut out) {
         w.state.borrow_mut().queue(id, &out);
     }
-    w.settle();
 }
 
 /// Waits (bounded) until what is queued to the client is written.
@@ -383,7 +381,6 @@ async fn drain_outbox(w: &Rc<Worker>, stream: &TcpStream, id: ClientId) {
             return;
         }
         w.state.borrow_mut().flush_client(id, netio::writev);
-        w.settle();
     }
 }
 

@@ -1,13 +1,15 @@
 //! The state of one core: its clients, its topic indexes, the topics it is home
 //! to, and the publishes it waits on. Single-threaded, owned by its worker; other
-//! cores are reached only through [`CoreMsg`]s queued in [`CoreState::outbound`].
+//! cores are reached only through [`CoreMsg`]s.
 //!
-//! The runtime drives it: it registers and removes clients, hands in the bus
-//! messages that arrive, drains `outbound` into the bus, and calls
-//! [`CoreState::flush_dirty_upto`] after each batch (in slices, until none is left)
-//! so that every client touched by the batch gets one coalesced write.
+//! The runtime drives it: it registers and removes clients and hands in the bus
+//! messages that arrive. Everything the core wants done outside itself (messages
+//! for other cores, tasks to wake, clients to write) waits in its [`Effects`]
+//! queue, which the runtime carries out at one point per turn of its event loop:
+//! [`CoreState::poll_effects`], then [`CoreState::run_effects`] in slices until it
+//! returns false, so that every client touched in the turn gets one coalesced
+//! write.
 
-use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use bytes::Bytes;
 use slab::Slab;
 
 use super::client::{Client, CloseReason, PendingAck, Subscription, Transport, WriteState};
+use super::effects::Effects;
 use super::encodings::{FrameKind, LazyFrames};
 use super::frame::Frame;
 use super::homes::{HistoryLimits, HomeTopics};
@@ -110,10 +113,8 @@ pub struct CoreState {
     local: LocalTopics,
     homes: HomeTopics,
     pending: Slab<PublishSlot>,
-    /// Messages for other cores, drained by the runtime into the bus.
-    pub outbound: Vec<(usize, CoreMsg)>,
-    /// Clients with output not yet written, oldest first.
-    dirty: VecDeque<ClientId>,
+    /// What the core asks of the runtime: cross-core messages, wakes, flushes.
+    effects: Effects,
     scratch: FlushScratch,
     metrics: Arc<CoreMetrics>,
     /// Every timer of the core: client liveness and task deadlines.
@@ -155,8 +156,7 @@ impl CoreState {
             local: LocalTopics::default(),
             homes: HomeTopics::new(history, metrics.clone()),
             pending: Slab::new(),
-            outbound: Vec::new(),
-            dirty: VecDeque::new(),
+            effects: Effects::default(),
             scratch: FlushScratch::default(),
             metrics,
             wheel: TimerWheel::new(),
@@ -339,7 +339,44 @@ impl CoreState {
 
     fn send(&mut self, core: usize, msg: CoreMsg) {
         debug_assert_ne!(core, self.core(), "a core sends itself nothing: {msg:?}");
-        self.outbound.push((core, msg));
+        self.effects.send(core, msg);
+    }
+
+    // ---- effects ------------------------------------------------------------
+
+    /// Ready when an effect waits to be carried out; otherwise parks `cx` (the
+    /// runtime's one effects task) until the core queues one.
+    #[must_use]
+    pub fn poll_effects(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.effects.poll_ready(cx)
+    }
+
+    /// Carries out the queued effects, at tick `now`: hands every cross-core
+    /// message to `send` (in order), wakes the tasks queued to wake, and writes up
+    /// to `max` dirty clients with `write` (which must not block). True while
+    /// dirty clients remain: call again (after letting other tasks run).
+    pub fn run_effects(
+        &mut self,
+        now: u64,
+        max: usize,
+        mut send: impl FnMut(usize, CoreMsg),
+        write: impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>,
+    ) -> bool {
+        self.set_now(now);
+        for (to, msg) in self.effects.poll_transmit() {
+            send(to, msg);
+        }
+        let more = self.flush_dirty_upto(max, write);
+        // Wakes last: the flush may have found sockets full.
+        self.effects.wake_tasks();
+        more
+    }
+
+    /// Takes the queued cross-core messages, for a caller that moves them itself
+    /// (the tests' `pump`).
+    #[cfg(test)]
+    pub(crate) fn take_sends(&mut self) -> Vec<(usize, CoreMsg)> {
+        self.effects.poll_transmit().collect()
     }
 
     // ---- subscriptions ------------------------------------------------------
@@ -652,7 +689,7 @@ impl CoreState {
         let Self {
             local,
             clients,
-            dirty,
+            effects,
             metrics,
             limits,
             ..
@@ -674,13 +711,15 @@ impl CoreState {
             }
             delivered += 1;
             if client.queued_bytes() > limits.max_outbox_bytes {
-                cut_slow(client, metrics);
+                cut_slow(client, metrics, effects);
             }
             if !client.dirty {
                 client.dirty = true;
-                dirty.push_back(id);
+                effects.dirty.push_back(id);
             }
         }
+        // One wake of the effects task for the whole fan-out.
+        effects.due();
         metrics.delivered.add(delivered);
     }
 
@@ -688,7 +727,7 @@ impl CoreState {
         let max = self.limits.max_outbox_bytes;
         if let Some(client) = self.clients.get_mut(id) {
             if client.queued_bytes() > max {
-                cut_slow(client, &self.metrics);
+                cut_slow(client, &self.metrics, &mut self.effects);
             }
         }
     }
@@ -715,7 +754,7 @@ impl CoreState {
                 if let Some(p) = self.pending.get_mut(slot as usize) {
                     p.result = Some(result);
                     if let Some(w) = p.waker.take() {
-                        w.wake();
+                        self.effects.wake(w);
                     }
                 }
             }
@@ -781,7 +820,7 @@ impl CoreState {
         if let Some(client) = self.clients.get_mut(id) {
             if !client.dirty {
                 client.dirty = true;
-                self.dirty.push_back(id);
+                self.effects.mark_dirty(id);
             }
         }
     }
@@ -801,7 +840,7 @@ impl CoreState {
         mut write: impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>,
     ) -> bool {
         for _ in 0..max {
-            let Some(id) = self.dirty.pop_front() else {
+            let Some(id) = self.effects.dirty.pop_front() else {
                 break;
             };
             if let Some(client) = self.clients.get_mut(id) {
@@ -810,13 +849,19 @@ impl CoreState {
                     continue;
                 }
                 if client.write == WriteState::Ready {
-                    flush_one(client, self.now, &mut self.scratch, &mut write);
+                    flush_one(
+                        client,
+                        self.now,
+                        &mut self.scratch,
+                        &mut self.effects,
+                        &mut write,
+                    );
                 } else {
-                    client.wake();
+                    wake(client, &mut self.effects);
                 }
             }
         }
-        !self.dirty.is_empty()
+        !self.effects.dirty.is_empty()
     }
 
     /// Flushes one client after its socket became writable.
@@ -830,7 +875,13 @@ impl CoreState {
                 client.write = WriteState::Ready;
             }
             if client.write == WriteState::Ready && !client.gated {
-                flush_one(client, self.now, &mut self.scratch, &mut write);
+                flush_one(
+                    client,
+                    self.now,
+                    &mut self.scratch,
+                    &mut self.effects,
+                    &mut write,
+                );
             }
         }
     }
@@ -935,7 +986,7 @@ impl CoreState {
     pub fn close(&mut self, id: ClientId, reason: CloseReason) {
         if let Some(client) = self.clients.get_mut(id) {
             client.write = WriteState::Closing(reason);
-            client.wake();
+            wake(client, &mut self.effects);
         }
     }
 }
@@ -1027,8 +1078,15 @@ fn queue_gap(client: &mut Client, topic: &str, gap: Gap, ids: IdScheme) {
     client.outbox.push(&out);
 }
 
+/// Queues the wake of a client's connection task, if it is parked.
+fn wake(client: &mut Client, effects: &mut Effects) {
+    if let Some(w) = client.waker.take() {
+        effects.wake(w);
+    }
+}
+
 /// Marks a client whose outbox passed the bound as a slow consumer to cut.
-fn cut_slow(client: &mut Client, metrics: &CoreMetrics) {
+fn cut_slow(client: &mut Client, metrics: &CoreMetrics, effects: &mut Effects) {
     if matches!(client.write, WriteState::Closing(_)) {
         return;
     }
@@ -1037,13 +1095,14 @@ fn cut_slow(client: &mut Client, metrics: &CoreMetrics) {
         Transport::Sse => metrics.slow_consumers_sse.inc(),
         Transport::Ws => metrics.slow_consumers_ws.inc(),
     }
-    client.wake();
+    wake(client, effects);
 }
 
 fn flush_one(
     client: &mut Client,
     now: u64,
     scratch: &mut FlushScratch,
+    effects: &mut Effects,
     write: &mut impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>,
 ) {
     let fd = client.fd;
@@ -1070,11 +1129,11 @@ fn flush_one(
         Flush::Drained => {}
         Flush::Blocked => {
             client.write = WriteState::Blocked;
-            client.wake();
+            wake(client, effects);
         }
         Flush::Failed => {
             client.write = WriteState::Closing(CloseReason::PeerGone);
-            client.wake();
+            wake(client, effects);
         }
     }
 }

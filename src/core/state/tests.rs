@@ -45,7 +45,7 @@ fn pump(cores: &mut [CoreState]) {
     loop {
         let mut moved = false;
         for i in 0..cores.len() {
-            let out = std::mem::take(&mut cores[i].outbound);
+            let out = cores[i].take_sends();
             for (to, msg) in out {
                 moved = true;
                 cores[to].handle(msg);
@@ -381,6 +381,9 @@ fn an_earlier_deadline_for_an_existing_entry_wakes_the_tick_task() {
     let waker = Waker::from(count.clone());
     cs[0].park_ticks(&mut Context::from_waker(&waker));
     cs[0].set_expiry(c, 200);
+    // The wake is one of the core's effects.
+    assert_eq!(count.0.load(Ordering::SeqCst), 0, "queued, not done");
+    cs[0].effects.wake_tasks();
     assert_eq!(
         count.0.load(Ordering::SeqCst),
         1,
@@ -412,7 +415,7 @@ impl BrokerNode {
     /// Handles the core's messages to itself; keeps those to the bridge.
     fn pump(&mut self) {
         loop {
-            let out = std::mem::take(&mut self.core.outbound);
+            let out = self.core.take_sends();
             if out.is_empty() {
                 return;
             }
@@ -692,4 +695,48 @@ fn a_storm_of_resumes_from_one_position_shares_one_encoding_of_each_message() {
         frames.windows(2).all(|w| w[0] == w[1]),
         "one copy per message"
     );
+}
+
+#[test]
+fn every_effect_waits_in_the_queue_and_wakes_the_runner_once_per_turn() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Wake, Waker};
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let mut cs = cores(2);
+    let topic = topic_homed_at(1, 2);
+    let runner = Arc::new(Count(AtomicUsize::new(0)));
+    let waker = Waker::from(runner.clone());
+    let mut cx = Context::from_waker(&waker);
+    assert!(
+        cs[0].poll_effects(&mut cx).is_pending(),
+        "nothing queued yet"
+    );
+    // A subscribe (a message for the home core, a client to write) and a
+    // publish (another message): one wake of the runner for all of it.
+    let a = cs[0].register(Transport::Sse, 10);
+    cs[0].subscribe(a, &topic, Since::Live).unwrap();
+    cs[0].publish(&topic, None, b"1".to_vec());
+    assert_eq!(runner.0.load(Ordering::SeqCst), 1);
+    assert!(cs[0].poll_effects(&mut cx).is_ready());
+    // Carried out at one point: the messages leave in order, nothing is left.
+    let mut sent = Vec::new();
+    let mut socks = Sockets::default();
+    let more = cs[0].run_effects(
+        0,
+        usize::MAX,
+        |to, msg| sent.push((to, msg)),
+        |fd, iov: &[IoSlice<'_>]| socks.write(fd, iov),
+    );
+    assert!(!more);
+    assert!(matches!(
+        sent.as_slice(),
+        [(1, CoreMsg::Subscribe { .. }), (1, CoreMsg::Publish { .. })]
+    ));
+    assert!(cs[0].poll_effects(&mut cx).is_pending(), "all carried out");
+    assert_eq!(runner.0.load(Ordering::SeqCst), 1);
 }

@@ -158,7 +158,7 @@ impl CoreState {
     fn kick_ticks(&mut self, deadline: u64) {
         if deadline < self.tick_target {
             if let Some(w) = self.tick_waker.take() {
-                w.wake();
+                self.effects.wake(w);
             }
         }
     }
@@ -182,7 +182,7 @@ impl CoreState {
         while let Some((_, target)) = self.wheel.poll_expired(self.now) {
             fired += 1;
             match target {
-                TimerTarget::Wake(w) => w.wake(),
+                TimerTarget::Wake(w) => self.effects.wake(w),
                 TimerTarget::Client(id) => self.on_client_timer(id),
                 TimerTarget::HistoryTtl => {
                     self.history_timer = None;
