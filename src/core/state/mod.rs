@@ -18,7 +18,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use slab::Slab;
 
-use super::client::{Client, CloseReason, PendingAck, Subscription, Transport, WriteState};
+use super::client::{Client, CloseReason, PendingAck, Subscription, Transition, Transport};
 use super::effects::Effects;
 use super::encodings::{FrameKind, LazyFrames};
 use super::frame::Frame;
@@ -598,9 +598,8 @@ impl CoreState {
         let client = &mut *client;
         client.subs[index].seq = client.subs[index].seq.max(head);
         client.subs[index].pending = false;
-        if client.open_when_ready && client.subs.iter().all(|s| !s.pending) {
-            client.open_when_ready = false;
-            client.gated = false;
+        if client.subs.iter().all(|s| !s.pending) {
+            client.step(Transition::Confirmed);
         }
         if client.transport == Transport::Sse
             && client.fresh
@@ -845,10 +844,11 @@ impl CoreState {
             };
             if let Some(client) = self.clients.get_mut(id) {
                 client.dirty = false;
-                if client.gated {
+                let life = client.lifecycle();
+                if life.held() {
                     continue;
                 }
-                if client.write == WriteState::Ready {
+                if life.may_write() {
                     flush_one(
                         client,
                         self.now,
@@ -871,10 +871,8 @@ impl CoreState {
         mut write: impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>,
     ) {
         if let Some(client) = self.clients.get_mut(id) {
-            if client.write == WriteState::Blocked {
-                client.write = WriteState::Ready;
-            }
-            if client.write == WriteState::Ready && !client.gated {
+            client.step(Transition::Writable);
+            if client.lifecycle().may_write() {
                 flush_one(
                     client,
                     self.now,
@@ -892,20 +890,21 @@ impl CoreState {
         let Some(client) = self.clients.get_mut(id) else {
             return Poll::Ready(ClientTask::Close(CloseReason::PeerGone));
         };
-        match client.write {
-            WriteState::Closing(reason) => Poll::Ready(ClientTask::Close(reason)),
-            WriteState::Blocked => Poll::Ready(ClientTask::AwaitWritable),
-            WriteState::Ready => {
-                client.waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
+        let life = client.lifecycle();
+        if let Some(reason) = life.closing() {
+            return Poll::Ready(ClientTask::Close(reason));
         }
+        if life.blocked() {
+            return Poll::Ready(ClientTask::AwaitWritable);
+        }
+        client.waker = Some(cx.waker().clone());
+        Poll::Pending
     }
 
     /// Holds everything queued to a new client until [`CoreState::open_when_ready`].
     fn hold(&mut self, id: ClientId) {
         if let Some(c) = self.clients.get_mut(id) {
-            c.gated = true;
+            c.step(Transition::Hold);
         }
     }
 
@@ -915,10 +914,8 @@ impl CoreState {
         let Some(c) = self.clients.get_mut(id) else {
             return;
         };
-        if c.subs.iter().any(|s| s.pending) {
-            c.open_when_ready = true;
-        } else {
-            c.gated = false;
+        let confirmed = c.subs.iter().all(|s| !s.pending);
+        if c.step(Transition::Admitted { confirmed }) && confirmed {
             self.mark_dirty(id);
         }
     }
@@ -928,17 +925,11 @@ impl CoreState {
     /// write its last frames. Returns the reason, or `None` when not closing.
     pub fn begin_close(&mut self, id: ClientId) -> Option<CloseReason> {
         let client = self.clients.get_mut(id)?;
-        let WriteState::Closing(reason) = client.write else {
-            return None;
-        };
+        let reason = client.lifecycle().closing()?;
         let replayed = client.replay.take().map_or(0, |r| r.len());
         let dropped = client.outbox.drop_unsent() + replayed;
         self.metrics.dropped.add(dropped as u64);
-        client.muted = true;
-        client.write = WriteState::Ready;
-        // The head (kept) and the last frames go out now, confirmed or not.
-        client.gated = false;
-        client.open_when_ready = false;
+        client.step(Transition::BeginClose);
         Some(reason)
     }
 
@@ -953,7 +944,7 @@ impl CoreState {
     /// Stops queueing messages to a client whose connection is closing.
     pub fn mute(&mut self, id: ClientId) {
         if let Some(client) = self.clients.get_mut(id) {
-            client.muted = true;
+            client.step(Transition::Mute);
         }
     }
 
@@ -968,9 +959,9 @@ impl CoreState {
         let Some(client) = self.clients.get_mut(id) else {
             return Poll::Ready(CloseReason::PeerGone);
         };
-        match client.write {
-            WriteState::Closing(reason) => Poll::Ready(reason),
-            _ => {
+        match client.lifecycle().closing() {
+            Some(reason) => Poll::Ready(reason),
+            None => {
                 client.waker = Some(cx.waker().clone());
                 Poll::Pending
             }
@@ -985,7 +976,7 @@ impl CoreState {
     /// Asks the connection task of `id` to close the connection.
     pub fn close(&mut self, id: ClientId, reason: CloseReason) {
         if let Some(client) = self.clients.get_mut(id) {
-            client.write = WriteState::Closing(reason);
+            client.step(Transition::Close(reason));
             wake(client, &mut self.effects);
         }
     }
@@ -1087,10 +1078,9 @@ fn wake(client: &mut Client, effects: &mut Effects) {
 
 /// Marks a client whose outbox passed the bound as a slow consumer to cut.
 fn cut_slow(client: &mut Client, metrics: &CoreMetrics, effects: &mut Effects) {
-    if matches!(client.write, WriteState::Closing(_)) {
+    if !client.step(Transition::CutSlow) {
         return;
     }
-    client.write = WriteState::Closing(CloseReason::SlowConsumer);
     match client.transport {
         Transport::Sse => metrics.slow_consumers_sse.inc(),
         Transport::Ws => metrics.slow_consumers_ws.inc(),
@@ -1128,11 +1118,11 @@ fn flush_one(
     match flushed {
         Flush::Drained => {}
         Flush::Blocked => {
-            client.write = WriteState::Blocked;
+            client.step(Transition::SocketFull);
             wake(client, effects);
         }
         Flush::Failed => {
-            client.write = WriteState::Closing(CloseReason::PeerGone);
+            client.step(Transition::Close(CloseReason::PeerGone));
             wake(client, effects);
         }
     }

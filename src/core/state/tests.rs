@@ -8,6 +8,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use super::*;
+use crate::core::client::Lifecycle;
 use crate::core::homes::HistoryLimits;
 use crate::core::msg::StreamEntry;
 use crate::core::topics::home_of;
@@ -256,8 +257,8 @@ fn a_client_past_its_outbox_bound_is_cut_and_the_others_are_not() {
         });
     }
     assert_eq!(
-        cs[0].client(slow).unwrap().write,
-        WriteState::Closing(CloseReason::SlowConsumer)
+        cs[0].client(slow).unwrap().lifecycle(),
+        Lifecycle::Closing(CloseReason::SlowConsumer)
     );
     assert_eq!(socks.data(11).len(), 50);
     assert_eq!(cs[0].metrics().slow_consumers_sse.get(), 1);
@@ -277,13 +278,19 @@ fn heartbeats_fill_silences_and_silent_websockets_are_closed() {
         Some(&[0x89u8, 0x00][..])
     );
     cs[0].advance_timers(3499);
-    assert_eq!(cs[0].client(ws).unwrap().write, WriteState::Ready);
+    assert_eq!(
+        cs[0].client(ws).unwrap().lifecycle(),
+        Lifecycle::Open { blocked: false }
+    );
     cs[0].advance_timers(3500);
     assert_eq!(
-        cs[0].client(ws).unwrap().write,
-        WriteState::Closing(CloseReason::IdleTimeout)
+        cs[0].client(ws).unwrap().lifecycle(),
+        Lifecycle::Closing(CloseReason::IdleTimeout)
     );
-    assert_eq!(cs[0].client(sse).unwrap().write, WriteState::Ready);
+    assert_eq!(
+        cs[0].client(sse).unwrap().lifecycle(),
+        Lifecycle::Open { blocked: false }
+    );
     cs[0].remove(sse, CloseReason::PeerGone);
     cs[0].remove(ws, CloseReason::IdleTimeout);
     assert_eq!(cs[0].timer_entries(), 0);
@@ -317,10 +324,13 @@ fn a_websocket_that_only_listens_on_a_busy_topic_is_pinged_and_stays_while_it_an
     // asked again 15 s after its answer, and stays.
     assert_eq!(pings(&socks, 11), 1);
     assert_eq!(pings(&socks, 10), 2);
-    assert_eq!(cs[0].client(answers).unwrap().write, WriteState::Ready);
     assert_eq!(
-        cs[0].client(silent).unwrap().write,
-        WriteState::Closing(CloseReason::IdleTimeout)
+        cs[0].client(answers).unwrap().lifecycle(),
+        Lifecycle::Open { blocked: false }
+    );
+    assert_eq!(
+        cs[0].client(silent).unwrap().lifecycle(),
+        Lifecycle::Closing(CloseReason::IdleTimeout)
     );
 }
 
@@ -391,8 +401,8 @@ fn an_earlier_deadline_for_an_existing_entry_wakes_the_tick_task() {
     );
     cs[0].advance_timers(200);
     assert_eq!(
-        cs[0].client(c).unwrap().write,
-        WriteState::Closing(CloseReason::TokenExpired)
+        cs[0].client(c).unwrap().lifecycle(),
+        Lifecycle::Closing(CloseReason::TokenExpired)
     );
 }
 
@@ -618,7 +628,7 @@ fn a_resume_longer_than_the_outbox_bound_is_paced_by_the_socket_not_cut() {
         cs[0].flush_client(c, write_some(&mut socks, &mut room));
         cs[0].flush_dirty(write_some(&mut socks, &mut room));
         assert!(
-            !matches!(cs[0].client(c).unwrap().write, WriteState::Closing(_)),
+            !matches!(cs[0].client(c).unwrap().lifecycle(), Lifecycle::Closing(_)),
             "cut at turn {turn}"
         );
         assert!(cs[0].client(c).unwrap().outbox.bytes() <= 2 * REPLAY_SLICE);
@@ -650,15 +660,15 @@ fn a_client_that_stops_reading_during_a_resume_is_cut_for_live_traffic() {
     cs[0].flush_dirty(write_some(&mut socks, &mut none));
     // The backlog waits without counting; live messages count.
     assert!(!matches!(
-        cs[0].client(c).unwrap().write,
-        WriteState::Closing(_)
+        cs[0].client(c).unwrap().lifecycle(),
+        Lifecycle::Closing(_)
     ));
     for _ in 0..20 {
         publish(&mut cs, 0, "t", &format!("\"{}\"", "y".repeat(400)));
     }
     assert_eq!(
-        cs[0].client(c).unwrap().write,
-        WriteState::Closing(CloseReason::SlowConsumer)
+        cs[0].client(c).unwrap().lifecycle(),
+        Lifecycle::Closing(CloseReason::SlowConsumer)
     );
     // The cut keeps the unwritten head and drops the rest, replay included.
     assert!(cs[0].begin_close(c).is_some());

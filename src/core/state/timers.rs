@@ -14,7 +14,7 @@
 use std::task::{Context, Poll, Waker};
 
 use super::CoreState;
-use crate::core::client::{CloseReason, Transport, WriteState};
+use crate::core::client::{CloseReason, Transport};
 use crate::core::frame::Frame;
 use crate::core::registry::ClientId;
 use crate::core::wheel::TimerHandle;
@@ -205,7 +205,7 @@ impl CoreState {
             return;
         };
         c.timer = None;
-        if matches!(c.write, WriteState::Closing(_)) {
+        if c.lifecycle().closing().is_some() {
             return;
         }
         c.outbox.release_room();
@@ -221,7 +221,7 @@ impl CoreState {
         // A WebSocket peer silent for a heartbeat interval is asked for a pong,
         // once, even while messages flow to it (see the module doc).
         let probe = c.transport == Transport::Ws && !c.probed && now >= c.last_read + hb;
-        if (now >= c.last_write + hb || probe) && !c.muted {
+        if (now >= c.last_write + hb || probe) && c.takes_messages() {
             let beat = match c.transport {
                 Transport::Sse => &self.heartbeats.sse,
                 Transport::Ws => &self.heartbeats.ws,
