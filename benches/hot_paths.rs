@@ -21,6 +21,7 @@ use ringcast::proto::http::{parse_request, HeadLimits};
 use ringcast::proto::json::JsonScratch;
 use ringcast::proto::publish::parse_command;
 use ringcast::proto::ws::{encode_frame, text_frame, Decoder, OpCode};
+use ringcast::time::Tick;
 
 const HEAD: &[u8] = b"GET /sse?topic=news&topic=chat.room-1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\
 User-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\nAccept: text/event-stream\r\n\
@@ -140,8 +141,8 @@ fn subscribed_core(transport: Transport) -> CoreState {
     let limits = Limits {
         max_outbox_bytes: 1 << 30,
         max_topics_per_client: 64,
-        heartbeat_ticks: 1500,
-        idle_ticks: 3500,
+        heartbeat: Tick::new(1500),
+        idle: Tick::new(3500),
     };
     let mut core = CoreState::new(
         0,
@@ -154,7 +155,7 @@ fn subscribed_core(transport: Transport) -> CoreState {
             len: 1000,
             bytes: 8 << 20,
             memory: 256 << 20,
-            ttl: 360_000,
+            ttl: Tick::new(360_000),
         },
         Arc::new(CoreMetrics::default()),
     );

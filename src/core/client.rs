@@ -8,6 +8,7 @@ use super::outbox::{Outbox, StreamCursor};
 use super::replay::Replay;
 use super::topics::TopicKey;
 use super::wheel::TimerHandle;
+use crate::time::Tick;
 
 /// How the client receives messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,17 +219,17 @@ pub struct Client {
     pub dirty: bool,
     /// The connection task, parked until the core has something for it to do.
     pub waker: Option<Waker>,
-    /// Tick of the last byte written to the socket (heartbeats fill silences).
-    pub last_write: u64,
-    /// Tick of the last byte read from the peer (WebSocket liveness).
-    pub last_read: u64,
+    /// When the last byte was written to the socket (heartbeats fill silences).
+    pub last_write: Tick,
+    /// When the last byte was read from the peer (WebSocket liveness).
+    pub last_read: Tick,
     /// A WebSocket ping went out because the peer was silent for a heartbeat
     /// interval, and nothing was read since: no second one until it answers.
     pub probed: bool,
     /// The client's one timer-wheel entry, due at its earliest deadline.
     pub timer: Option<TimerHandle>,
-    /// Tick at which the client's access token expires.
-    pub expires_at: Option<u64>,
+    /// When the client's access token expires.
+    pub expires_at: Option<Tick>,
     /// Acknowledgements waiting for their subscriptions to be confirmed.
     pub acks: Vec<PendingAck>,
     /// What the client's resumes still have to send, moved into the outbox as
@@ -251,8 +252,8 @@ impl Client {
             fresh: true,
             dirty: false,
             waker: None,
-            last_write: 0,
-            last_read: 0,
+            last_write: Tick::ZERO,
+            last_read: Tick::ZERO,
             probed: false,
             timer: None,
             expires_at: None,

@@ -17,6 +17,7 @@ use crate::core::registry::ClientId;
 use crate::debug;
 use crate::netio;
 use crate::proto::access::Refusal;
+use crate::time::Tick;
 
 /// Why a stream request was not admitted.
 pub enum StreamRefused {
@@ -138,14 +139,14 @@ pub async fn await_writable(
     }
 }
 
-/// The wheel tick at which a token expiring at `exp` (Unix seconds) is due.
-pub fn expiry_tick(w: &Worker, exp: u64) -> u64 {
+/// The tick at which a token expiring at `exp` (Unix seconds) is due.
+pub fn expiry_tick(w: &Worker, exp: u64) -> Tick {
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp);
     let left = at
         .duration_since(std::time::SystemTime::now())
         .unwrap_or_default();
     // Rounded up from the worker's origin as a whole, never early.
-    super::timer::ticks(w.started.elapsed() + left)
+    Tick::deadline(w.started.elapsed() + left)
 }
 
 /// Bounds how long written data may stay unacknowledged (`TCP_USER_TIMEOUT`, the

@@ -31,6 +31,7 @@ use crate::netio;
 use crate::proto::access::AccessPolicy;
 use crate::proto::cursor::{Epoch, IdScheme};
 use crate::proto::json::JsonScratch;
+use crate::time::Tick;
 use crate::{debug, info, warn};
 
 /// Bus messages handled per batch before other tasks get a turn.
@@ -192,14 +193,10 @@ impl Worker {
         }
     }
 
-    /// The current tick of the core's timer wheel.
-    pub fn now_tick(&self) -> u64 {
-        crate::core::wheel::now_to_tick(self.started.elapsed(), crate::core::wheel::DEFAULT_TICK)
-    }
-
-    /// Milliseconds since the worker started: the tick of sans-IO state machines.
-    pub fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+    /// The core's clock: ticks since the worker started, the one time base of
+    /// the core and of the sans-IO state machines.
+    pub fn now_tick(&self) -> Tick {
+        Tick::now(self.started.elapsed())
     }
 
     pub fn metrics(&self) -> &CoreMetrics {

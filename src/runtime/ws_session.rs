@@ -37,9 +37,10 @@ use crate::proto::ws::{
     check_handshake, encode_frame, text_frame, write_101, Connection, Event, HandshakeRequest,
     OpCode,
 };
+use crate::time::Tick;
 
-/// How long we wait for the peer's Close after sending ours (milliseconds).
-pub const CLOSE_TIMEOUT_MS: u64 = 5_000;
+/// How long we wait for the peer's Close after sending ours.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An admitted WebSocket: its handshake answer and what it may do.
 pub enum AdmittedWs {
@@ -200,7 +201,7 @@ async fn run(
     grants: Option<&Grants>,
     leftover: &[u8],
 ) -> CloseReason {
-    let mut conn = Connection::new(w.cfg.max_message_bytes, CLOSE_TIMEOUT_MS);
+    let mut conn = Connection::new(w.cfg.max_message_bytes, Tick::span(CLOSE_TIMEOUT));
     let mut reason = CloseReason::PeerGone;
     if !leftover.is_empty() {
         Box::pin(feed(w, &mut conn, id, grants, leftover)).await;
@@ -222,8 +223,7 @@ async fn run(
             None => wait.await,
             Some(at) => {
                 // Boxed: only a closing connection has a deadline.
-                let left = at.saturating_sub(w.now_ms());
-                Box::pin(timer::timeout(w, Duration::from_millis(left), wait))
+                Box::pin(timer::timeout_at(w, at, wait))
                     .await
                     .unwrap_or(Wake::Deadline)
             }
@@ -240,13 +240,10 @@ async fn run(
                 let wait = Box::pin(await_writable(w, stream, id));
                 let outcome = match conn.poll_timeout() {
                     // Closing: a peer that does not read gets until the close deadline.
-                    Some(at) => {
-                        let left = Duration::from_millis(at.saturating_sub(w.now_ms()));
-                        match Box::pin(timer::timeout(w, left, wait)).await {
-                            Ok(outcome) => outcome,
-                            Err(_) => return reason,
-                        }
-                    }
+                    Some(at) => match Box::pin(timer::timeout_at(w, at, wait)).await {
+                        Ok(outcome) => outcome,
+                        Err(_) => return reason,
+                    },
                     None => wait.await,
                 };
                 // Any other close request is taken by the next turn of the loop.
@@ -267,7 +264,7 @@ async fn run(
                         CloseReason::IdleTimeout => (code::GOING_AWAY, "idle timeout"),
                         _ => (code::GOING_AWAY, "server shutting down"),
                     };
-                    conn.close(w.now_ms(), code, text);
+                    conn.close(w.now_tick(), code, text);
                     transmit(w, &mut conn, id);
                     match why {
                         // The peer was judged gone: do not wait for its Close.
@@ -282,11 +279,9 @@ async fn run(
                 }
             }
             Wake::Deadline => {
-                // The timer fired for `deadline`: the wheel's 10 ms ticks and this
-                // millisecond clock round differently, and waiting again for the
-                // last millisecond would arm a zero timeout. The deadline is reached.
-                let at = deadline.unwrap_or(0);
-                conn.handle_timeout(w.now_ms().max(at));
+                // The timer fired for `deadline`: the core's clock is there.
+                let at = deadline.unwrap_or(Tick::ZERO);
+                conn.handle_timeout(w.now_tick().max(at));
             }
         }
     }
@@ -338,7 +333,7 @@ async fn feed(
     mut bytes: &[u8],
 ) {
     while !bytes.is_empty() {
-        let (used, result) = conn.handle_bytes(w.now_ms(), bytes);
+        let (used, result) = conn.handle_bytes(w.now_tick(), bytes);
         bytes = &bytes[used..];
         let event = match result {
             Ok(Some(event)) => event,
@@ -371,11 +366,10 @@ fn transmit(w: &Rc<Worker>, conn: &mut Connection, id: ClientId) {
 
 /// Waits (bounded) until what is queued to the client is written.
 async fn drain_outbox(w: &Rc<Worker>, stream: &TcpStream, id: ClientId) {
-    let deadline = w.now_ms() + CLOSE_TIMEOUT_MS;
-    while w.state.borrow().queued(id) > 0 && w.now_ms() < deadline {
-        let left = Duration::from_millis(deadline.saturating_sub(w.now_ms()));
+    let deadline = w.now_tick() + Tick::span(CLOSE_TIMEOUT);
+    while w.state.borrow().queued(id) > 0 && w.now_tick() < deadline {
         if !matches!(
-            timer::timeout(w, left, stream.writable(false)).await,
+            timer::timeout_at(w, deadline, stream.writable(false)).await,
             Ok(Ok(()))
         ) {
             return;
@@ -458,14 +452,14 @@ async fn echo(w: &Rc<Worker>, stream: &TcpStream, fd: RawFd, hello: &[u8], lefto
     if netio::write_all(stream, fd, hello).await.is_err() {
         return;
     }
-    let mut conn = Connection::new(w.cfg.max_message_bytes, CLOSE_TIMEOUT_MS);
+    let mut conn = Connection::new(w.cfg.max_message_bytes, Tick::span(CLOSE_TIMEOUT));
     let mut input = leftover;
     let mut out = Vec::new();
     let mut write_shut = false;
     loop {
         let mut pos = 0;
         while pos < input.len() {
-            let (used, result) = conn.handle_bytes(w.now_ms(), &input[pos..]);
+            let (used, result) = conn.handle_bytes(w.now_tick(), &input[pos..]);
             pos += used;
             match result {
                 Ok(Some(Event::Text(t))) if conn.can_send_data() => {
@@ -500,12 +494,11 @@ async fn echo(w: &Rc<Worker>, stream: &TcpStream, fd: RawFd, hello: &[u8], lefto
         let read = match conn.poll_timeout() {
             None => read.await,
             Some(at) => {
-                let left = Duration::from_millis(at.saturating_sub(w.now_ms()));
-                match timer::timeout(w, left, read).await {
+                match timer::timeout_at(w, at, read).await {
                     Ok(r) => r,
                     Err(_) => {
                         // Fired for `at`: see `Wake::Deadline` in `run`.
-                        conn.handle_timeout(w.now_ms().max(at));
+                        conn.handle_timeout(w.now_tick().max(at));
                         continue;
                     }
                 }

@@ -35,6 +35,7 @@ use crate::proto::envelope::{self, GAP_EVENT};
 use crate::proto::publish::PublishError;
 use crate::proto::sse;
 use crate::proto::ws::frame as ws_frame;
+use crate::time::Tick;
 
 mod home;
 #[cfg(test)]
@@ -46,15 +47,15 @@ pub use timers::TimerTarget;
 
 use super::wheel::TimerWheel;
 
-/// Limits and timers the core enforces per client. Durations are in wheel ticks.
+/// Limits and timers the core enforces per client.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_outbox_bytes: usize,
     pub max_topics_per_client: usize,
     /// A stream idle this long gets a heartbeat (SSE comment, WS ping).
-    pub heartbeat_ticks: u64,
-    /// A WebSocket client silent this long is closed.
-    pub idle_ticks: u64,
+    pub heartbeat: Tick,
+    /// A WebSocket client silent this long is closed; zero: never.
+    pub idle: Tick,
 }
 
 /// Why a subscribe was refused. The client is at fault.
@@ -72,8 +73,8 @@ pub struct Admission<'a> {
     pub fd: RawFd,
     /// The response head (`200`, `101`).
     pub head: &'a [u8],
-    /// Tick at which the client's access token expires.
-    pub expires_at: Option<u64>,
+    /// When the client's access token expires.
+    pub expires_at: Option<Tick>,
     /// The stream's topics, validated and within `--max-topics-per-client`.
     pub topics: &'a [String],
     /// Where each topic starts (a resume, or live).
@@ -121,10 +122,10 @@ pub struct CoreState {
     wheel: TimerWheel<TimerTarget>,
     heartbeats: Heartbeats,
     /// The current tick, as last told by the runtime.
-    now: u64,
+    now: Tick,
     /// The tick task, and the tick it sleeps until.
     tick_waker: Option<Waker>,
-    tick_target: u64,
+    tick_target: Tick,
     /// Counter of subscribe requests (see [`Subscription::req`]).
     next_req: u32,
     /// Topics are shared through a broker: positions come from its streams.
@@ -161,9 +162,9 @@ impl CoreState {
             metrics,
             wheel: TimerWheel::new(),
             heartbeats: Heartbeats::new(),
-            now: 0,
+            now: Tick::ZERO,
             tick_waker: None,
-            tick_target: u64::MAX,
+            tick_target: Tick::MAX,
             next_req: 0,
             broker: false,
             history_timer: None,
@@ -357,7 +358,7 @@ impl CoreState {
     /// dirty clients remain: call again (after letting other tasks run).
     pub fn run_effects(
         &mut self,
-        now: u64,
+        now: Tick,
         max: usize,
         mut send: impl FnMut(usize, CoreMsg),
         write: impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>,
@@ -1090,7 +1091,7 @@ fn cut_slow(client: &mut Client, metrics: &CoreMetrics, effects: &mut Effects) {
 
 fn flush_one(
     client: &mut Client,
-    now: u64,
+    now: Tick,
     scratch: &mut FlushScratch,
     effects: &mut Effects,
     write: &mut impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>,

@@ -17,8 +17,8 @@ fn limits() -> Limits {
     Limits {
         max_outbox_bytes: 1 << 20,
         max_topics_per_client: 8,
-        heartbeat_ticks: 1500,
-        idle_ticks: 3500,
+        heartbeat: Tick::new(1500),
+        idle: Tick::new(3500),
     }
 }
 
@@ -270,19 +270,19 @@ fn heartbeats_fill_silences_and_silent_websockets_are_closed() {
     let sse = cs[0].register(Transport::Sse, 10);
     let ws = cs[0].register(Transport::Ws, 11);
     let mut socks = Sockets::default();
-    cs[0].advance_timers(1500);
+    cs[0].advance_timers(Tick::new(1500));
     socks.flush_all(&mut cs);
     assert_eq!(socks.text(10), ":\n\n");
     assert_eq!(
         socks.0.get(&11).map(Vec::as_slice),
         Some(&[0x89u8, 0x00][..])
     );
-    cs[0].advance_timers(3499);
+    cs[0].advance_timers(Tick::new(3499));
     assert_eq!(
         cs[0].client(ws).unwrap().lifecycle(),
         Lifecycle::Open { blocked: false }
     );
-    cs[0].advance_timers(3500);
+    cs[0].advance_timers(Tick::new(3500));
     assert_eq!(
         cs[0].client(ws).unwrap().lifecycle(),
         Lifecycle::Closing(CloseReason::IdleTimeout)
@@ -312,7 +312,7 @@ fn a_websocket_that_only_listens_on_a_busy_topic_is_pinged_and_stays_while_it_an
     // A message every second: the streams are never silent outbound.
     for second in 1..=40u64 {
         let now = second * 100;
-        cs[0].advance_timers(now);
+        cs[0].advance_timers(Tick::new(now));
         cs[0].publish("busy", None, b"1".to_vec());
         socks.flush_all(&mut cs);
         if pings(&socks, 10) > 0 && cs[0].client(answers).unwrap().probed {
@@ -390,7 +390,7 @@ fn an_earlier_deadline_for_an_existing_entry_wakes_the_tick_task() {
     let count = Arc::new(Count(AtomicUsize::new(0)));
     let waker = Waker::from(count.clone());
     cs[0].park_ticks(&mut Context::from_waker(&waker));
-    cs[0].set_expiry(c, 200);
+    cs[0].set_expiry(c, Tick::new(200));
     // The wake is one of the core's effects.
     assert_eq!(count.0.load(Ordering::SeqCst), 0, "queued, not done");
     cs[0].effects.wake_tasks();
@@ -399,7 +399,7 @@ fn an_earlier_deadline_for_an_existing_entry_wakes_the_tick_task() {
         1,
         "the tick task sleeps until the heartbeat otherwise"
     );
-    cs[0].advance_timers(200);
+    cs[0].advance_timers(Tick::new(200));
     assert_eq!(
         cs[0].client(c).unwrap().lifecycle(),
         Lifecycle::Closing(CloseReason::TokenExpired)
@@ -737,7 +737,7 @@ fn every_effect_waits_in_the_queue_and_wakes_the_runner_once_per_turn() {
     let mut sent = Vec::new();
     let mut socks = Sockets::default();
     let more = cs[0].run_effects(
-        0,
+        Tick::ZERO,
         usize::MAX,
         |to, msg| sent.push((to, msg)),
         |fd, iov: &[IoSlice<'_>]| socks.write(fd, iov),

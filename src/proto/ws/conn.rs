@@ -4,8 +4,8 @@ use super::close::code;
 use super::decoder::{ControlPayload, Decoded, Decoder, Event};
 use super::frame::{encode_close, encode_pong};
 
-/// Time in the caller's integer ticks; this module never reads a clock.
-pub type Tick = u64;
+/// Time in ticks of the server's one time base; this module never reads a clock.
+pub use crate::time::Tick;
 
 /// Lifecycle of the connection, as far as the WebSocket protocol is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +91,7 @@ impl Connection {
                         self.pending_pong = None;
                         self.pending_close = Some((e.close_code(), e.reason()));
                         self.state = State::Failed {
-                            deadline: now.saturating_add(self.close_timeout),
+                            deadline: now + self.close_timeout,
                         };
                     }
                     Ok(_) => {}
@@ -146,7 +146,7 @@ impl Connection {
             self.pending_pong = None;
             self.pending_close = Some((code, reason));
             self.state = State::CloseSent {
-                deadline: now.saturating_add(self.close_timeout),
+                deadline: now + self.close_timeout,
             };
         }
     }
