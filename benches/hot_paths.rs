@@ -12,7 +12,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use ringcast::core::client::Transport;
 use ringcast::core::homes::HistoryLimits;
 use ringcast::core::message::Message;
-use ringcast::core::msg::Since;
+use ringcast::core::bus_msg::Since;
 use ringcast::core::state::{CoreState, Limits};
 use ringcast::core::wheel::TimerWheel;
 use ringcast::metrics::CoreMetrics;

@@ -20,7 +20,7 @@
 use std::collections::VecDeque;
 use std::task::{Context, Poll, Waker};
 
-use super::msg::CoreMsg;
+use super::bus_msg::CoreMsg;
 use super::registry::ClientId;
 
 /// The effects queue of one core (see the module doc).

@@ -37,7 +37,7 @@ use slab::Slab;
 
 use super::history::{History, Resume};
 use super::message::{Message, AGE_ENTRY_BYTES};
-use super::msg::{Backlog, Since};
+use super::bus_msg::{Backlog, Since};
 use super::registry::ClientId;
 use crate::metrics::{CoreMetrics, EvictionReason};
 use crate::time::Tick;

@@ -1,5 +1,6 @@
 //! Per-core state, owned by one worker thread and never shared.
 
+pub mod bus_msg;
 pub mod client;
 pub mod effects;
 pub mod encodings;
@@ -7,7 +8,6 @@ pub mod frame;
 pub mod history;
 pub mod homes;
 pub mod message;
-pub mod msg;
 pub mod outbox;
 pub mod registry;
 pub mod replay;

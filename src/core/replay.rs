@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use super::encodings::{FrameKind, LazyFrames};
 use super::frame::Frame;
-use super::msg::Backlog;
+use super::bus_msg::Backlog;
 
 /// Bytes of backlog moved into an outbox at a time: enough for writes of many
 /// messages, little next to `--max-outbox-bytes`.

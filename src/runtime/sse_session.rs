@@ -22,7 +22,7 @@ use super::session::{
 };
 use super::worker::{OpenConn, Worker};
 use crate::core::client::{CloseReason, Transport};
-use crate::core::msg::Since;
+use crate::core::bus_msg::Since;
 use crate::core::registry::ClientId;
 use crate::core::state::{Admission, ClientTask};
 use crate::netio;

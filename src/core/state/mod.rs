@@ -24,7 +24,7 @@ use super::encodings::{FrameKind, LazyFrames};
 use super::frame::Frame;
 use super::homes::{HistoryLimits, HomeTopics};
 use super::message::Message;
-use super::msg::{Backlog, CoreMsg, Gap, ReplyTo, Since};
+use super::bus_msg::{Backlog, CoreMsg, Gap, ReplyTo, Since};
 use super::outbox::{Flush, FlushScratch, StreamCursor};
 use super::registry::{ClientId, Registry};
 use super::replay::{BacklogCache, Replay, REPLAY_SLICE, REPLAY_SLICE_ITEMS};

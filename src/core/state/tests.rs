@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::*;
 use crate::core::client::Lifecycle;
 use crate::core::homes::HistoryLimits;
-use crate::core::msg::StreamEntry;
+use crate::core::bus_msg::StreamEntry;
 use crate::core::topics::home_of;
 
 fn limits() -> Limits {
