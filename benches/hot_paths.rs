@@ -9,10 +9,10 @@ use std::io::IoSlice;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use ringcast::core::bus_msg::Since;
 use ringcast::core::client::Transport;
 use ringcast::core::homes::HistoryLimits;
 use ringcast::core::message::Message;
-use ringcast::core::bus_msg::Since;
 use ringcast::core::state::{CoreState, Limits};
 use ringcast::core::wheel::TimerWheel;
 use ringcast::metrics::CoreMetrics;

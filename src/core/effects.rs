@@ -71,7 +71,6 @@ impl Effects {
     }
 
     /// Ready when some effect is queued; otherwise parks `cx` until one is.
-    #[must_use]
     pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if !self.is_empty() {
             return Poll::Ready(());

@@ -35,9 +35,9 @@ use std::sync::Arc;
 
 use slab::Slab;
 
+use super::bus_msg::{Backlog, Since};
 use super::history::{History, Resume};
 use super::message::{Message, AGE_ENTRY_BYTES};
-use super::bus_msg::{Backlog, Since};
 use super::registry::ClientId;
 use crate::metrics::{CoreMetrics, EvictionReason};
 use crate::time::Tick;

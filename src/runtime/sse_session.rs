@@ -21,8 +21,8 @@ use super::session::{
     await_writable, bound_unacked_writes, expiry_tick, linger, ClientGuard, StreamRefused, LINGER,
 };
 use super::worker::{OpenConn, Worker};
-use crate::core::client::{CloseReason, Transport};
 use crate::core::bus_msg::Since;
+use crate::core::client::{CloseReason, Transport};
 use crate::core::registry::ClientId;
 use crate::core::state::{Admission, ClientTask};
 use crate::netio;

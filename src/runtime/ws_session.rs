@@ -22,8 +22,8 @@ use super::session::{
 };
 use super::timer;
 use super::worker::{OpenConn, Worker};
-use crate::core::client::{CloseReason, Transport};
 use crate::core::bus_msg::Since;
+use crate::core::client::{CloseReason, Transport};
 use crate::core::registry::ClientId;
 use crate::core::state::{Admission, ClientTask};
 use crate::netio;

@@ -18,13 +18,13 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use slab::Slab;
 
+use super::bus_msg::{Backlog, CoreMsg, Gap, ReplyTo, Since};
 use super::client::{Client, CloseReason, PendingAck, Subscription, Transition, Transport};
 use super::effects::Effects;
 use super::encodings::{FrameKind, LazyFrames};
 use super::frame::Frame;
 use super::homes::{HistoryLimits, HomeTopics};
 use super::message::Message;
-use super::bus_msg::{Backlog, CoreMsg, Gap, ReplyTo, Since};
 use super::outbox::{Flush, FlushScratch, StreamCursor};
 use super::registry::{ClientId, Registry};
 use super::replay::{BacklogCache, Replay, REPLAY_SLICE, REPLAY_SLICE_ITEMS};
@@ -347,7 +347,6 @@ impl CoreState {
 
     /// Ready when an effect waits to be carried out; otherwise parks `cx` (the
     /// runtime's one effects task) until the core queues one.
-    #[must_use]
     pub fn poll_effects(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         self.effects.poll_ready(cx)
     }
@@ -701,14 +700,19 @@ impl CoreState {
                 debug_assert!(false, "topic {key:#x} lists a removed client {id:?}");
                 continue;
             };
-            let index = usize::from(index);
-            match client.subs.get(index) {
-                Some(sub) if !sub.pending && sub.seq < msg.seq => {}
-                _ => continue,
-            }
-            if !queue_message(client, index, msg.seq, enc.get(msg, FrameKind::of(client))) {
+            // The client's one check, a compare of its state byte: a closing
+            // client takes nothing (the message counts as dropped at its removal).
+            if !client.takes_messages() {
                 continue;
             }
+            // The subscription's: confirmed, and not past this message already
+            // (its backlog brought it).
+            let index = usize::from(index);
+            match client.subs.get_mut(index) {
+                Some(sub) if !sub.pending && sub.seq < msg.seq => sub.seq = msg.seq,
+                _ => continue,
+            }
+            queue_message(client, index, msg.seq, enc.get(msg, FrameKind::of(client)));
             delivered += 1;
             if client.queued_bytes() > limits.max_outbox_bytes {
                 cut_slow(client, metrics, effects);
@@ -983,14 +987,11 @@ impl CoreState {
     }
 }
 
-/// Queues one message to a client's subscription `index`: to the outbox, or
-/// behind the backlog while the client replays one. False when the client is
-/// closing (the message then counts as dropped).
+/// Queues one message of a client's subscription `index` (the caller checked
+/// that the client takes it, and moved the subscription's position): to the
+/// outbox, or behind the backlog while the client replays one.
 #[inline]
-fn queue_message(client: &mut Client, index: usize, seq: u64, frame: &Frame) -> bool {
-    if !client.takes_messages() {
-        return false;
-    }
+fn queue_message(client: &mut Client, index: usize, seq: u64, frame: &Frame) {
     match client.replay.as_mut() {
         Some(replay) => queue_behind_replay(replay, index, seq, frame),
         None => {
@@ -1001,10 +1002,6 @@ fn queue_message(client: &mut Client, index: usize, seq: u64, frame: &Frame) -> 
         }
     }
     client.fresh = false;
-    if let Some(sub) = client.subs.get_mut(index) {
-        sub.seq = seq;
-    }
-    true
 }
 
 /// The rare case of [`queue_message`], kept out of the fan-out loop.

@@ -8,9 +8,9 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use super::*;
+use crate::core::bus_msg::StreamEntry;
 use crate::core::client::Lifecycle;
 use crate::core::homes::HistoryLimits;
-use crate::core::bus_msg::StreamEntry;
 use crate::core::topics::home_of;
 
 fn limits() -> Limits {
