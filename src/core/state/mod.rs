@@ -366,8 +366,11 @@ impl CoreState {
         for (to, msg) in self.effects.poll_transmit() {
             send(to, msg);
         }
+        // Wakes before the writes, which may take a while (a publish answered
+        // need not wait for a fan-out's flush), and after them: a write may
+        // have found a socket full.
+        self.effects.wake_tasks();
         let more = self.flush_dirty_upto(max, write);
-        // Wakes last: the flush may have found sockets full.
         self.effects.wake_tasks();
         more
     }
