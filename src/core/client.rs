@@ -87,17 +87,17 @@ pub struct PendingAck {
 /// messages, and whether its output may be written.
 ///
 /// ```text
-///              admit                 all confirmed
-///  (register) ───────▶ Held ──┬──────────────────────┐
-///      │                      │ some pending         ▼
-///      │                      └──▶ Confirming ──▶ Open { blocked } ◀─┐
-///      └─────────────────────────────────────────▶   │   socket full │
-///                                                     └───────────────┘
-///  any state ── close(reason) ──▶ Closing(reason) ── begin_close ──▶ Finishing
-///  Held, Confirming, Open ── mute (the connection closes) ──────────▶ Finishing
+/// admit ─▶ Held ─┬─ admitted, all confirmed ──────────────────────────▶ Open
+///                └─ admitted, some pending ─▶ Confirming ─ confirmed ─▶ Open
+/// Open { blocked: false } ◀─ writable ─ socket full ─▶ Open { blocked: true }
+/// any ─ close(reason) ─▶ Closing(reason) ─ begin_close ─▶ Finishing { blocked: false }
+/// Held, Confirming, Open { blocked } ─ mute ─▶ Finishing { blocked }
+/// Finishing { blocked: false } ◀─ writable ─ socket full ─▶ Finishing { blocked: true }
 /// ```
 ///
 /// - A client registered outside an admission (tests, benches) starts `Open`.
+/// - A mute releases a held client's output (its head, then its last frames)
+///   without waiting for confirmations: it takes no messages any more.
 /// - `close` also moves a `Finishing` client (the drain, a failed write), and a
 ///   later close replaces the reason of an earlier one; a slow-consumer cut
 ///   never replaces a close already asked for.
