@@ -5,17 +5,16 @@
 //! insert/cancel/advance, and the fan-out of one message to 10,000 outboxes on
 //! one core (queue and flush, with a socket that takes everything).
 
-use std::io::IoSlice;
 use std::sync::Arc;
 
+#[path = "common/fan_out.rs"]
+mod fan_out_core;
+
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use fan_out_core::{sink, subscribed_core, FAN_OUT_SUBS};
 use ringcast::core::client::Transport;
-use ringcast::core::homes::HistoryLimits;
 use ringcast::core::message::Message;
-use ringcast::core::msg::Since;
-use ringcast::core::state::{CoreState, Limits};
 use ringcast::core::wheel::TimerWheel;
-use ringcast::metrics::CoreMetrics;
 use ringcast::proto::cursor::{Epoch, IdScheme};
 use ringcast::proto::http::{parse_request, HeadLimits};
 use ringcast::proto::json::JsonScratch;
@@ -133,47 +132,6 @@ fn wheel(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
-}
-
-/// A core with 10,000 subscribers of one topic over `transport`.
-fn subscribed_core(transport: Transport) -> CoreState {
-    let limits = Limits {
-        max_outbox_bytes: 1 << 30,
-        max_topics_per_client: 64,
-        heartbeat_ticks: 1500,
-        idle_ticks: 3500,
-    };
-    let mut core = CoreState::new(
-        0,
-        1,
-        IdScheme::Local(Epoch::new(1)),
-        limits,
-        // The serve defaults: --history 1000, --history-bytes 8MiB,
-        // --history-memory 256MiB, --history-ttl 1h (10 ms ticks).
-        HistoryLimits {
-            len: 1000,
-            bytes: 8 << 20,
-            memory: 256 << 20,
-            ttl: 360_000,
-        },
-        Arc::new(CoreMetrics::default()),
-    );
-    for i in 0..FAN_OUT_SUBS {
-        let id = core.register(transport, 1000 + i as i32);
-        if transport == Transport::Sse {
-            core.set_stream_cursor(id, 1);
-        }
-        let _ = core.subscribe(id, "news", Since::Live);
-    }
-    core.flush_dirty(sink);
-    core
-}
-
-const FAN_OUT_SUBS: usize = 10_000;
-
-/// Every socket takes everything: the cost measured is the core's.
-fn sink(_fd: i32, iov: &[IoSlice<'_>]) -> std::io::Result<usize> {
-    Ok(iov.iter().map(|s| s.len()).sum())
 }
 
 fn fan_out(c: &mut Criterion) {

@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::core::homes::HistoryLimits;
 use crate::core::state::Limits;
 use crate::runtime::settings::{AuthSettings, BrokerSettings, Driver, Secret, Settings};
-use crate::runtime::timer::ticks;
+use crate::time::Tick;
 
 /// ringcast: a real-time push server (SSE and WebSocket topics).
 #[derive(Debug, Parser)]
@@ -236,14 +236,14 @@ impl ServeConfig {
             limits: Limits {
                 max_outbox_bytes: self.max_outbox_bytes,
                 max_topics_per_client: self.max_topics_per_client,
-                heartbeat_ticks: ticks(self.heartbeat).max(1),
-                idle_ticks: ticks(idle_timeout),
+                heartbeat: Tick::span(self.heartbeat).max(Tick::new(1)),
+                idle: Tick::span(idle_timeout),
             },
             history: HistoryLimits {
                 len: self.history,
                 bytes: self.history_bytes,
                 memory: self.history_memory / cores,
-                ttl: ticks(self.history_ttl),
+                ttl: Tick::span(self.history_ttl),
             },
             idle_timeout,
             publish_idle_timeout: self.publish_idle_timeout,
@@ -645,10 +645,10 @@ mod tests {
         assert_eq!(s.driver, Driver::Epoll);
         assert_eq!(s.history.memory, 64 << 20);
         assert_eq!(s.history.len, 1000);
-        assert_eq!(s.history.ttl, 360_000, "1h in 10 ms ticks");
-        assert_eq!(s.limits.heartbeat_ticks, 1500, "15s in 10 ms ticks");
+        assert_eq!(s.history.ttl, Tick::new(360_000), "1h in 10 ms ticks");
+        assert_eq!(s.limits.heartbeat, Tick::new(1500), "15s in 10 ms ticks");
         assert_eq!(s.idle_timeout, Duration::from_secs(35));
-        assert_eq!(s.limits.idle_ticks, 3500);
+        assert_eq!(s.limits.idle, Tick::new(3500));
         assert!(s.broker.is_none());
         assert!(s.auth.secret.is_none());
     }
@@ -666,7 +666,7 @@ mod tests {
             "0",
         ]);
         assert_eq!(s.idle_timeout, Duration::ZERO);
-        assert_eq!(s.limits.idle_ticks, 0);
+        assert_eq!(s.limits.idle, Tick::ZERO);
         let broker = s.broker.expect("broker settings");
         assert_eq!(broker.url, "redis://127.0.0.1:6379");
         assert_eq!(broker.history, 50);

@@ -9,7 +9,8 @@
 //!
 //! Beside them, [`bench`] is the load generator (`ringcast bench`), a client of the server
 //! built on the same `proto` codecs and monoio, and [`netio`] the non-blocking socket
-//! calls that both `runtime` and `bench` use.
+//! calls that both `runtime` and `bench` use, and [`time`] the one time base (10 ms
+//! ticks) of every deadline.
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 pub mod admission;
@@ -21,3 +22,4 @@ pub mod metrics;
 pub mod netio;
 pub mod proto;
 pub mod runtime;
+pub mod time;

@@ -1,5 +1,6 @@
 #![no_main]
 use ringcast::proto::http::{Config, Connection, Event, Response};
+use ringcast::time::Tick;
 
 // Steps of (control byte, up to 15 input bytes): the control byte says how many bytes
 // come, whether time passes, whether bodies are asked for, and whether (and which) a
@@ -9,11 +10,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let cfg = Config {
         max_header_bytes: 256,
         max_body_bytes: 128,
-        header_timeout_ms: 100,
-        body_timeout_ms: 50,
+        header_timeout: Tick::new(10),
+        body_timeout: Tick::new(5),
     };
-    let mut conn = Connection::new(cfg, 0);
-    let (mut now, mut open, mut rest) = (0u64, Vec::new(), data);
+    let mut conn = Connection::new(cfg, Tick::ZERO);
+    let (mut now, mut open, mut rest) = (Tick::ZERO, Vec::new(), data);
     let ok = Response { status: 200, headers: &[], content_type: "text/plain", body: b"ok" };
     while let Some((&ctl, tail)) = rest.split_first() {
         let n = usize::from(ctl & 0x0f).min(tail.len());
@@ -22,7 +23,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         }
         rest = &tail[n..];
         if ctl & 0x10 != 0 {
-            now += 40;
+            now = now + Tick::new(4);
             if conn.poll_timeout().is_some_and(|t| t <= now) {
                 conn.handle_timeout(now);
             }

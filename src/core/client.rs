@@ -8,6 +8,7 @@ use super::outbox::{Outbox, StreamCursor};
 use super::replay::Replay;
 use super::topics::TopicKey;
 use super::wheel::TimerHandle;
+use crate::time::Tick;
 
 /// How the client receives messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,15 +83,120 @@ pub struct PendingAck {
     pub bytes: bytes::Bytes,
 }
 
-/// Write side of the connection, as the core sees it.
+/// Where a client is in its life, as the core sees it: whether it takes
+/// messages, and whether its output may be written.
+///
+/// ```text
+/// admit ─▶ Held ─┬─ admitted, all confirmed ──────────────────────────▶ Open
+///                └─ admitted, some pending ─▶ Confirming ─ confirmed ─▶ Open
+/// Open { blocked: false } ◀─ writable ─ socket full ─▶ Open { blocked: true }
+/// any ─ close(reason) ─▶ Closing(reason) ─ begin_close ─▶ Finishing { blocked: false }
+/// Held, Confirming, Open { blocked } ─ mute ─▶ Finishing { blocked }
+/// Finishing { blocked: false } ◀─ writable ─ socket full ─▶ Finishing { blocked: true }
+/// ```
+///
+/// - A client registered outside an admission (tests, benches) starts `Open`.
+/// - A mute releases a held client's output (its head, then its last frames)
+///   without waiting for confirmations: it takes no messages any more.
+/// - `close` also moves a `Finishing` client (the drain, a failed write), and a
+///   later close replaces the reason of an earlier one; a slow-consumer cut
+///   never replaces a close already asked for.
+/// - `mute` leaves a `Closing` client as it is: its task has yet to see why.
+///
+/// Being written to (the dirty queue), the stream's shape (`multi_topic`), the
+/// starting cursor (`fresh`) and the WebSocket probe (`probed`) are not part of
+/// it: each can be either way in several states, so they stay flags of their own.
+///
+/// `#[repr(u8)]` with the message-taking states first: the fan-out's one check,
+/// [`Lifecycle::takes_messages`], is a compare of the tag byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteState {
-    /// Flushes write straight to the socket.
-    Ready,
-    /// The socket was full: the connection task waits for writability and flushes.
-    Blocked,
-    /// The client must go; its connection task does the removal.
+#[repr(u8)]
+pub enum Lifecycle {
+    /// Being admitted: the response head and all that follows wait while the
+    /// stream's topics are subscribed.
+    Held,
+    /// Admitted: the head waits until every subscription is confirmed by its
+    /// home core, so a client that sees it receives everything published after.
+    Confirming,
+    /// Output flows: flushes write straight to the socket, unless it is
+    /// `blocked` (full), when the connection task waits for writability and
+    /// flushes itself.
+    Open { blocked: bool },
+    /// The core asked the connection task to close the client for this reason
+    /// (the task does the removal); it takes no more messages.
     Closing(CloseReason),
+    /// Closing, its last frames being written: takes no more messages (one
+    /// published to it counts as dropped), output still flows (`blocked` as in
+    /// `Open`).
+    Finishing { blocked: bool },
+}
+
+impl Lifecycle {
+    /// Messages are queued to the client: it is not closing. The rule the
+    /// fan-out applies to every subscriber, so one compare.
+    #[inline]
+    pub fn takes_messages(self) -> bool {
+        matches!(
+            self,
+            Lifecycle::Held | Lifecycle::Confirming | Lifecycle::Open { .. }
+        )
+    }
+
+    /// A flush may write to the socket now: the head is released and the
+    /// socket is not known to be full.
+    #[inline]
+    pub fn may_write(self) -> bool {
+        matches!(
+            self,
+            Lifecycle::Open { blocked: false } | Lifecycle::Finishing { blocked: false }
+        )
+    }
+
+    /// Output waits for the home cores' confirmations.
+    #[inline]
+    pub fn held(self) -> bool {
+        matches!(self, Lifecycle::Held | Lifecycle::Confirming)
+    }
+
+    /// The socket is full: the connection task waits for writability.
+    pub fn blocked(self) -> bool {
+        matches!(
+            self,
+            Lifecycle::Open { blocked: true } | Lifecycle::Finishing { blocked: true }
+        )
+    }
+
+    /// The reason the core asked to close the client, if it did.
+    pub fn closing(self) -> Option<CloseReason> {
+        match self {
+            Lifecycle::Closing(reason) => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+/// A transition of [`Lifecycle`] (see its doc for the diagram).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// An admission begins: hold the output.
+    Hold,
+    /// The admission is done; `confirmed`: every subscription is confirmed.
+    Admitted { confirmed: bool },
+    /// The last pending subscription was confirmed.
+    Confirmed,
+    /// A write found the socket full.
+    SocketFull,
+    /// The socket became writable.
+    Writable,
+    /// The core asks the task to close the client.
+    Close(CloseReason),
+    /// The outbox passed its bound (a close that never replaces another).
+    CutSlow,
+    /// The task starts closing a client the core asked to close.
+    BeginClose,
+    /// The connection is closing on its own (peer close, end of stream, a
+    /// protocol error): no more messages.
+    Mute,
 }
 
 pub struct Client {
@@ -103,39 +209,33 @@ pub struct Client {
     pub outbox: Outbox,
     /// SSE streams: the cursor of the `id:` lines.
     pub cursor: Option<StreamCursor>,
+    /// Where the client is in its life; changed only by [`Client::step`].
+    life: Lifecycle,
     /// SSE streams over several topics render their own `id:` lines.
     pub multi_topic: bool,
     /// No message or id line has been queued yet (SSE sends its starting cursor).
     pub fresh: bool,
-    pub write: WriteState,
-    /// Queued for the next flush of dirty clients.
+    /// Listed in the core's dirty queue, for the next flush.
     pub dirty: bool,
-    /// Takes no more messages: the connection is closing (its last frames are
-    /// being written); anything published to it now counts as dropped.
-    pub muted: bool,
     /// The connection task, parked until the core has something for it to do.
     pub waker: Option<Waker>,
-    /// Tick of the last byte written to the socket (heartbeats fill silences).
-    pub last_write: u64,
-    /// Tick of the last byte read from the peer (WebSocket liveness).
-    pub last_read: u64,
+    /// When the last byte was written to the socket (heartbeats fill silences).
+    pub last_write: Tick,
+    /// When the last byte was read from the peer (WebSocket liveness).
+    pub last_read: Tick,
     /// A WebSocket ping went out because the peer was silent for a heartbeat
     /// interval, and nothing was read since: no second one until it answers.
     pub probed: bool,
     /// The client's one timer-wheel entry, due at its earliest deadline.
     pub timer: Option<TimerHandle>,
-    /// Tick at which the client's access token expires.
-    pub expires_at: Option<u64>,
+    /// When the client's access token expires.
+    pub expires_at: Option<Tick>,
     /// Acknowledgements waiting for their subscriptions to be confirmed.
     pub acks: Vec<PendingAck>,
-    /// Nothing is written yet: the response head (`200`, `101`) waits until
-    /// every topic of the request is confirmed by its home core, so a client
-    /// that sees it receives everything published from then on.
-    pub gated: bool,
-    /// Open the gate as soon as no subscription is pending.
-    pub open_when_ready: bool,
     /// What the client's resumes still have to send, moved into the outbox as
-    /// the socket drains (boxed: most clients never resume).
+    /// the socket drains (boxed: most clients never resume). Not a state of
+    /// [`Lifecycle`]: a replay goes on in `Held` to `Open`, and ends with the
+    /// client's close.
     pub replay: Option<Box<Replay>>,
 }
 
@@ -147,28 +247,58 @@ impl Client {
             subs: Vec::new(),
             outbox: Outbox::default(),
             cursor: None,
+            life: Lifecycle::Open { blocked: false },
             multi_topic: false,
             fresh: true,
-            write: WriteState::Ready,
             dirty: false,
-            muted: false,
             waker: None,
-            last_write: 0,
-            last_read: 0,
+            last_write: Tick::ZERO,
+            last_read: Tick::ZERO,
             probed: false,
             timer: None,
             expires_at: None,
             acks: Vec::new(),
-            gated: false,
-            open_when_ready: false,
             replay: None,
         }
     }
 
-    pub fn wake(&mut self) {
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
+    /// Where the client is in its life.
+    #[inline]
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.life
+    }
+
+    /// Applies one transition; every change of [`Lifecycle`] is made here. A
+    /// transition that does not apply to the current state changes nothing.
+    /// Returns whether the state changed.
+    pub fn step(&mut self, t: Transition) -> bool {
+        use Lifecycle as L;
+        use Transition as T;
+        let next = match (self.life, t) {
+            (L::Open { blocked: false }, T::Hold) => {
+                debug_assert!(self.subs.is_empty(), "hold after a subscribe");
+                L::Held
+            }
+            (L::Held, T::Admitted { confirmed: true }) | (L::Confirming, T::Confirmed) => {
+                L::Open { blocked: false }
+            }
+            (L::Held, T::Admitted { confirmed: false }) => L::Confirming,
+            (L::Open { .. }, T::SocketFull) => L::Open { blocked: true },
+            (L::Finishing { .. }, T::SocketFull) => L::Finishing { blocked: true },
+            (L::Open { .. }, T::Writable) => L::Open { blocked: false },
+            (L::Finishing { .. }, T::Writable) => L::Finishing { blocked: false },
+            (_, T::Close(reason)) => L::Closing(reason),
+            (L::Closing(_), T::CutSlow) => return false,
+            (_, T::CutSlow) => L::Closing(CloseReason::SlowConsumer),
+            // The head (kept) and the last frames go out now, confirmed or not.
+            (L::Closing(_), T::BeginClose) => L::Finishing { blocked: false },
+            (L::Held | L::Confirming, T::Mute) => L::Finishing { blocked: false },
+            (L::Open { blocked }, T::Mute) => L::Finishing { blocked },
+            _ => return false,
+        };
+        let changed = next != self.life;
+        self.life = next;
+        changed
     }
 
     /// One subscription of acknowledgement `token` is settled (confirmed, or
@@ -187,11 +317,11 @@ impl Client {
         }
     }
 
-    /// The client still takes messages: it is not closing, nor muted for its
+    /// The client still takes messages: it is not closing, nor writing its
     /// last frames (a message for it now counts as dropped).
     #[inline]
     pub fn takes_messages(&self) -> bool {
-        !self.muted && !matches!(self.write, WriteState::Closing(_))
+        self.life.takes_messages()
     }
 
     /// Queues one message of subscription `index` to the outbox: the frame,
@@ -220,5 +350,84 @@ impl Client {
     /// Index of the subscription to `topic`, if any.
     pub fn sub_index(&self, topic: TopicKey) -> Option<usize> {
         self.subs.iter().position(|s| s.topic == topic)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Lifecycle as L;
+    use Transition as T;
+
+    fn client_in(path: &[Transition]) -> Client {
+        let mut c = Client::new(Transport::Ws, -1);
+        for &t in path {
+            c.step(t);
+        }
+        c
+    }
+
+    #[test]
+    fn an_admission_holds_the_output_until_every_subscription_is_confirmed() {
+        let mut c = client_in(&[T::Hold]);
+        assert_eq!(c.lifecycle(), L::Held);
+        assert!(c.lifecycle().held() && c.takes_messages());
+        assert!(
+            !c.step(T::Confirmed),
+            "a confirmation during the admission waits"
+        );
+        c.step(T::Admitted { confirmed: false });
+        assert_eq!(c.lifecycle(), L::Confirming);
+        assert!(!c.lifecycle().may_write());
+        c.step(T::Confirmed);
+        assert_eq!(c.lifecycle(), L::Open { blocked: false });
+        let c = client_in(&[T::Hold, T::Admitted { confirmed: true }]);
+        assert_eq!(c.lifecycle(), L::Open { blocked: false });
+    }
+
+    #[test]
+    fn a_held_client_cannot_be_blocked_and_a_closing_one_is_not_held() {
+        let mut c = client_in(&[T::Hold]);
+        assert!(!c.step(T::SocketFull));
+        c.step(T::Close(CloseReason::Shutdown));
+        assert_eq!(c.lifecycle(), L::Closing(CloseReason::Shutdown));
+        assert!(!c.lifecycle().held() && !c.takes_messages());
+        assert!(!c.step(T::Admitted { confirmed: true }));
+        assert!(!c.step(T::Confirmed));
+        c.step(T::BeginClose);
+        assert_eq!(c.lifecycle(), L::Finishing { blocked: false });
+        assert!(c.lifecycle().may_write() && !c.takes_messages());
+    }
+
+    #[test]
+    fn a_slow_consumer_cut_never_replaces_a_close_already_asked_for() {
+        let mut c = client_in(&[T::Close(CloseReason::TokenExpired)]);
+        assert!(!c.step(T::CutSlow));
+        assert_eq!(c.lifecycle().closing(), Some(CloseReason::TokenExpired));
+        let mut c = client_in(&[T::Mute]);
+        c.step(T::CutSlow);
+        assert_eq!(c.lifecycle().closing(), Some(CloseReason::SlowConsumer));
+    }
+
+    #[test]
+    fn a_mute_keeps_the_socket_state_and_leaves_a_close_request_alone() {
+        let mut c = client_in(&[T::SocketFull, T::Mute]);
+        assert_eq!(c.lifecycle(), L::Finishing { blocked: true });
+        assert!(c.lifecycle().blocked());
+        c.step(T::Writable);
+        assert!(c.lifecycle().may_write());
+        let mut c = client_in(&[T::Close(CloseReason::IdleTimeout)]);
+        assert!(!c.step(T::Mute));
+        assert_eq!(c.lifecycle().closing(), Some(CloseReason::IdleTimeout));
+    }
+
+    #[test]
+    fn the_lifecycle_is_two_bytes_and_the_message_check_reads_the_tag() {
+        assert_eq!(std::mem::size_of::<Lifecycle>(), 2);
+        assert!(L::Held.takes_messages());
+        assert!(L::Confirming.takes_messages());
+        assert!(L::Open { blocked: true }.takes_messages());
+        assert!(!L::Closing(CloseReason::PeerGone).takes_messages());
+        assert!(!L::Finishing { blocked: false }.takes_messages());
     }
 }

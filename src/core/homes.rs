@@ -35,12 +35,13 @@ use std::sync::Arc;
 
 use slab::Slab;
 
+use super::bus_msg::{Backlog, Since};
 use super::history::{History, Resume};
 use super::message::{Message, AGE_ENTRY_BYTES};
-use super::msg::{Backlog, Since};
 use super::registry::ClientId;
 use super::topics::TopicMap;
 use crate::metrics::{CoreMetrics, EvictionReason};
+use crate::time::Tick;
 
 /// The history bounds of one core. Durations are in wheel ticks.
 #[derive(Debug, Clone, Copy)]
@@ -52,8 +53,8 @@ pub struct HistoryLimits {
     /// Bytes held by every history of the core, bookkeeping included: the
     /// core's share of `--history-memory`.
     pub memory: usize,
-    /// Ticks a message is kept (`--history-ttl`); 0 = no age limit.
-    pub ttl: u64,
+    /// How long a message is kept (`--history-ttl`); zero: no age limit.
+    pub ttl: Tick,
 }
 
 impl HistoryLimits {
@@ -63,7 +64,7 @@ impl HistoryLimits {
             len,
             bytes,
             memory: usize::MAX,
-            ttl: 0,
+            ttl: Tick::ZERO,
         }
     }
 }
@@ -139,8 +140,8 @@ struct Aged {
     topic: u32,
     gen: u32,
     seq: u64,
-    /// Tick at which the message was kept.
-    at: u64,
+    /// When the message was kept.
+    at: Tick,
 }
 
 /// Forgotten topics remembered per core (about 32 bytes each).
@@ -288,7 +289,7 @@ impl HomeTopics {
     /// Keeps a message stamped now (tick `now`) in its topic's history, then
     /// holds the core's budget by dropping its oldest messages. The topic must
     /// exist.
-    pub fn keep(&mut self, msg: &Arc<Message>, now: u64) {
+    pub fn keep(&mut self, msg: &Arc<Message>, now: Tick) {
         let Some(&key) = self.by_name.get(&msg.topic) else {
             debug_assert!(false, "keep for unknown topic {:?}", msg.topic);
             return;
@@ -327,8 +328,8 @@ impl HomeTopics {
 
     /// Drops every message older than the age limit at tick `now`; returns the
     /// tick at which the next one comes due, if any.
-    pub fn expire(&mut self, now: u64) -> Option<u64> {
-        if self.limits.ttl == 0 {
+    pub fn expire(&mut self, now: Tick) -> Option<Tick> {
+        if self.limits.ttl.is_zero() {
             return None;
         }
         loop {
@@ -342,8 +343,8 @@ impl HomeTopics {
     }
 
     /// The tick at which the oldest message leaves for its age, if any.
-    pub fn next_expiry(&mut self) -> Option<u64> {
-        if self.limits.ttl == 0 {
+    pub fn next_expiry(&mut self) -> Option<Tick> {
+        if self.limits.ttl.is_zero() {
             return None;
         }
         self.oldest().map(|a| a.at + self.limits.ttl)

@@ -1,12 +1,13 @@
 //! Per-core state, owned by one worker thread and never shared.
 
+pub mod bus_msg;
 pub mod client;
+pub mod effects;
 pub mod encodings;
 pub mod frame;
 pub mod history;
 pub mod homes;
 pub mod message;
-pub mod msg;
 pub mod outbox;
 pub mod registry;
 pub mod replay;

@@ -15,9 +15,9 @@ use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
+use super::bus_msg::Backlog;
 use super::encodings::{FrameKind, LazyFrames};
 use super::frame::Frame;
-use super::msg::Backlog;
 
 /// Bytes of backlog moved into an outbox at a time: enough for writes of many
 /// messages, little next to `--max-outbox-bytes`.

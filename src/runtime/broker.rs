@@ -36,7 +36,7 @@ use redis::{AsyncConnectionConfig, Client, Value};
 
 use super::bus::Bus;
 use super::settings::BrokerSettings;
-use crate::core::msg::{CoreMsg, StreamEntry};
+use crate::core::bus_msg::{CoreMsg, StreamEntry};
 use crate::core::topics::home_of;
 use crate::proto::cursor::{parse_stream_id, IdScheme, STREAM_SEQ_BITS};
 use crate::proto::publish::PublishError;

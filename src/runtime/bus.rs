@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use atomic_waker::AtomicWaker;
 use rtrb::{Consumer, Producer, PushError, RingBuffer};
 
-use crate::core::msg::CoreMsg;
+use crate::core::bus_msg::CoreMsg;
 
 /// Messages a ring holds before senders spill into their overflow queue.
 pub const RING_CAPACITY: usize = 16 * 1024;

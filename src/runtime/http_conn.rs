@@ -30,6 +30,7 @@ use crate::core::state::PublishStart;
 use crate::metrics::InboundRefusal;
 use crate::netio;
 use crate::proto::http::{Close, Config, Connection, Event, HttpError, RequestId};
+use crate::time::Tick;
 
 /// How long a connection refused for capacity may take to send its head.
 const BUSY_HEAD_TIMEOUT: Duration = Duration::from_secs(2);
@@ -39,13 +40,9 @@ fn config(w: &Worker, header_timeout: Duration) -> Config {
     Config {
         max_header_bytes: w.cfg.max_header_bytes,
         max_body_bytes: w.cfg.max_body_bytes as u64,
-        header_timeout_ms: millis(header_timeout),
-        body_timeout_ms: millis(w.cfg.body_timeout),
+        header_timeout: Tick::span(header_timeout),
+        body_timeout: Tick::span(w.cfg.body_timeout),
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Publishes of one connection between their head and their answer.
@@ -75,7 +72,7 @@ struct Started {
 /// stream holds only the stream's small state, not the request reader's).
 pub async fn serve(w: Rc<Worker>, stream: TcpStream, open: OpenConn) {
     let fd = stream.as_raw_fd();
-    let mut conn = Connection::new(config(&w, w.cfg.header_timeout), w.now_ms());
+    let mut conn = Connection::new(config(&w, w.cfg.header_timeout), w.now_tick());
     let mut publishes = Publishes::default();
     let mut charge = Charge::new(&w.inbound);
     loop {
@@ -150,7 +147,7 @@ async fn take_events(
 ) -> Result<Option<Action>, Broken> {
     loop {
         let all_written = publishes.started.is_empty() && !conn.has_transmit();
-        let Some(event) = conn.poll_event(w.now_ms()) else {
+        let Some(event) = conn.poll_event(w.now_tick()) else {
             return Ok(None);
         };
         let (id, action) = match event {
@@ -319,16 +316,14 @@ async fn read(w: &Worker, stream: &TcpStream, fd: RawFd, conn: &mut Connection) 
         Ok(if n == 0 { Got::End } else { Got::Bytes })
     };
     let got = match deadline {
-        Some(at) => {
-            let left = Duration::from_millis(at.saturating_sub(w.now_ms()));
-            timer::timeout(w, left, read).await
-        }
+        Some(at) => timer::timeout_at(w, at, read).await,
         None => Ok(read.await),
     };
     match got {
-        // The wheel's 10 ms ticks and this millisecond clock round differently:
-        // the deadline has come once the timer fired.
-        Err(timer::Elapsed) => conn.handle_timeout(w.now_ms().max(deadline.unwrap_or(0))),
+        // The timer fired for the deadline: the core's clock is there.
+        Err(timer::Elapsed) => {
+            conn.handle_timeout(w.now_tick().max(deadline.unwrap_or(Tick::ZERO)))
+        }
         Ok(Ok(Got::Bytes)) => {}
         Ok(Ok(Got::End)) => conn.handle_eof(),
         Ok(Err(e)) => return Err(e),
@@ -407,10 +402,10 @@ impl Busy {
 /// `Retry-After`.
 pub async fn refuse_busy(w: &Rc<Worker>, stream: TcpStream, why: Busy) {
     let fd = stream.as_raw_fd();
-    let mut conn = Connection::new(config(w, BUSY_HEAD_TIMEOUT), w.now_ms());
+    let mut conn = Connection::new(config(w, BUSY_HEAD_TIMEOUT), w.now_tick());
     loop {
         let closing = conn.closing().is_some();
-        let sse = match conn.poll_event(w.now_ms()) {
+        let sse = match conn.poll_event(w.now_tick()) {
             Some(Event::Head { head, .. }) => Some(Request::new(w, head).route == Route::Sse),
             Some(Event::Refused(e)) => {
                 count_refusal(w, e);

@@ -216,7 +216,6 @@ async fn serve_publisher(w: Rc<Worker>, stream: UnixStream, _open: OpenConn) {
                 }
             }
         }
-        w.settle();
         let ids = w.state.borrow().ids();
         for wait in waits {
             let result = match wait {

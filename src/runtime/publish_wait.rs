@@ -20,7 +20,6 @@ pub async fn publish_and_wait(
     data: Vec<u8>,
 ) -> Result<u64, PublishError> {
     let start = w.state.borrow_mut().publish(topic, event, data);
-    w.settle();
     publish_result(w, start).await
 }
 

@@ -180,7 +180,6 @@ pub fn publish_body(
         .state
         .borrow_mut()
         .publish(&target.topic, target.event.as_deref(), data);
-    w.settle();
     Ok(start)
 }
 

@@ -72,7 +72,6 @@ impl ClientGuard {
             }
             transport
         };
-        self.w.settle();
         debug!(
             "core={} msg=\"client closed\" transport={} reason={}",
             self.w.core,
@@ -135,7 +134,6 @@ pub async fn await_writable(
     match outcome {
         Ok(()) => {
             w.state.borrow_mut().flush_client(id, netio::writev);
-            w.settle();
             None
         }
         Err(reason) => Some(reason),

@@ -41,7 +41,7 @@ pub struct Settings {
     /// process-wide budget.
     pub history: HistoryLimits,
     /// WebSocket clients silent this long are closed; also the bound on
-    /// unacknowledged writes (`TCP_USER_TIMEOUT`). `limits.idle_ticks` in ticks.
+    /// unacknowledged writes (`TCP_USER_TIMEOUT`). `limits.idle` in ticks.
     pub idle_timeout: Duration,
     /// Publish-socket connections idle for this long are closed (zero: never).
     pub publish_idle_timeout: Duration,

@@ -23,8 +23,8 @@ use super::session::{
 };
 use super::timer::{expiry_tick, unix_now};
 use super::worker::{OpenConn, Worker};
+use crate::core::bus_msg::Since;
 use crate::core::client::{CloseReason, Transport};
-use crate::core::msg::Since;
 use crate::core::registry::ClientId;
 use crate::core::state::{Admission, ClientTask};
 use crate::netio;
@@ -105,7 +105,6 @@ pub fn serve(
     async move {
         let fd = stream.as_raw_fd();
         let guard = ClientGuard::new(&w, id);
-        w.settle();
         let reason = run(&w, &stream, fd, id).await;
         guard.reason.set(reason);
         if matches!(

@@ -26,7 +26,7 @@ pub fn spawn_tasks(w: &Rc<Worker>, publish: Option<UnixListener>) {
         monoio::spawn(ingress::serve(w.clone(), publish));
     }
     monoio::spawn(run_bus(w.clone()));
-    monoio::spawn(w.clone().run_flush());
+    monoio::spawn(w.clone().run_effects());
     let watcher = w.clone();
     monoio::spawn(
         async move { shutdown::watch(&watcher.life, watcher.core, &watcher.drain).await },
@@ -119,11 +119,9 @@ fn refuse(w: &Rc<Worker>, stream: TcpStream, why: Busy) {
 /// close; those with a request under way answer it first). Close every client,
 /// then wait for the last connection or the drain deadline.
 async fn drain(w: Rc<Worker>) {
-    {
-        let mut st = w.state.borrow_mut();
-        st.close_all(crate::core::client::CloseReason::Shutdown);
-    }
-    w.settle();
+    w.state
+        .borrow_mut()
+        .close_all(crate::core::client::CloseReason::Shutdown);
     let _ = timer::timeout(&w, w.cfg.drain_timeout, w.all_closed()).await;
     info!(
         "core={} msg=\"drained\" open_left={}",
@@ -132,7 +130,7 @@ async fn drain(w: Rc<Worker>) {
     );
 }
 
-/// The bus task: applies what other cores send, in batches, then settles.
+/// The bus task: applies what other cores send, in batches.
 async fn run_bus(w: Rc<Worker>) {
     loop {
         let congested = w.bus.borrow().congested();
@@ -162,7 +160,6 @@ async fn run_bus(w: Rc<Worker>) {
                 let mut st = w.state.borrow_mut();
                 w.bus.borrow_mut().drain(BUS_BATCH, |msg| st.handle(msg))
             };
-            w.settle();
             if n < BUS_BATCH {
                 break;
             }

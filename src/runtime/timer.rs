@@ -10,18 +10,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use super::worker::Worker;
-use crate::core::wheel::{TimerHandle, DEFAULT_TICK};
-
-/// A duration in wheel ticks, rounded up.
-pub fn ticks(d: Duration) -> u64 {
-    crate::core::wheel::deadline_to_tick(d, DEFAULT_TICK)
-}
+use crate::core::wheel::TimerHandle;
+use crate::time::Tick;
 
 /// Ready once the core's clock reaches `deadline`; its wheel entry is cancelled
 /// if dropped first.
 pub struct Sleep<'a> {
     w: &'a Worker,
-    deadline: u64,
+    deadline: Tick,
     handle: Option<TimerHandle>,
 }
 
@@ -61,10 +57,14 @@ impl Drop for Sleep<'_> {
 /// Sleeps `d` on the core's wheel (rounded up to whole ticks).
 pub fn sleep(w: &Worker, d: Duration) -> Sleep<'_> {
     // Rounded up from the worker's origin as a whole, so it never fires early.
-    let deadline = ticks(w.started.elapsed() + d).max(w.now_tick() + 1);
+    sleep_until(w, Tick::deadline(w.started.elapsed() + d))
+}
+
+/// Sleeps until the core's clock reaches `deadline` (at least one tick).
+pub fn sleep_until(w: &Worker, deadline: Tick) -> Sleep<'_> {
     Sleep {
         w,
-        deadline,
+        deadline: deadline.max(w.now_tick() + Tick::new(1)),
         handle: None,
     }
 }
@@ -75,8 +75,14 @@ pub struct Elapsed;
 
 /// Runs `f` for at most `d`.
 pub async fn timeout<F: Future>(w: &Worker, d: Duration, f: F) -> Result<F::Output, Elapsed> {
+    let deadline = Tick::deadline(w.started.elapsed() + d);
+    timeout_at(w, deadline, f).await
+}
+
+/// Runs `f` until the core's clock reaches `deadline` at most.
+pub async fn timeout_at<F: Future>(w: &Worker, deadline: Tick, f: F) -> Result<F::Output, Elapsed> {
     let mut f = std::pin::pin!(f);
-    let mut sleep = std::pin::pin!(sleep(w, d));
+    let mut sleep = std::pin::pin!(sleep_until(w, deadline));
     std::future::poll_fn(|cx| {
         if let Poll::Ready(v) = f.as_mut().poll(cx) {
             return Poll::Ready(Ok(v));
@@ -93,20 +99,20 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The wheel tick at which a token expiring at `exp` (Unix seconds) is due.
-pub fn expiry_tick(w: &Worker, exp: u64) -> u64 {
+/// The tick at which a token expiring at `exp` (Unix seconds) is due.
+pub fn expiry_tick(w: &Worker, exp: u64) -> Tick {
     let at = std::time::UNIX_EPOCH + Duration::from_secs(exp);
     let left = at
         .duration_since(std::time::SystemTime::now())
         .unwrap_or_default();
     // Rounded up from the worker's origin as a whole, never early.
-    ticks(w.started.elapsed() + left)
+    Tick::deadline(w.started.elapsed() + left)
 }
 
 /// The tick task: sleeps until the wheel's next deadline (or until an earlier
 /// one is filed), then fires everything due and writes what it queued.
 pub async fn run_ticks(w: Rc<Worker>) {
-    let mut next_report = 0u64;
+    let mut next_report = Tick::ZERO;
     loop {
         let now = w.now_tick();
         let next = w.state.borrow().next_timer();
@@ -117,19 +123,15 @@ pub async fn run_ticks(w: Rc<Worker>) {
         match next {
             Some(at) if at <= now => {}
             Some(at) => {
-                let wait = DEFAULT_TICK * u32::try_from(at - now).unwrap_or(u32::MAX);
-                let _ = monoio::time::timeout(wait, kicked).await;
+                let _ = monoio::time::timeout((at - now).to_duration(), kicked).await;
             }
             None => kicked.await,
         }
         let now = w.now_tick();
-        let fired = w.state.borrow_mut().advance_timers(now);
-        if fired > 0 {
-            w.settle();
-        }
+        w.state.borrow_mut().advance_timers(now);
         if now >= next_report {
             // Once a second: the largest outbox of the second that ended.
-            next_report = now + ticks(Duration::from_secs(1));
+            next_report = now + Tick::span(Duration::from_secs(1));
             w.metrics()
                 .outbox_max
                 .set(crate::core::outbox::take_largest() as u64);

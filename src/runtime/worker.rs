@@ -1,7 +1,11 @@
 //! One core's context: the [`Worker`] that all tasks of a core share (its
-//! [`CoreState`], bus endpoint, clocks, scratch buffers, open-connection count
-//! and drain), the [`OpenConn`] count of its connections, and the flush that
-//! writes what the core queued ([`Worker::settle`], [`Worker::run_flush`]).
+//! [`CoreState`], bus endpoint, clock, scratch buffers, open-connection count
+//! and drain), the [`OpenConn`] count of its connections, and the effects task
+//! that carries out what the core queued ([`Worker::run_effects`]).
+//!
+//! Tasks change the core state freely; none carries out what the change asks
+//! for. The core queues it (cross-core messages, wakes, clients to write) and
+//! wakes the effects task, which does all of it once per turn of the event loop.
 //!
 //! Every other runtime module reads the core through this one, and it imports
 //! none of them but the ones it holds (bus, broker status, settings, shutdown).
@@ -25,6 +29,7 @@ use crate::netio;
 use crate::proto::access::AccessPolicy;
 use crate::proto::cursor::{Epoch, IdScheme};
 use crate::proto::json::JsonScratch;
+use crate::time::Tick;
 
 /// Everything one core owns, shared by its tasks (never by other threads).
 pub struct Worker {
@@ -40,9 +45,6 @@ pub struct Worker {
     pub epoch_text: String,
     pub started: std::time::Instant,
     pub life: Arc<Lifecycle>,
-    /// A flush is due (see [`Worker::settle`]), and the flush task's waker.
-    flush_due: Cell<bool>,
-    flusher: Cell<Option<std::task::Waker>>,
     /// Who may subscribe, publish and connect from which origin.
     pub access: Arc<AccessPolicy>,
     /// The broker bridge's health, when topics are shared through one.
@@ -81,7 +83,7 @@ pub struct ProcessShared {
     pub peers: Option<Arc<PeerCounts>>,
 }
 
-/// Clients written per slice of a flush (see [`Worker::run_flush`]).
+/// Clients written per slice of a flush (see [`Worker::run_effects`]).
 const FLUSH_SLICE: usize = 1024;
 
 /// Lets the other ready tasks and the I/O completions run, then continues.
@@ -138,8 +140,6 @@ impl Worker {
             epoch_text,
             started: std::time::Instant::now(),
             life,
-            flush_due: Cell::new(false),
-            flusher: Cell::new(None),
             broker,
             access,
             drain: DrainSignal::default(),
@@ -152,53 +152,40 @@ impl Worker {
         })
     }
 
-    /// After any change to the core state: hands queued cross-core messages to the
-    /// bus, writes to every client touched, and wakes the cores sent to.
+    /// The effects task: carries out what the core queued (see
+    /// [`CoreState::run_effects`]) once per turn of the event loop. The first
+    /// effect of a turn wakes it, so it runs after every task already woken in
+    /// that turn: cross-core messages leave in one batch, the cores sent to are
+    /// woken once, and all the messages a turn fans out reach each client in one
+    /// write.
     ///
-    /// Cross-core messages leave at once; the writes are left to the flush task,
-    /// which runs after every task already woken in this turn of the event loop,
-    /// so all the messages a turn fans out reach each client in one write.
-    pub fn settle(&self) {
-        let mut st = self.state.borrow_mut();
-        st.set_now(self.now_tick());
-        let mut bus = self.bus.borrow_mut();
-        let mut overflowed = 0;
-        for (to, msg) in st.outbound.drain(..) {
-            if !bus.send(to, msg) {
-                overflowed += 1;
-            }
-        }
-        st.metrics().bus_overflow.add(overflowed);
-        bus.wake_peers();
-        if !self.flush_due.replace(true) {
-            if let Some(w) = self.flusher.take() {
-                w.wake();
-            }
-        }
-    }
-
-    /// The flush task: writes every client touched since the last flush, once
-    /// per turn of the event loop, in slices of [`FLUSH_SLICE`] clients.
-    ///
-    /// Between slices the task yields, so the core's other tasks run (the bus
-    /// with its publishes and their acknowledgements, reads): a flush to many
-    /// subscribers, which takes milliseconds of system calls, does not hold up a
-    /// publish from another core until it ends. The clients left get whatever
-    /// arrived meanwhile in the same write.
-    pub async fn run_flush(self: Rc<Self>) {
+    /// Cross-core messages go first, then the writes, in slices of
+    /// [`FLUSH_SLICE`] clients. Between slices the task yields, so the core's
+    /// other tasks run (the bus with its publishes and their acknowledgements,
+    /// reads): a flush to many subscribers, which takes milliseconds of system
+    /// calls, does not hold up a publish from another core until it ends. The
+    /// clients left get whatever arrived meanwhile in the same write, and the
+    /// messages for other cores queued meanwhile leave at the next slice.
+    pub async fn run_effects(self: Rc<Self>) {
         loop {
-            std::future::poll_fn(|cx| {
-                if self.flush_due.replace(false) {
-                    return Poll::Ready(());
-                }
-                self.flusher.set(Some(cx.waker().clone()));
-                Poll::Pending
-            })
-            .await;
+            std::future::poll_fn(|cx| self.state.borrow_mut().poll_effects(cx)).await;
             loop {
                 let more = {
                     let mut st = self.state.borrow_mut();
-                    let more = st.flush_dirty_upto(FLUSH_SLICE, netio::writev);
+                    let mut bus = self.bus.borrow_mut();
+                    let mut overflowed = 0;
+                    let more = st.run_effects(
+                        self.now_tick(),
+                        FLUSH_SLICE,
+                        |to, msg| {
+                            if !bus.send(to, msg) {
+                                overflowed += 1;
+                            }
+                        },
+                        netio::writev,
+                    );
+                    bus.wake_peers();
+                    st.metrics().bus_overflow.add(overflowed);
                     st.metrics()
                         .outbox_bytes
                         .set(crate::core::outbox::queued_on_this_core() as u64);
@@ -212,14 +199,10 @@ impl Worker {
         }
     }
 
-    /// The current tick of the core's timer wheel.
-    pub fn now_tick(&self) -> u64 {
-        crate::core::wheel::now_to_tick(self.started.elapsed(), crate::core::wheel::DEFAULT_TICK)
-    }
-
-    /// Milliseconds since the worker started: the tick of sans-IO state machines.
-    pub fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+    /// The core's clock: ticks since the worker started, the one time base of
+    /// the core and of the sans-IO state machines.
+    pub fn now_tick(&self) -> Tick {
+        Tick::now(self.started.elapsed())
     }
 
     pub fn metrics(&self) -> &CoreMetrics {

@@ -25,8 +25,8 @@ use super::session::{
 use super::timer::{self, expiry_tick, unix_now};
 use super::worker::{OpenConn, Worker};
 use crate::admission::inbound::Charge;
+use crate::core::bus_msg::Since;
 use crate::core::client::{CloseReason, Transport};
-use crate::core::msg::Since;
 use crate::core::registry::ClientId;
 use crate::core::state::{Admission, ClientTask};
 use crate::metrics::InboundRefusal;
@@ -41,9 +41,10 @@ use crate::proto::ws::{
     check_handshake, encode_frame, text_frame, write_101, Connection, Event, HandshakeRequest,
     OpCode,
 };
+use crate::time::Tick;
 
-/// How long we wait for the peer's Close after sending ours (milliseconds).
-pub const CLOSE_TIMEOUT_MS: u64 = 5_000;
+/// How long we wait for the peer's Close after sending ours.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An admitted WebSocket: its handshake answer and what it may do.
 pub enum AdmittedWs {
@@ -179,7 +180,6 @@ fn serve(
     async move {
         let fd = stream.as_raw_fd();
         let guard = ClientGuard::new(&w, id);
-        w.settle();
         let reason = run(&w, &stream, fd, id, grants.as_deref(), &leftover).await;
         guard.reason.set(reason);
         if reason == CloseReason::SlowConsumer {
@@ -206,8 +206,8 @@ async fn run(
     grants: Option<&Grants>,
     leftover: &[u8],
 ) -> CloseReason {
-    let mut conn = Connection::new(inbound_limit(w, grants), CLOSE_TIMEOUT_MS)
-        .with_message_timeout(millis(w.cfg.body_timeout));
+    let mut conn = Connection::new(inbound_limit(w, grants), Tick::span(CLOSE_TIMEOUT))
+        .with_message_timeout(Tick::span(w.cfg.body_timeout));
     let mut charge = Charge::new(&w.inbound);
     let mut reason = CloseReason::PeerGone;
     if !leftover.is_empty() {
@@ -231,8 +231,7 @@ async fn run(
             None => wait.await,
             Some(at) => {
                 // Boxed: only a closing connection has a deadline.
-                let left = at.saturating_sub(w.now_ms());
-                Box::pin(timer::timeout(w, Duration::from_millis(left), wait))
+                Box::pin(timer::timeout_at(w, at, wait))
                     .await
                     .unwrap_or(Wake::Deadline)
             }
@@ -250,13 +249,10 @@ async fn run(
                 let wait = Box::pin(await_writable(w, stream, id));
                 let outcome = match conn.poll_timeout() {
                     // Closing: a peer that does not read gets until the close deadline.
-                    Some(at) => {
-                        let left = Duration::from_millis(at.saturating_sub(w.now_ms()));
-                        match Box::pin(timer::timeout(w, left, wait)).await {
-                            Ok(outcome) => outcome,
-                            Err(_) => return reason,
-                        }
-                    }
+                    Some(at) => match Box::pin(timer::timeout_at(w, at, wait)).await {
+                        Ok(outcome) => outcome,
+                        Err(_) => return reason,
+                    },
                     None => wait.await,
                 };
                 // Any other close request is taken by the next turn of the loop.
@@ -277,7 +273,7 @@ async fn run(
                         CloseReason::IdleTimeout => (code::GOING_AWAY, "idle timeout"),
                         _ => (code::GOING_AWAY, "server shutting down"),
                     };
-                    conn.close(w.now_ms(), code, text);
+                    conn.close(w.now_tick(), code, text);
                     transmit(w, &mut conn, id);
                     match why {
                         // The peer was judged gone: do not wait for its Close.
@@ -292,12 +288,10 @@ async fn run(
                 }
             }
             Wake::Deadline => {
-                // The timer fired for `deadline`: the wheel's 10 ms ticks and this
-                // millisecond clock round differently, and waiting again for the
-                // last millisecond would arm a zero timeout. The deadline is reached.
-                let at = deadline.unwrap_or(0);
+                // The timer fired for `deadline`: the core's clock is there.
+                let at = deadline.unwrap_or(Tick::ZERO);
                 let open = conn.can_send_data();
-                conn.handle_timeout(w.now_ms().max(at));
+                conn.handle_timeout(w.now_tick().max(at));
                 if open && !conn.can_send_data() {
                     // The message deadline: the connection failed with 1008.
                     w.metrics().inbound_refused(InboundRefusal::WsTimeout);
@@ -329,10 +323,6 @@ pub fn control_limit(topics: usize) -> usize {
     (topics * (MAX_TOPIC_LEN + 8) + 1024).max(4096)
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 /// Sizes the connection's charge on `--max-inbound-memory` to the partial
 /// message it holds; over the budget the connection is failed with 1013 (try
 /// again later) and its partial message dropped.
@@ -341,7 +331,7 @@ fn charge_message(w: &Rc<Worker>, conn: &mut Connection, id: ClientId, charge: &
         return;
     }
     conn.abort(
-        w.now_ms(),
+        w.now_tick(),
         code::TRY_AGAIN_LATER,
         "server inbound memory spent: retry later",
     );
@@ -397,7 +387,7 @@ async fn feed(
     mut bytes: &[u8],
 ) {
     while !bytes.is_empty() {
-        let (used, result) = conn.handle_bytes(w.now_ms(), bytes);
+        let (used, result) = conn.handle_bytes(w.now_tick(), bytes);
         bytes = &bytes[used..];
         let event = match result {
             Ok(Some(event)) => event,
@@ -426,22 +416,19 @@ fn transmit(w: &Rc<Worker>, conn: &mut Connection, id: ClientId) {
     if conn.poll_transmit(&mut out) {
         w.state.borrow_mut().queue(id, &out);
     }
-    w.settle();
 }
 
 /// Waits (bounded) until what is queued to the client is written.
 async fn drain_outbox(w: &Rc<Worker>, stream: &TcpStream, id: ClientId) {
-    let deadline = w.now_ms() + CLOSE_TIMEOUT_MS;
-    while w.state.borrow().queued(id) > 0 && w.now_ms() < deadline {
-        let left = Duration::from_millis(deadline.saturating_sub(w.now_ms()));
+    let deadline = w.now_tick() + Tick::span(CLOSE_TIMEOUT);
+    while w.state.borrow().queued(id) > 0 && w.now_tick() < deadline {
         if !matches!(
-            timer::timeout(w, left, stream.writable(false)).await,
+            timer::timeout_at(w, deadline, stream.writable(false)).await,
             Ok(Ok(()))
         ) {
             return;
         }
         w.state.borrow_mut().flush_client(id, netio::writev);
-        w.settle();
     }
 }
 
@@ -519,14 +506,14 @@ async fn echo(w: &Rc<Worker>, stream: &TcpStream, fd: RawFd, hello: &[u8], lefto
     if netio::write_all(stream, fd, hello).await.is_err() {
         return;
     }
-    let mut conn = Connection::new(w.cfg.max_message_bytes, CLOSE_TIMEOUT_MS);
+    let mut conn = Connection::new(w.cfg.max_message_bytes, Tick::span(CLOSE_TIMEOUT));
     let mut input = leftover;
     let mut out = Vec::new();
     let mut write_shut = false;
     loop {
         let mut pos = 0;
         while pos < input.len() {
-            let (used, result) = conn.handle_bytes(w.now_ms(), &input[pos..]);
+            let (used, result) = conn.handle_bytes(w.now_tick(), &input[pos..]);
             pos += used;
             match result {
                 Ok(Some(Event::Text(t))) if conn.can_send_data() => {
@@ -561,12 +548,11 @@ async fn echo(w: &Rc<Worker>, stream: &TcpStream, fd: RawFd, hello: &[u8], lefto
         let read = match conn.poll_timeout() {
             None => read.await,
             Some(at) => {
-                let left = Duration::from_millis(at.saturating_sub(w.now_ms()));
-                match timer::timeout(w, left, read).await {
+                match timer::timeout_at(w, at, read).await {
                     Ok(r) => r,
                     Err(_) => {
                         // Fired for `at`: see `Wake::Deadline` in `run`.
-                        conn.handle_timeout(w.now_ms().max(at));
+                        conn.handle_timeout(w.now_tick().max(at));
                         continue;
                     }
                 }

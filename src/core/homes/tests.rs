@@ -24,7 +24,7 @@ fn publish(h: &mut HomeTopics, topic: &str, size: usize, now: u64) -> Arc<Messag
         None,
         data.as_bytes(),
     ));
-    h.keep(&msg, now);
+    h.keep(&msg, Tick::new(now));
     msg
 }
 
@@ -43,6 +43,7 @@ fn counted(h: &HomeTopics) -> usize {
 }
 
 fn limits(memory: usize, ttl: u64) -> HistoryLimits {
+    let ttl = Tick::new(ttl);
     HistoryLimits {
         len: 1000,
         bytes: 1 << 20,
@@ -89,13 +90,13 @@ fn messages_past_the_age_limit_leave_and_their_idle_topics_are_forgotten() {
     publish(&mut h, "b", 10, 50);
     h.get_or_create("b").cores.push(1);
     publish(&mut h, "a", 10, 80);
-    assert_eq!(h.next_expiry(), Some(100));
-    assert_eq!(h.expire(99), Some(100));
-    assert_eq!(h.expire(100), Some(150));
+    assert_eq!(h.next_expiry(), Some(Tick::new(100)));
+    assert_eq!(h.expire(Tick::new(99)), Some(Tick::new(100)));
+    assert_eq!(h.expire(Tick::new(100)), Some(Tick::new(150)));
     assert_eq!(kept(&mut h, "a"), vec![2]);
-    assert_eq!(h.expire(179), Some(180));
+    assert_eq!(h.expire(Tick::new(179)), Some(Tick::new(180)));
     assert_eq!(h.len(), 2);
-    assert_eq!(h.expire(1000), None);
+    assert_eq!(h.expire(Tick::new(1000)), None);
     // "a" had nothing but history: forgotten. "b" has a listener: kept, empty.
     assert_eq!(h.len(), 1);
     assert!(h.get_mut("a").is_none());
@@ -116,7 +117,7 @@ fn a_forgotten_topic_published_again_never_repeats_a_position() {
         publish(&mut h, "a", 10, now);
     }
     publish(&mut h, "b", 10, 0);
-    h.expire(100);
+    h.expire(Tick::new(100));
     assert!(h.is_empty(), "both topics forgotten");
     let again = publish(&mut h, "a", 10, 200);
     assert!(again.seq > 5, "position {} issued again", again.seq);
@@ -138,7 +139,7 @@ fn a_client_that_saw_the_last_message_of_a_forgotten_topic_resumes_it_without_a_
     for now in 0..50 {
         publish(&mut h, "busy", 10, now);
     }
-    h.expire(100);
+    h.expire(Tick::new(100));
     assert!(h.is_empty());
     // "busy" raised the floor to 50; "quiet" is remembered at 1.
     let again = publish(&mut h, "quiet", 10, 200);
@@ -189,8 +190,8 @@ fn a_broker_topic_keeps_its_stream_positions() {
         None,
         b"1",
     ));
-    h.keep(&msg, 0);
-    h.expire(100);
+    h.keep(&msg, Tick::ZERO);
+    h.expire(Tick::new(100));
     assert!(h.is_empty());
     assert_eq!(h.get_or_create("b").seq, 0, "stream ids need no floor");
 }
@@ -263,7 +264,7 @@ proptest::proptest! {
         topic_bounds in proptest::bool::ANY,
     ) {
         let (len, bytes) = if topic_bounds { (len, 3_000) } else { (usize::MAX, usize::MAX) };
-        let mut h = homes(HistoryLimits { len, bytes, memory: budget, ttl });
+        let mut h = homes(HistoryLimits { len, bytes, memory: budget, ttl: Tick::new(ttl) });
         let mut now = 0u64;
         // Publish order of every message: (topic, position) → index.
         let mut order: BTreeMap<(String, u64), usize> = BTreeMap::new();
@@ -287,7 +288,7 @@ proptest::proptest! {
                 }
                 Op::Tick { ticks } => {
                     now += u64::from(ticks);
-                    h.expire(now);
+                    h.expire(Tick::new(now));
                 }
             }
             proptest::prop_assert_eq!(h.history_bytes(), counted(&h));

@@ -11,10 +11,10 @@
 use std::sync::Arc;
 
 use super::CoreState;
+use crate::core::bus_msg::{Backlog, CoreMsg, Gap, Since, StreamEntry};
 use crate::core::history::Resume;
 use crate::core::homes::{WaitingSubscribe, Watch};
 use crate::core::message::Message;
-use crate::core::msg::{Backlog, CoreMsg, Gap, Since, StreamEntry};
 use crate::core::registry::ClientId;
 
 impl CoreState {

@@ -1,13 +1,15 @@
 //! The state of one core: its clients, its topic indexes, the topics it is home
 //! to, and the publishes it waits on. Single-threaded, owned by its worker; other
-//! cores are reached only through [`CoreMsg`]s queued in [`CoreState::outbound`].
+//! cores are reached only through [`CoreMsg`]s.
 //!
-//! The runtime drives it: it registers and removes clients, hands in the bus
-//! messages that arrive, drains `outbound` into the bus, and calls
-//! [`CoreState::flush_dirty_upto`] after each batch (in slices, until none is left)
-//! so that every client touched by the batch gets one coalesced write.
+//! The runtime drives it: it registers and removes clients and hands in the bus
+//! messages that arrive. Everything the core wants done outside itself (messages
+//! for other cores, tasks to wake, clients to write) waits in its [`Effects`]
+//! queue, which the runtime carries out at one point per turn of its event loop:
+//! [`CoreState::poll_effects`], then [`CoreState::run_effects`] in slices until it
+//! returns false, so that every client touched in the turn gets one coalesced
+//! write.
 
-use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -16,12 +18,13 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use slab::Slab;
 
-use super::client::{Client, CloseReason, PendingAck, Subscription, Transport, WriteState};
+use super::bus_msg::{Backlog, CoreMsg, Gap, ReplyTo, Since};
+use super::client::{Client, CloseReason, PendingAck, Subscription, Transition, Transport};
+use super::effects::Effects;
 use super::encodings::{FrameKind, LazyFrames};
 use super::frame::Frame;
 use super::homes::{HistoryLimits, HomeTopics};
 use super::message::Message;
-use super::msg::{Backlog, CoreMsg, Gap, ReplyTo, Since};
 use super::outbox::{Flush, FlushScratch, StreamCursor};
 use super::registry::{ClientId, Registry};
 use super::replay::{BacklogCache, Replay, REPLAY_SLICE, REPLAY_SLICE_ITEMS};
@@ -32,6 +35,7 @@ use crate::proto::envelope::{self, GAP_EVENT};
 use crate::proto::publish::PublishError;
 use crate::proto::sse;
 use crate::proto::ws::frame as ws_frame;
+use crate::time::Tick;
 
 mod home;
 #[cfg(test)]
@@ -43,15 +47,15 @@ pub use timers::TimerTarget;
 
 use super::wheel::TimerWheel;
 
-/// Limits and timers the core enforces per client. Durations are in wheel ticks.
+/// Limits and timers the core enforces per client.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_outbox_bytes: usize,
     pub max_topics_per_client: usize,
     /// A stream idle this long gets a heartbeat (SSE comment, WS ping).
-    pub heartbeat_ticks: u64,
-    /// A WebSocket client silent this long is closed.
-    pub idle_ticks: u64,
+    pub heartbeat: Tick,
+    /// A WebSocket client silent this long is closed; zero: never.
+    pub idle: Tick,
 }
 
 /// Why a subscribe was refused. The client is at fault.
@@ -69,8 +73,8 @@ pub struct Admission<'a> {
     pub fd: RawFd,
     /// The response head (`200`, `101`).
     pub head: &'a [u8],
-    /// Tick at which the client's access token expires.
-    pub expires_at: Option<u64>,
+    /// When the client's access token expires.
+    pub expires_at: Option<Tick>,
     /// The stream's topics, validated and within `--max-topics-per-client`.
     pub topics: &'a [String],
     /// Where each topic starts (a resume, or live).
@@ -110,20 +114,18 @@ pub struct CoreState {
     local: LocalTopics,
     homes: HomeTopics,
     pending: Slab<PublishSlot>,
-    /// Messages for other cores, drained by the runtime into the bus.
-    pub outbound: Vec<(usize, CoreMsg)>,
-    /// Clients with output not yet written, oldest first.
-    dirty: VecDeque<ClientId>,
+    /// What the core asks of the runtime: cross-core messages, wakes, flushes.
+    effects: Effects,
     scratch: FlushScratch,
     metrics: Arc<CoreMetrics>,
     /// Every timer of the core: client liveness and task deadlines.
     wheel: TimerWheel<TimerTarget>,
     heartbeats: Heartbeats,
     /// The current tick, as last told by the runtime.
-    now: u64,
+    now: Tick,
     /// The tick task, and the tick it sleeps until.
     tick_waker: Option<Waker>,
-    tick_target: u64,
+    tick_target: Tick,
     /// Counter of subscribe requests (see [`Subscription::req`]).
     next_req: u32,
     /// Topics are shared through a broker: positions come from its streams.
@@ -155,15 +157,14 @@ impl CoreState {
             local: LocalTopics::default(),
             homes: HomeTopics::new(history, metrics.clone()),
             pending: Slab::new(),
-            outbound: Vec::new(),
-            dirty: VecDeque::new(),
+            effects: Effects::default(),
             scratch: FlushScratch::default(),
             metrics,
             wheel: TimerWheel::new(),
             heartbeats: Heartbeats::new(),
-            now: 0,
+            now: Tick::ZERO,
             tick_waker: None,
-            tick_target: u64::MAX,
+            tick_target: Tick::MAX,
             next_req: 0,
             broker: false,
             history_timer: None,
@@ -339,7 +340,46 @@ impl CoreState {
 
     fn send(&mut self, core: usize, msg: CoreMsg) {
         debug_assert_ne!(core, self.core(), "a core sends itself nothing: {msg:?}");
-        self.outbound.push((core, msg));
+        self.effects.send(core, msg);
+    }
+
+    // ---- effects ------------------------------------------------------------
+
+    /// Ready when an effect waits to be carried out; otherwise parks `cx` (the
+    /// runtime's one effects task) until the core queues one.
+    pub fn poll_effects(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.effects.poll_ready(cx)
+    }
+
+    /// Carries out the queued effects, at tick `now`: hands every cross-core
+    /// message to `send` (in order), wakes the tasks queued to wake, and writes up
+    /// to `max` dirty clients with `write` (which must not block). True while
+    /// dirty clients remain: call again (after letting other tasks run).
+    pub fn run_effects(
+        &mut self,
+        now: Tick,
+        max: usize,
+        mut send: impl FnMut(usize, CoreMsg),
+        write: impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>,
+    ) -> bool {
+        self.set_now(now);
+        for (to, msg) in self.effects.poll_transmit() {
+            send(to, msg);
+        }
+        // Wakes before the writes, which may take a while (a publish answered
+        // need not wait for a fan-out's flush), and after them: a write may
+        // have found a socket full.
+        self.effects.wake_tasks();
+        let more = self.flush_dirty_upto(max, write);
+        self.effects.wake_tasks();
+        more
+    }
+
+    /// Takes the queued cross-core messages, for a caller that moves them itself
+    /// (the tests' `pump`).
+    #[cfg(test)]
+    pub(crate) fn take_sends(&mut self) -> Vec<(usize, CoreMsg)> {
+        self.effects.poll_transmit().collect()
     }
 
     // ---- subscriptions ------------------------------------------------------
@@ -561,9 +601,8 @@ impl CoreState {
         let client = &mut *client;
         client.subs[index].seq = client.subs[index].seq.max(head);
         client.subs[index].pending = false;
-        if client.open_when_ready && client.subs.iter().all(|s| !s.pending) {
-            client.open_when_ready = false;
-            client.gated = false;
+        if client.subs.iter().all(|s| !s.pending) {
+            client.step(Transition::Confirmed);
         }
         if client.transport == Transport::Sse
             && client.fresh
@@ -652,7 +691,7 @@ impl CoreState {
         let Self {
             local,
             clients,
-            dirty,
+            effects,
             metrics,
             limits,
             ..
@@ -664,23 +703,30 @@ impl CoreState {
                 debug_assert!(false, "topic {key:#x} lists a removed client {id:?}");
                 continue;
             };
-            let index = usize::from(index);
-            match client.subs.get(index) {
-                Some(sub) if !sub.pending && sub.seq < msg.seq => {}
-                _ => continue,
-            }
-            if !queue_message(client, index, msg.seq, enc.get(msg, FrameKind::of(client))) {
+            // The client's one check, a compare of its state byte: a closing
+            // client takes nothing (the message counts as dropped at its removal).
+            if !client.takes_messages() {
                 continue;
             }
+            // The subscription's: confirmed, and not past this message already
+            // (its backlog brought it).
+            let index = usize::from(index);
+            match client.subs.get_mut(index) {
+                Some(sub) if !sub.pending && sub.seq < msg.seq => sub.seq = msg.seq,
+                _ => continue,
+            }
+            queue_message(client, index, msg.seq, enc.get(msg, FrameKind::of(client)));
             delivered += 1;
             if client.queued_bytes() > limits.max_outbox_bytes {
-                cut_slow(client, metrics);
+                cut_slow(client, metrics, effects);
             }
             if !client.dirty {
                 client.dirty = true;
-                dirty.push_back(id);
+                effects.dirty.push_back(id);
             }
         }
+        // One wake of the effects task for the whole fan-out.
+        effects.due();
         metrics.delivered.add(delivered);
     }
 
@@ -688,7 +734,7 @@ impl CoreState {
         let max = self.limits.max_outbox_bytes;
         if let Some(client) = self.clients.get_mut(id) {
             if client.queued_bytes() > max {
-                cut_slow(client, &self.metrics);
+                cut_slow(client, &self.metrics, &mut self.effects);
             }
         }
     }
@@ -715,7 +761,7 @@ impl CoreState {
                 if let Some(p) = self.pending.get_mut(slot as usize) {
                     p.result = Some(result);
                     if let Some(w) = p.waker.take() {
-                        w.wake();
+                        self.effects.wake(w);
                     }
                 }
             }
@@ -781,7 +827,7 @@ impl CoreState {
         if let Some(client) = self.clients.get_mut(id) {
             if !client.dirty {
                 client.dirty = true;
-                self.dirty.push_back(id);
+                self.effects.mark_dirty(id);
             }
         }
     }
@@ -801,22 +847,29 @@ impl CoreState {
         mut write: impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>,
     ) -> bool {
         for _ in 0..max {
-            let Some(id) = self.dirty.pop_front() else {
+            let Some(id) = self.effects.dirty.pop_front() else {
                 break;
             };
             if let Some(client) = self.clients.get_mut(id) {
                 client.dirty = false;
-                if client.gated {
+                let life = client.lifecycle();
+                if life.held() {
                     continue;
                 }
-                if client.write == WriteState::Ready {
-                    flush_one(client, self.now, &mut self.scratch, &mut write);
+                if life.may_write() {
+                    flush_one(
+                        client,
+                        self.now,
+                        &mut self.scratch,
+                        &mut self.effects,
+                        &mut write,
+                    );
                 } else {
-                    client.wake();
+                    wake(client, &mut self.effects);
                 }
             }
         }
-        !self.dirty.is_empty()
+        !self.effects.dirty.is_empty()
     }
 
     /// Flushes one client after its socket became writable.
@@ -826,11 +879,15 @@ impl CoreState {
         mut write: impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>,
     ) {
         if let Some(client) = self.clients.get_mut(id) {
-            if client.write == WriteState::Blocked {
-                client.write = WriteState::Ready;
-            }
-            if client.write == WriteState::Ready && !client.gated {
-                flush_one(client, self.now, &mut self.scratch, &mut write);
+            client.step(Transition::Writable);
+            if client.lifecycle().may_write() {
+                flush_one(
+                    client,
+                    self.now,
+                    &mut self.scratch,
+                    &mut self.effects,
+                    &mut write,
+                );
             }
         }
     }
@@ -841,20 +898,21 @@ impl CoreState {
         let Some(client) = self.clients.get_mut(id) else {
             return Poll::Ready(ClientTask::Close(CloseReason::PeerGone));
         };
-        match client.write {
-            WriteState::Closing(reason) => Poll::Ready(ClientTask::Close(reason)),
-            WriteState::Blocked => Poll::Ready(ClientTask::AwaitWritable),
-            WriteState::Ready => {
-                client.waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
+        let life = client.lifecycle();
+        if let Some(reason) = life.closing() {
+            return Poll::Ready(ClientTask::Close(reason));
         }
+        if life.blocked() {
+            return Poll::Ready(ClientTask::AwaitWritable);
+        }
+        client.waker = Some(cx.waker().clone());
+        Poll::Pending
     }
 
     /// Holds everything queued to a new client until [`CoreState::open_when_ready`].
     fn hold(&mut self, id: ClientId) {
         if let Some(c) = self.clients.get_mut(id) {
-            c.gated = true;
+            c.step(Transition::Hold);
         }
     }
 
@@ -864,10 +922,8 @@ impl CoreState {
         let Some(c) = self.clients.get_mut(id) else {
             return;
         };
-        if c.subs.iter().any(|s| s.pending) {
-            c.open_when_ready = true;
-        } else {
-            c.gated = false;
+        let confirmed = c.subs.iter().all(|s| !s.pending);
+        if c.step(Transition::Admitted { confirmed }) && confirmed {
             self.mark_dirty(id);
         }
     }
@@ -877,17 +933,11 @@ impl CoreState {
     /// write its last frames. Returns the reason, or `None` when not closing.
     pub fn begin_close(&mut self, id: ClientId) -> Option<CloseReason> {
         let client = self.clients.get_mut(id)?;
-        let WriteState::Closing(reason) = client.write else {
-            return None;
-        };
+        let reason = client.lifecycle().closing()?;
         let replayed = client.replay.take().map_or(0, |r| r.len());
         let dropped = client.outbox.drop_unsent() + replayed;
         self.metrics.dropped.add(dropped as u64);
-        client.muted = true;
-        client.write = WriteState::Ready;
-        // The head (kept) and the last frames go out now, confirmed or not.
-        client.gated = false;
-        client.open_when_ready = false;
+        client.step(Transition::BeginClose);
         Some(reason)
     }
 
@@ -902,7 +952,7 @@ impl CoreState {
     /// Stops queueing messages to a client whose connection is closing.
     pub fn mute(&mut self, id: ClientId) {
         if let Some(client) = self.clients.get_mut(id) {
-            client.muted = true;
+            client.step(Transition::Mute);
         }
     }
 
@@ -917,9 +967,9 @@ impl CoreState {
         let Some(client) = self.clients.get_mut(id) else {
             return Poll::Ready(CloseReason::PeerGone);
         };
-        match client.write {
-            WriteState::Closing(reason) => Poll::Ready(reason),
-            _ => {
+        match client.lifecycle().closing() {
+            Some(reason) => Poll::Ready(reason),
+            None => {
                 client.waker = Some(cx.waker().clone());
                 Poll::Pending
             }
@@ -934,20 +984,17 @@ impl CoreState {
     /// Asks the connection task of `id` to close the connection.
     pub fn close(&mut self, id: ClientId, reason: CloseReason) {
         if let Some(client) = self.clients.get_mut(id) {
-            client.write = WriteState::Closing(reason);
-            client.wake();
+            client.step(Transition::Close(reason));
+            wake(client, &mut self.effects);
         }
     }
 }
 
-/// Queues one message to a client's subscription `index`: to the outbox, or
-/// behind the backlog while the client replays one. False when the client is
-/// closing (the message then counts as dropped).
+/// Queues one message of a client's subscription `index` (the caller checked
+/// that the client takes it, and moved the subscription's position): to the
+/// outbox, or behind the backlog while the client replays one.
 #[inline]
-fn queue_message(client: &mut Client, index: usize, seq: u64, frame: &Frame) -> bool {
-    if !client.takes_messages() {
-        return false;
-    }
+fn queue_message(client: &mut Client, index: usize, seq: u64, frame: &Frame) {
     match client.replay.as_mut() {
         Some(replay) => queue_behind_replay(replay, index, seq, frame),
         None => {
@@ -958,10 +1005,6 @@ fn queue_message(client: &mut Client, index: usize, seq: u64, frame: &Frame) -> 
         }
     }
     client.fresh = false;
-    if let Some(sub) = client.subs.get_mut(index) {
-        sub.seq = seq;
-    }
-    true
 }
 
 /// The rare case of [`queue_message`], kept out of the fan-out loop.
@@ -1027,23 +1070,30 @@ fn queue_gap(client: &mut Client, topic: &str, gap: Gap, ids: IdScheme) {
     client.outbox.push(&out);
 }
 
+/// Queues the wake of a client's connection task, if it is parked.
+fn wake(client: &mut Client, effects: &mut Effects) {
+    if let Some(w) = client.waker.take() {
+        effects.wake(w);
+    }
+}
+
 /// Marks a client whose outbox passed the bound as a slow consumer to cut.
-fn cut_slow(client: &mut Client, metrics: &CoreMetrics) {
-    if matches!(client.write, WriteState::Closing(_)) {
+fn cut_slow(client: &mut Client, metrics: &CoreMetrics, effects: &mut Effects) {
+    if !client.step(Transition::CutSlow) {
         return;
     }
-    client.write = WriteState::Closing(CloseReason::SlowConsumer);
     match client.transport {
         Transport::Sse => metrics.slow_consumers_sse.inc(),
         Transport::Ws => metrics.slow_consumers_ws.inc(),
     }
-    client.wake();
+    wake(client, effects);
 }
 
 fn flush_one(
     client: &mut Client,
-    now: u64,
+    now: Tick,
     scratch: &mut FlushScratch,
+    effects: &mut Effects,
     write: &mut impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>,
 ) {
     let flushed = if client.replay.is_none() {
@@ -1054,12 +1104,12 @@ fn flush_one(
     match flushed {
         Flush::Drained => {}
         Flush::Blocked => {
-            client.write = WriteState::Blocked;
-            client.wake();
+            client.step(Transition::SocketFull);
+            wake(client, effects);
         }
         Flush::Failed => {
-            client.write = WriteState::Closing(CloseReason::PeerGone);
-            client.wake();
+            client.step(Transition::Close(CloseReason::PeerGone));
+            wake(client, effects);
         }
     }
 }
@@ -1068,7 +1118,7 @@ fn flush_one(
 #[inline]
 fn flush_outbox<W>(
     client: &mut Client,
-    now: u64,
+    now: Tick,
     scratch: &mut FlushScratch,
     write: &mut W,
 ) -> Flush
@@ -1097,7 +1147,7 @@ where
 #[inline(never)]
 fn flush_replaying(
     client: &mut Client,
-    now: u64,
+    now: Tick,
     scratch: &mut FlushScratch,
     write: &mut dyn FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>,
 ) -> Flush {

@@ -8,16 +8,17 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use super::*;
+use crate::core::bus_msg::StreamEntry;
+use crate::core::client::Lifecycle;
 use crate::core::homes::HistoryLimits;
-use crate::core::msg::StreamEntry;
 use crate::core::topics::home_of;
 
 fn limits() -> Limits {
     Limits {
         max_outbox_bytes: 1 << 20,
         max_topics_per_client: 8,
-        heartbeat_ticks: 1500,
-        idle_ticks: 3500,
+        heartbeat: Tick::new(1500),
+        idle: Tick::new(3500),
     }
 }
 
@@ -45,7 +46,7 @@ fn pump(cores: &mut [CoreState]) {
     loop {
         let mut moved = false;
         for i in 0..cores.len() {
-            let out = std::mem::take(&mut cores[i].outbound);
+            let out = cores[i].take_sends();
             for (to, msg) in out {
                 moved = true;
                 cores[to].handle(msg);
@@ -256,8 +257,8 @@ fn a_client_past_its_outbox_bound_is_cut_and_the_others_are_not() {
         });
     }
     assert_eq!(
-        cs[0].client(slow).unwrap().write,
-        WriteState::Closing(CloseReason::SlowConsumer)
+        cs[0].client(slow).unwrap().lifecycle(),
+        Lifecycle::Closing(CloseReason::SlowConsumer)
     );
     assert_eq!(socks.data(11).len(), 50);
     assert_eq!(cs[0].metrics().slow_consumers_sse.get(), 1);
@@ -269,21 +270,27 @@ fn heartbeats_fill_silences_and_silent_websockets_are_closed() {
     let sse = cs[0].register(Transport::Sse, 10);
     let ws = cs[0].register(Transport::Ws, 11);
     let mut socks = Sockets::default();
-    cs[0].advance_timers(1500);
+    cs[0].advance_timers(Tick::new(1500));
     socks.flush_all(&mut cs);
     assert_eq!(socks.text(10), ":\n\n");
     assert_eq!(
         socks.0.get(&11).map(Vec::as_slice),
         Some(&[0x89u8, 0x00][..])
     );
-    cs[0].advance_timers(3499);
-    assert_eq!(cs[0].client(ws).unwrap().write, WriteState::Ready);
-    cs[0].advance_timers(3500);
+    cs[0].advance_timers(Tick::new(3499));
     assert_eq!(
-        cs[0].client(ws).unwrap().write,
-        WriteState::Closing(CloseReason::IdleTimeout)
+        cs[0].client(ws).unwrap().lifecycle(),
+        Lifecycle::Open { blocked: false }
     );
-    assert_eq!(cs[0].client(sse).unwrap().write, WriteState::Ready);
+    cs[0].advance_timers(Tick::new(3500));
+    assert_eq!(
+        cs[0].client(ws).unwrap().lifecycle(),
+        Lifecycle::Closing(CloseReason::IdleTimeout)
+    );
+    assert_eq!(
+        cs[0].client(sse).unwrap().lifecycle(),
+        Lifecycle::Open { blocked: false }
+    );
     cs[0].remove(sse, CloseReason::PeerGone);
     cs[0].remove(ws, CloseReason::IdleTimeout);
     assert_eq!(cs[0].timer_entries(), 0);
@@ -305,7 +312,7 @@ fn a_websocket_that_only_listens_on_a_busy_topic_is_pinged_and_stays_while_it_an
     // A message every second: the streams are never silent outbound.
     for second in 1..=40u64 {
         let now = second * 100;
-        cs[0].advance_timers(now);
+        cs[0].advance_timers(Tick::new(now));
         cs[0].publish("busy", None, b"1".to_vec());
         socks.flush_all(&mut cs);
         if pings(&socks, 10) > 0 && cs[0].client(answers).unwrap().probed {
@@ -317,10 +324,13 @@ fn a_websocket_that_only_listens_on_a_busy_topic_is_pinged_and_stays_while_it_an
     // asked again 15 s after its answer, and stays.
     assert_eq!(pings(&socks, 11), 1);
     assert_eq!(pings(&socks, 10), 2);
-    assert_eq!(cs[0].client(answers).unwrap().write, WriteState::Ready);
     assert_eq!(
-        cs[0].client(silent).unwrap().write,
-        WriteState::Closing(CloseReason::IdleTimeout)
+        cs[0].client(answers).unwrap().lifecycle(),
+        Lifecycle::Open { blocked: false }
+    );
+    assert_eq!(
+        cs[0].client(silent).unwrap().lifecycle(),
+        Lifecycle::Closing(CloseReason::IdleTimeout)
     );
 }
 
@@ -380,16 +390,19 @@ fn an_earlier_deadline_for_an_existing_entry_wakes_the_tick_task() {
     let count = Arc::new(Count(AtomicUsize::new(0)));
     let waker = Waker::from(count.clone());
     cs[0].park_ticks(&mut Context::from_waker(&waker));
-    cs[0].set_expiry(c, 200);
+    cs[0].set_expiry(c, Tick::new(200));
+    // The wake is one of the core's effects.
+    assert_eq!(count.0.load(Ordering::SeqCst), 0, "queued, not done");
+    cs[0].effects.wake_tasks();
     assert_eq!(
         count.0.load(Ordering::SeqCst),
         1,
         "the tick task sleeps until the heartbeat otherwise"
     );
-    cs[0].advance_timers(200);
+    cs[0].advance_timers(Tick::new(200));
     assert_eq!(
-        cs[0].client(c).unwrap().write,
-        WriteState::Closing(CloseReason::TokenExpired)
+        cs[0].client(c).unwrap().lifecycle(),
+        Lifecycle::Closing(CloseReason::TokenExpired)
     );
 }
 
@@ -412,7 +425,7 @@ impl BrokerNode {
     /// Handles the core's messages to itself; keeps those to the bridge.
     fn pump(&mut self) {
         loop {
-            let out = std::mem::take(&mut self.core.outbound);
+            let out = self.core.take_sends();
             if out.is_empty() {
                 return;
             }
@@ -615,7 +628,7 @@ fn a_resume_longer_than_the_outbox_bound_is_paced_by_the_socket_not_cut() {
         cs[0].flush_client(c, write_some(&mut socks, &mut room));
         cs[0].flush_dirty(write_some(&mut socks, &mut room));
         assert!(
-            !matches!(cs[0].client(c).unwrap().write, WriteState::Closing(_)),
+            !matches!(cs[0].client(c).unwrap().lifecycle(), Lifecycle::Closing(_)),
             "cut at turn {turn}"
         );
         assert!(cs[0].client(c).unwrap().outbox.bytes() <= 2 * REPLAY_SLICE);
@@ -647,15 +660,15 @@ fn a_client_that_stops_reading_during_a_resume_is_cut_for_live_traffic() {
     cs[0].flush_dirty(write_some(&mut socks, &mut none));
     // The backlog waits without counting; live messages count.
     assert!(!matches!(
-        cs[0].client(c).unwrap().write,
-        WriteState::Closing(_)
+        cs[0].client(c).unwrap().lifecycle(),
+        Lifecycle::Closing(_)
     ));
     for _ in 0..20 {
         publish(&mut cs, 0, "t", &format!("\"{}\"", "y".repeat(400)));
     }
     assert_eq!(
-        cs[0].client(c).unwrap().write,
-        WriteState::Closing(CloseReason::SlowConsumer)
+        cs[0].client(c).unwrap().lifecycle(),
+        Lifecycle::Closing(CloseReason::SlowConsumer)
     );
     // The cut keeps the unwritten head and drops the rest, replay included.
     assert!(cs[0].begin_close(c).is_some());
@@ -692,4 +705,48 @@ fn a_storm_of_resumes_from_one_position_shares_one_encoding_of_each_message() {
         frames.windows(2).all(|w| w[0] == w[1]),
         "one copy per message"
     );
+}
+
+#[test]
+fn every_effect_waits_in_the_queue_and_wakes_the_runner_once_per_turn() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Wake, Waker};
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let mut cs = cores(2);
+    let topic = topic_homed_at(1, 2);
+    let runner = Arc::new(Count(AtomicUsize::new(0)));
+    let waker = Waker::from(runner.clone());
+    let mut cx = Context::from_waker(&waker);
+    assert!(
+        cs[0].poll_effects(&mut cx).is_pending(),
+        "nothing queued yet"
+    );
+    // A subscribe (a message for the home core, a client to write) and a
+    // publish (another message): one wake of the runner for all of it.
+    let a = cs[0].register(Transport::Sse, 10);
+    cs[0].subscribe(a, &topic, Since::Live).unwrap();
+    cs[0].publish(&topic, None, b"1".to_vec());
+    assert_eq!(runner.0.load(Ordering::SeqCst), 1);
+    assert!(cs[0].poll_effects(&mut cx).is_ready());
+    // Carried out at one point: the messages leave in order, nothing is left.
+    let mut sent = Vec::new();
+    let mut socks = Sockets::default();
+    let more = cs[0].run_effects(
+        Tick::ZERO,
+        usize::MAX,
+        |to, msg| sent.push((to, msg)),
+        |fd, iov: &[IoSlice<'_>]| socks.write(fd, iov),
+    );
+    assert!(!more);
+    assert!(matches!(
+        sent.as_slice(),
+        [(1, CoreMsg::Subscribe { .. }), (1, CoreMsg::Publish { .. })]
+    ));
+    assert!(cs[0].poll_effects(&mut cx).is_pending(), "all carried out");
+    assert_eq!(runner.0.load(Ordering::SeqCst), 1);
 }

@@ -14,11 +14,12 @@
 use std::task::{Context, Poll, Waker};
 
 use super::CoreState;
-use crate::core::client::{CloseReason, Transport, WriteState};
+use crate::core::client::{CloseReason, Transport};
 use crate::core::frame::Frame;
 use crate::core::registry::ClientId;
 use crate::core::wheel::TimerHandle;
 use crate::proto::sse;
+use crate::time::Tick;
 
 /// What a wheel entry stands for.
 #[derive(Debug)]
@@ -51,11 +52,11 @@ impl Heartbeats {
 
 impl CoreState {
     /// Moves the core's clock forward (never back).
-    pub fn set_now(&mut self, now: u64) {
+    pub fn set_now(&mut self, now: Tick) {
         self.now = self.now.max(now);
     }
 
-    pub fn now(&self) -> u64 {
+    pub fn now(&self) -> Tick {
         self.now
     }
 
@@ -70,23 +71,23 @@ impl CoreState {
     }
 
     /// The client's earliest deadline.
-    fn client_deadline(&self, id: ClientId) -> Option<u64> {
+    fn client_deadline(&self, id: ClientId) -> Option<Tick> {
         let c = self.clients.get(id)?;
-        let hb = self.limits.heartbeat_ticks;
+        let hb = self.limits.heartbeat;
         let mut heartbeat = c.last_write + hb;
         if c.transport == Transport::Ws && !c.probed {
             heartbeat = heartbeat.min(c.last_read + hb);
         }
         let idle = match c.transport {
-            Transport::Ws if self.limits.idle_ticks > 0 => c.last_read + self.limits.idle_ticks,
-            _ => u64::MAX,
+            Transport::Ws if !self.limits.idle.is_zero() => c.last_read + self.limits.idle,
+            _ => Tick::MAX,
         };
-        let expiry = c.expires_at.unwrap_or(u64::MAX);
-        Some(heartbeat.min(idle).min(expiry).max(self.now + 1))
+        let expiry = c.expires_at.unwrap_or(Tick::MAX);
+        Some(heartbeat.min(idle).min(expiry).max(self.now + Tick::new(1)))
     }
 
-    /// Closes the client at tick `at` (its access token's expiry).
-    pub fn set_expiry(&mut self, id: ClientId, at: u64) {
+    /// Closes the client at `at` (its access token's expiry).
+    pub fn set_expiry(&mut self, id: ClientId, at: Tick) {
         if let Some(c) = self.clients.get_mut(id) {
             c.expires_at = Some(at);
         }
@@ -100,12 +101,12 @@ impl CoreState {
         };
         let existing = self.clients.get(id).and_then(|c| c.timer);
         if let Some(handle) = existing {
-            if self.wheel.reschedule(handle, deadline) {
+            if self.wheel.reschedule(handle, deadline.get()) {
                 self.kick_ticks(deadline);
                 return;
             }
         }
-        let handle = self.wheel.insert(deadline, TimerTarget::Client(id));
+        let handle = self.wheel.insert(deadline.get(), TimerTarget::Client(id));
         if let Some(c) = self.clients.get_mut(id) {
             c.timer = Some(handle);
         }
@@ -119,15 +120,15 @@ impl CoreState {
             return;
         }
         if let Some(due) = self.homes.next_expiry() {
-            let due = due.max(self.now + 1);
-            self.history_timer = Some(self.wheel.insert(due, TimerTarget::HistoryTtl));
+            let due = due.max(self.now + Tick::new(1));
+            self.history_timer = Some(self.wheel.insert(due.get(), TimerTarget::HistoryTtl));
             self.kick_ticks(due);
         }
     }
 
     /// A deadline for a waiting task; poll it with [`CoreState::poll_wake`].
-    pub fn insert_wake(&mut self, deadline: u64, waker: Waker) -> TimerHandle {
-        let handle = self.wheel.insert(deadline, TimerTarget::Wake(waker));
+    pub fn insert_wake(&mut self, deadline: Tick, waker: Waker) -> TimerHandle {
+        let handle = self.wheel.insert(deadline.get(), TimerTarget::Wake(waker));
         self.kick_ticks(deadline);
         self.metrics.timer_entries.set(self.wheel.len() as u64);
         handle
@@ -155,34 +156,34 @@ impl CoreState {
     }
 
     /// Wakes the tick task when a deadline comes before the one it sleeps until.
-    fn kick_ticks(&mut self, deadline: u64) {
+    fn kick_ticks(&mut self, deadline: Tick) {
         if deadline < self.tick_target {
             if let Some(w) = self.tick_waker.take() {
-                w.wake();
+                self.effects.wake(w);
             }
         }
     }
 
     /// The wheel's next deadline (possibly early, never late).
-    pub fn next_timer(&self) -> Option<u64> {
-        self.wheel.next_expiration()
+    pub fn next_timer(&self) -> Option<Tick> {
+        self.wheel.next_expiration().map(Tick::new)
     }
 
     /// For the tick task: registers its waker, to be woken when a deadline earlier
     /// than the one it sleeps until is filed.
     pub fn park_ticks(&mut self, cx: &mut Context<'_>) {
-        self.tick_target = self.wheel.next_expiration().unwrap_or(u64::MAX);
+        self.tick_target = self.next_timer().unwrap_or(Tick::MAX);
         self.tick_waker = Some(cx.waker().clone());
     }
 
     /// Fires every deadline up to `now`; returns how many fired.
-    pub fn advance_timers(&mut self, now: u64) -> usize {
+    pub fn advance_timers(&mut self, now: Tick) -> usize {
         self.set_now(now);
         let mut fired = 0;
-        while let Some((_, target)) = self.wheel.poll_expired(self.now) {
+        while let Some((_, target)) = self.wheel.poll_expired(self.now.get()) {
             fired += 1;
             match target {
-                TimerTarget::Wake(w) => w.wake(),
+                TimerTarget::Wake(w) => self.effects.wake(w),
                 TimerTarget::Client(id) => self.on_client_timer(id),
                 TimerTarget::HistoryTtl => {
                     self.history_timer = None;
@@ -200,12 +201,12 @@ impl CoreState {
     /// if the stream was quiet, and re-file the entry.
     fn on_client_timer(&mut self, id: ClientId) {
         let now = self.now;
-        let (hb, idle) = (self.limits.heartbeat_ticks, self.limits.idle_ticks);
+        let (hb, idle) = (self.limits.heartbeat, self.limits.idle);
         let Some(c) = self.clients.get_mut(id) else {
             return;
         };
         c.timer = None;
-        if matches!(c.write, WriteState::Closing(_)) {
+        if c.lifecycle().closing().is_some() {
             return;
         }
         c.outbox.release_room();
@@ -213,7 +214,7 @@ impl CoreState {
             self.close(id, CloseReason::TokenExpired);
             return;
         }
-        if c.transport == Transport::Ws && idle > 0 && now >= c.last_read + idle {
+        if c.transport == Transport::Ws && !idle.is_zero() && now >= c.last_read + idle {
             self.metrics.idle_timeouts.inc();
             self.close(id, CloseReason::IdleTimeout);
             return;
@@ -221,7 +222,7 @@ impl CoreState {
         // A WebSocket peer silent for a heartbeat interval is asked for a pong,
         // once, even while messages flow to it (see the module doc).
         let probe = c.transport == Transport::Ws && !c.probed && now >= c.last_read + hb;
-        if (now >= c.last_write + hb || probe) && !c.muted {
+        if (now >= c.last_write + hb || probe) && c.takes_messages() {
             let beat = match c.transport {
                 Transport::Sse => &self.heartbeats.sse,
                 Transport::Ws => &self.heartbeats.ws,

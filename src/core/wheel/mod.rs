@@ -6,7 +6,6 @@ mod level;
 mod tests;
 
 use std::num::NonZeroU32;
-use std::time::Duration;
 
 use level::{level_for, slot_for, Expiration, Level};
 
@@ -21,7 +20,7 @@ pub const SLOTS: usize = 1 << LEVEL_BITS;
 
 /// Number of levels.
 ///
-/// 6 because `SLOTS^6` ticks ([`MAX_SPAN`]) at the [`DEFAULT_TICK`] of 10 ms is about 21.8
+/// 6 because `SLOTS^6` ticks ([`MAX_SPAN`]) at the [`TICK`](crate::time::TICK) of 10 ms is about 21.8
 /// years, so every deadline a server sets (seconds to minutes) files without clamping,
 /// and the whole wheel head is 6 × (8 + 64 × 4) bytes ≈ 1.6 KiB per core.
 pub const NUM_LEVELS: usize = 6;
@@ -31,28 +30,8 @@ pub const NUM_LEVELS: usize = 6;
 /// reached (see [`TimerWheel`]).
 pub const MAX_SPAN: u64 = 1 << (LEVEL_BITS as usize * NUM_LEVELS);
 
-/// The tick the server uses: coarse enough that the tick task wakes at most 100 times a
-/// second (and only when [`TimerWheel::next_expiration`] says so), fine enough for
-/// header and drain deadlines, which are seconds.
-pub const DEFAULT_TICK: Duration = Duration::from_millis(10);
-
 /// "No entry": the null link of the intrusive lists and of the free list.
 const NIL: u32 = u32::MAX;
-
-/// Converts "now" (time since the caller's origin) to a tick, rounding **down**.
-///
-/// Together with [`deadline_to_tick`] (rounding up) this is the rounding rule of the
-/// wheel: a timer never fires before its deadline, and at most one tick after it.
-pub fn now_to_tick(since_origin: Duration, tick: Duration) -> u64 {
-    u64::try_from(since_origin.as_nanos() / tick.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// Converts a deadline (time since the caller's origin) to a tick, rounding **up**, so
-/// that the entry cannot fire before the deadline: it fires when the tick task's
-/// [`now_to_tick`] reaches it, which is at or after the deadline itself.
-pub fn deadline_to_tick(since_origin: Duration, tick: Duration) -> u64 {
-    u64::try_from(since_origin.as_nanos().div_ceil(tick.as_nanos())).unwrap_or(u64::MAX)
-}
 
 /// The key of a wheel entry: a slab index and the generation of its occupant.
 ///
@@ -126,12 +105,13 @@ struct Node<T> {
 /// Hierarchical Timing Wheels", SOSP 1987; laid out like tokio's `runtime/time/wheel`).
 ///
 /// It is a pure data structure: no clock, no I/O. Time is a `u64` tick given by the
-/// caller, which converts with [`now_to_tick`] / [`deadline_to_tick`] in one place.
+/// caller: a [`Tick`](crate::time::Tick)'s count, converted from real time in
+/// `crate::time` only.
 ///
 /// # Levels
 ///
 /// [`NUM_LEVELS`] levels of [`SLOTS`] slots; a slot of level `k` spans `64^k` ticks and
-/// the whole level `64^(k+1)`. At the [`DEFAULT_TICK`] of 10 ms:
+/// the whole level `64^(k+1)`. At the [`TICK`](crate::time::TICK) of 10 ms:
 ///
 /// | level | slot span (ticks) | slot span | level span |
 /// |------:|------------------:|----------:|-----------:|

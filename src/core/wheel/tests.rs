@@ -414,19 +414,6 @@ fn time_going_backwards_panics() {
 }
 
 #[test]
-fn ticks_round_deadlines_up_and_now_down() {
-    let tick = DEFAULT_TICK;
-    assert_eq!(now_to_tick(Duration::from_millis(19), tick), 1);
-    assert_eq!(deadline_to_tick(Duration::from_millis(11), tick), 2);
-    assert_eq!(deadline_to_tick(Duration::from_millis(20), tick), 2);
-    assert_eq!(now_to_tick(Duration::from_millis(20), tick), 2);
-    assert_eq!(
-        deadline_to_tick(Duration::MAX, Duration::from_nanos(1)),
-        u64::MAX
-    );
-}
-
-#[test]
 fn a_million_random_entries_each_fire_exactly_once_at_their_deadline() {
     const N: usize = 1_000_000;
     let mut rng = Rng(0x5eed);

@@ -23,8 +23,8 @@
 //!   or a body by the body deadline. Each is queued as the request's answer, reported as
 //!   [`Event::Refused`], and closes the connection after it.
 //!
-//! Times are milliseconds on any monotonic clock the caller likes (the worker uses
-//! milliseconds since it started); only differences matter.
+//! Times are [`Tick`]s, the server's one time base (the worker passes its clock);
+//! only differences matter, and this module never reads a clock.
 //!
 //! The head event borrows the connection's buffer (offsets into it, as httparse gives
 //! them): take what must outlive the event before calling the machine again.
@@ -33,6 +33,7 @@ use std::collections::VecDeque;
 
 use super::{error_response, write_response, Body, ChunkedDecoder, HeadLimits, HeadScanner};
 use super::{HttpError, RequestHead, CONTINUE};
+pub use crate::time::Tick;
 
 /// Requests read but not yet answered, at most. Past it no further head is read until
 /// an answer is given: a pipelining client cannot queue unbounded work.
@@ -54,11 +55,11 @@ pub struct Config {
     /// How long a request head may take, from the moment the machine starts waiting
     /// for it (`--header-timeout`). An idle keep-alive connection is closed quietly at
     /// this deadline; one with part of a head gets 408.
-    pub header_timeout_ms: u64,
+    pub header_timeout: Tick,
     /// How long a request body may take, from the moment it is asked for (or skipped)
     /// (`--body-timeout`). Bytes arriving do not move this deadline: a body sent a byte
     /// at a time is still cut at it, with 408.
-    pub body_timeout_ms: u64,
+    pub body_timeout: Tick,
 }
 
 /// Names one request of a connection; answers are sent in the order of these ids.
@@ -126,7 +127,7 @@ enum Framing {
 #[derive(Debug)]
 enum Phase {
     /// Waiting for a request head (or parsing it), until `deadline`.
-    Head { deadline: u64 },
+    Head { deadline: Tick },
     /// A head was handed out; the caller may ask for its body before the next poll.
     Delivered {
         id: RequestId,
@@ -138,7 +139,7 @@ enum Phase {
         id: RequestId,
         framing: Framing,
         deliver: bool,
-        deadline: u64,
+        deadline: Tick,
     },
     /// No more requests are read.
     Closed(Close),
@@ -263,7 +264,7 @@ pub struct Connection {
     /// An event to report at the next poll (a deadline or the peer's close).
     report: Option<Report>,
     /// The latest time the caller gave; deadlines start from it.
-    now: u64,
+    now: Tick,
     /// The request handed out last did not allow another after it (`Connection:
     /// close`, HTTP/1.0): no head is read after it.
     last_request: bool,
@@ -277,7 +278,7 @@ enum Report {
 
 impl Connection {
     /// A connection accepted at `now`: the header deadline starts.
-    pub fn new(cfg: Config, now: u64) -> Self {
+    pub fn new(cfg: Config, now: Tick) -> Self {
         Self {
             cfg,
             buf: Vec::new(),
@@ -285,7 +286,7 @@ impl Connection {
             decoded: Vec::new(),
             scanner: HeadScanner::new(),
             phase: Phase::Head {
-                deadline: now.saturating_add(cfg.header_timeout_ms),
+                deadline: now + cfg.header_timeout,
             },
             answers: Answers::default(),
             report: None,
@@ -348,7 +349,7 @@ impl Connection {
 
     /// The next deadline, if any: pass [`handle_timeout`](Self::handle_timeout) the
     /// time once it has come.
-    pub fn poll_timeout(&self) -> Option<u64> {
+    pub fn poll_timeout(&self) -> Option<Tick> {
         match self.phase {
             _ if self.answers.ended => None,
             Phase::Head { deadline } | Phase::Body { deadline, .. } => Some(deadline),
@@ -358,7 +359,7 @@ impl Connection {
 
     /// Acts on a deadline that has come by `now`: a connection idle between requests
     /// closes quietly; a head or body not complete by its deadline is refused with 408.
-    pub fn handle_timeout(&mut self, now: u64) {
+    pub fn handle_timeout(&mut self, now: Tick) {
         self.now = self.now.max(now);
         match self.phase {
             _ if self.answers.ended => {}
@@ -379,7 +380,7 @@ impl Connection {
 
     /// The next event the buffered bytes (or a deadline, or the peer's close) give, if
     /// any. The event borrows the connection: take from it what must outlive it first.
-    pub fn poll_event(&mut self, now: u64) -> Option<Event<'_>> {
+    pub fn poll_event(&mut self, now: Tick) -> Option<Event<'_>> {
         self.now = self.now.max(now);
         self.drop_consumed();
         self.decoded.clear();
@@ -580,7 +581,7 @@ impl Connection {
         // now, and the next head has the whole header deadline.
         if let Phase::Head { deadline } = &mut self.phase {
             if self.answers.slots.is_empty() && self.buf.len() == self.consumed {
-                *deadline = self.now.saturating_add(self.cfg.header_timeout_ms);
+                *deadline = self.now + self.cfg.header_timeout;
             }
         }
         true
@@ -725,7 +726,7 @@ impl Connection {
             id,
             framing,
             deliver,
-            deadline: self.now.saturating_add(self.cfg.body_timeout_ms),
+            deadline: self.now + self.cfg.body_timeout,
         };
     }
 
@@ -737,7 +738,7 @@ impl Connection {
         }
         self.scanner.reset();
         self.phase = Phase::Head {
-            deadline: self.now.saturating_add(self.cfg.header_timeout_ms),
+            deadline: self.now + self.cfg.header_timeout,
         };
     }
 

@@ -4,9 +4,8 @@ use super::close::code;
 use super::decoder::{ControlPayload, Decoded, Decoder, Event};
 use super::frame::{encode_close, encode_pong};
 
-/// Time in the caller's integer units (the WebSocket session passes milliseconds);
-/// this module never reads a clock.
-pub type Tick = u64;
+/// Time in ticks of the server's one time base; this module never reads a clock.
+pub use crate::time::Tick;
 
 /// Lifecycle of the connection, as far as the WebSocket protocol is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +97,7 @@ impl Connection {
             self.pending_pong = None;
             self.pending_close = Some((code, reason));
             self.state = State::Failed {
-                deadline: now.saturating_add(self.close_timeout),
+                deadline: now + self.close_timeout,
             };
         }
     }
@@ -115,7 +114,7 @@ impl Connection {
                 let (n, result) = self.decoder.handle_bytes(input);
                 self.message_deadline = match self.message_timeout {
                     Some(timeout) if self.decoder.mid_message() => {
-                        Some(self.message_deadline.unwrap_or(now.saturating_add(timeout)))
+                        Some(self.message_deadline.unwrap_or(now + timeout))
                     }
                     _ => None,
                 };
@@ -134,7 +133,7 @@ impl Connection {
                         self.pending_pong = None;
                         self.pending_close = Some((e.close_code(), e.reason()));
                         self.state = State::Failed {
-                            deadline: now.saturating_add(self.close_timeout),
+                            deadline: now + self.close_timeout,
                         };
                     }
                     Ok(_) => {}
@@ -193,7 +192,7 @@ impl Connection {
             self.pending_pong = None;
             self.pending_close = Some((code, reason));
             self.state = State::CloseSent {
-                deadline: now.saturating_add(self.close_timeout),
+                deadline: now + self.close_timeout,
             };
         }
     }

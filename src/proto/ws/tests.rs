@@ -387,8 +387,11 @@ fn server_close(code: u16, reason: &str) -> Vec<u8> {
 
 #[test]
 fn peer_close_is_echoed_with_its_code_then_tcp_closes() {
-    let mut conn = Connection::new(LIMIT, 10);
-    let (_, r) = conn.handle_bytes(0, &client_frame(OpCode::Close, true, b"\x0f\xa0x"));
+    let mut conn = Connection::new(LIMIT, Tick::new(10));
+    let (_, r) = conn.handle_bytes(
+        Tick::new(0),
+        &client_frame(OpCode::Close, true, b"\x0f\xa0x"),
+    );
     assert!(matches!(
         r,
         Ok(Some(Event::Close {
@@ -404,50 +407,59 @@ fn peer_close_is_echoed_with_its_code_then_tcp_closes() {
 
 #[test]
 fn peer_close_without_code_is_answered_with_1000() {
-    let mut conn = Connection::new(LIMIT, 10);
-    let _ = conn.handle_bytes(0, &client_frame(OpCode::Close, true, b""));
+    let mut conn = Connection::new(LIMIT, Tick::new(10));
+    let _ = conn.handle_bytes(Tick::new(0), &client_frame(OpCode::Close, true, b""));
     assert_eq!(transmit(&mut conn), server_close(code::NORMAL, ""));
     assert!(conn.wants_close_tcp());
 }
 
 #[test]
 fn data_after_the_peer_close_is_ignored() {
-    let mut conn = Connection::new(LIMIT, 10);
+    let mut conn = Connection::new(LIMIT, Tick::new(10));
     let mut wire = client_frame(OpCode::Close, true, b"");
     let close_len = wire.len();
     wire.extend(client_frame(OpCode::Text, true, b"late"));
-    let (n, _) = conn.handle_bytes(0, &wire);
+    let (n, _) = conn.handle_bytes(Tick::new(0), &wire);
     assert_eq!(n, close_len);
-    assert_eq!(conn.handle_bytes(0, &wire[n..]), (wire.len() - n, Ok(None)));
+    assert_eq!(
+        conn.handle_bytes(Tick::new(0), &wire[n..]),
+        (wire.len() - n, Ok(None))
+    );
 }
 
 #[test]
 fn protocol_error_sends_its_close_code_and_discards_until_deadline() {
-    let mut conn = Connection::new(LIMIT, 10);
-    let (_, r) = conn.handle_bytes(5, b"\x81\x05Hello");
+    let mut conn = Connection::new(LIMIT, Tick::new(10));
+    let (_, r) = conn.handle_bytes(Tick::new(5), b"\x81\x05Hello");
     assert_eq!(r, Err(ProtocolError::UnmaskedFrameFromClient));
     assert_eq!(
         transmit(&mut conn),
         server_close(1002, "unmasked frame from client")
     );
-    assert_eq!(conn.poll_timeout(), Some(15));
-    assert_eq!(conn.handle_bytes(6, b"more garbage"), (12, Ok(None)));
-    conn.handle_timeout(14);
+    assert_eq!(conn.poll_timeout(), Some(Tick::new(15)));
+    assert_eq!(
+        conn.handle_bytes(Tick::new(6), b"more garbage"),
+        (12, Ok(None))
+    );
+    conn.handle_timeout(Tick::new(14));
     assert!(!conn.wants_close_tcp());
-    conn.handle_timeout(15);
+    conn.handle_timeout(Tick::new(15));
     assert!(conn.wants_close_tcp());
 }
 
 #[test]
 fn protocol_error_half_closes_tcp_once_the_close_frame_is_out() {
-    let mut conn = Connection::new(LIMIT, 10);
+    let mut conn = Connection::new(LIMIT, Tick::new(10));
     assert!(!conn.wants_shutdown_write());
-    let _ = conn.handle_bytes(0, &client_frame(OpCode::Text, false, b"ok"));
+    let _ = conn.handle_bytes(Tick::new(0), &client_frame(OpCode::Text, false, b"ok"));
     assert!(
         !conn.wants_shutdown_write(),
         "an open connection keeps writing"
     );
-    let _ = conn.handle_bytes(0, &client_frame(OpCode::Continuation, false, b"\xf4\x90"));
+    let _ = conn.handle_bytes(
+        Tick::new(0),
+        &client_frame(OpCode::Continuation, false, b"\xf4\x90"),
+    );
     assert!(
         !conn.wants_shutdown_write(),
         "our Close must be written before the FIN"
@@ -465,20 +477,20 @@ fn protocol_error_half_closes_tcp_once_the_close_frame_is_out() {
 
 #[test]
 fn a_clean_close_never_asks_for_a_half_close() {
-    let mut conn = Connection::new(LIMIT, 10);
-    let _ = conn.handle_bytes(0, &client_frame(OpCode::Close, true, b""));
+    let mut conn = Connection::new(LIMIT, Tick::new(10));
+    let _ = conn.handle_bytes(Tick::new(0), &client_frame(OpCode::Close, true, b""));
     let _ = transmit(&mut conn);
     assert!(!conn.wants_shutdown_write());
-    let mut conn = Connection::new(LIMIT, 10);
-    conn.close(0, code::GOING_AWAY, "bye");
+    let mut conn = Connection::new(LIMIT, Tick::new(10));
+    conn.close(Tick::new(0), code::GOING_AWAY, "bye");
     let _ = transmit(&mut conn);
     assert!(!conn.wants_shutdown_write(), "we wait for the peer's Close");
 }
 
 #[test]
 fn protocol_error_then_peer_eof_closes_tcp_at_once() {
-    let mut conn = Connection::new(LIMIT, 10);
-    let _ = conn.handle_bytes(0, &client_frame(OpCode::Text, true, b"\xff"));
+    let mut conn = Connection::new(LIMIT, Tick::new(10));
+    let _ = conn.handle_bytes(Tick::new(0), &client_frame(OpCode::Text, true, b"\xff"));
     assert_eq!(
         transmit(&mut conn),
         server_close(1007, "invalid utf-8 in text")
@@ -489,16 +501,22 @@ fn protocol_error_then_peer_eof_closes_tcp_at_once() {
 
 #[test]
 fn our_close_waits_for_the_peer_close_and_drops_data_meanwhile() {
-    let mut conn = Connection::new(LIMIT, 10);
-    conn.close(0, code::GOING_AWAY, "draining");
+    let mut conn = Connection::new(LIMIT, Tick::new(10));
+    conn.close(Tick::new(0), code::GOING_AWAY, "draining");
     assert!(!conn.can_send_data());
     assert_eq!(transmit(&mut conn), server_close(1001, "draining"));
     let mut wire = client_frame(OpCode::Text, true, b"in flight");
     wire.extend(client_frame(OpCode::Ping, true, b""));
-    assert_eq!(conn.handle_bytes(1, &wire), (wire.len(), Ok(None)));
+    assert_eq!(
+        conn.handle_bytes(Tick::new(1), &wire),
+        (wire.len(), Ok(None))
+    );
     assert!(!conn.wants_close_tcp());
     assert!(transmit(&mut conn).is_empty(), "no pong after our close");
-    let _ = conn.handle_bytes(2, &client_frame(OpCode::Close, true, b"\x03\xe9"));
+    let _ = conn.handle_bytes(
+        Tick::new(2),
+        &client_frame(OpCode::Close, true, b"\x03\xe9"),
+    );
     assert!(
         transmit(&mut conn).is_empty(),
         "the peer's answer is not echoed"
@@ -508,23 +526,23 @@ fn our_close_waits_for_the_peer_close_and_drops_data_meanwhile() {
 
 #[test]
 fn our_close_gives_up_on_the_peer_at_the_deadline() {
-    let mut conn = Connection::new(LIMIT, 10);
-    conn.close(100, code::POLICY_VIOLATION, "slow consumer");
+    let mut conn = Connection::new(LIMIT, Tick::new(10));
+    conn.close(Tick::new(100), code::POLICY_VIOLATION, "slow consumer");
     let _ = transmit(&mut conn);
-    assert_eq!(conn.poll_timeout(), Some(110));
-    conn.handle_timeout(110);
+    assert_eq!(conn.poll_timeout(), Some(Tick::new(110)));
+    conn.handle_timeout(Tick::new(110));
     assert!(conn.wants_close_tcp());
 }
 
 #[test]
 fn one_pong_slot_keeps_the_newest_ping_and_never_displaces_the_close() {
-    let mut conn = Connection::new(LIMIT, 10);
+    let mut conn = Connection::new(LIMIT, Tick::new(10));
     let mut wire = client_frame(OpCode::Ping, true, b"1");
     wire.extend(client_frame(OpCode::Ping, true, b"2"));
     wire.extend(client_frame(OpCode::Close, true, b"\x03\xe8"));
     let (mut pos, mut events) = (0, 0);
     while pos < wire.len() {
-        let (n, r) = conn.handle_bytes(0, &wire[pos..]);
+        let (n, r) = conn.handle_bytes(Tick::new(0), &wire[pos..]);
         pos += n;
         events += usize::from(matches!(r, Ok(Some(_))));
     }
@@ -624,10 +642,10 @@ proptest! {
             prop_assert!(matches!(e.close_code(), 1002 | 1007 | 1009));
             prop_assert_eq!(dec.handle_bytes(&data), (0, Err(e)));
         }
-        let mut conn = Connection::new(256, 10);
+        let mut conn = Connection::new(256, Tick::new(10));
         let mut rest = &data[..];
         while !rest.is_empty() {
-            let (n, _) = conn.handle_bytes(0, rest);
+            let (n, _) = conn.handle_bytes(Tick::new(0), rest);
             prop_assert!(n <= rest.len());
             prop_assert!(n > 0, "no progress on {} bytes", rest.len());
             rest = &rest[n..];
@@ -653,23 +671,28 @@ proptest! {
     }
 }
 
+/// A time of the tests' virtual clock.
+fn t(ticks: u64) -> Tick {
+    Tick::new(ticks)
+}
+
 #[test]
 fn a_message_that_trickles_past_its_deadline_fails_with_1008() {
-    let mut conn = Connection::new(LIMIT, 10).with_message_timeout(100);
+    let mut conn = Connection::new(LIMIT, t(10)).with_message_timeout(t(100));
     assert_eq!(conn.poll_timeout(), None, "nothing started: no deadline");
     let first = client_frame(OpCode::Text, false, b"part one");
-    let _ = conn.handle_bytes(5, &first);
-    assert_eq!(conn.poll_timeout(), Some(105));
+    let _ = conn.handle_bytes(t(5), &first);
+    assert_eq!(conn.poll_timeout(), Some(t(105)));
     // A byte now and then does not move the deadline.
     let next = client_frame(OpCode::Continuation, false, b"two");
     for (i, b) in next.iter().enumerate() {
-        let _ = conn.handle_bytes(10 + i as u64, std::slice::from_ref(b));
-        assert_eq!(conn.poll_timeout(), Some(105));
+        let _ = conn.handle_bytes(t(10 + i as u64), std::slice::from_ref(b));
+        assert_eq!(conn.poll_timeout(), Some(t(105)));
     }
     assert!(conn.held_bytes() > 0);
-    conn.handle_timeout(104);
+    conn.handle_timeout(t(104));
     assert!(conn.can_send_data(), "not yet");
-    conn.handle_timeout(105);
+    conn.handle_timeout(t(105));
     assert!(!conn.can_send_data());
     assert_eq!(conn.held_bytes(), 0, "the partial message is dropped");
     assert_eq!(
@@ -678,36 +701,36 @@ fn a_message_that_trickles_past_its_deadline_fails_with_1008() {
     );
     assert!(conn.wants_shutdown_write());
     // The rest of the stream is not read any more.
-    let (n, r) = conn.handle_bytes(106, &client_frame(OpCode::Continuation, true, b"end"));
+    let (n, r) = conn.handle_bytes(t(106), &client_frame(OpCode::Continuation, true, b"end"));
     assert!(n > 0 && matches!(r, Ok(None)));
 }
 
 #[test]
 fn a_message_completed_in_time_clears_its_deadline() {
-    let mut conn = Connection::new(LIMIT, 10).with_message_timeout(100);
-    let _ = conn.handle_bytes(0, &client_frame(OpCode::Text, false, b"a"));
-    assert_eq!(conn.poll_timeout(), Some(100));
-    let (_, r) = conn.handle_bytes(50, &client_frame(OpCode::Continuation, true, b"b"));
+    let mut conn = Connection::new(LIMIT, t(10)).with_message_timeout(t(100));
+    let _ = conn.handle_bytes(t(0), &client_frame(OpCode::Text, false, b"a"));
+    assert_eq!(conn.poll_timeout(), Some(t(100)));
+    let (_, r) = conn.handle_bytes(t(50), &client_frame(OpCode::Continuation, true, b"b"));
     assert!(matches!(r, Ok(Some(Event::Text(ref t))) if t == b"ab"));
     assert_eq!(conn.poll_timeout(), None);
     assert_eq!(conn.held_bytes(), 0);
     // The next message gets a deadline of its own.
-    let _ = conn.handle_bytes(150, &client_frame(OpCode::Text, false, b"c"));
-    assert_eq!(conn.poll_timeout(), Some(250));
+    let _ = conn.handle_bytes(t(150), &client_frame(OpCode::Text, false, b"c"));
+    assert_eq!(conn.poll_timeout(), Some(t(250)));
 }
 
 #[test]
 fn an_abort_for_a_server_limit_sends_its_code_and_reads_no_more() {
-    let mut conn = Connection::new(LIMIT, 10);
-    let _ = conn.handle_bytes(0, &client_frame(OpCode::Text, false, &[b'x'; 300]));
+    let mut conn = Connection::new(LIMIT, t(10));
+    let _ = conn.handle_bytes(t(0), &client_frame(OpCode::Text, false, &[b'x'; 300]));
     assert!(conn.held_bytes() >= 300);
-    conn.abort(1, code::TRY_AGAIN_LATER, "inbound memory budget spent");
+    conn.abort(t(1), code::TRY_AGAIN_LATER, "inbound memory budget spent");
     assert_eq!(conn.held_bytes(), 0);
     assert_eq!(
         transmit(&mut conn),
         server_close(code::TRY_AGAIN_LATER, "inbound memory budget spent")
     );
-    assert_eq!(conn.poll_timeout(), Some(11));
-    conn.handle_timeout(11);
+    assert_eq!(conn.poll_timeout(), Some(t(11)));
+    conn.handle_timeout(t(11));
     assert!(conn.wants_close_tcp());
 }

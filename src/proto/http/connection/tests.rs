@@ -8,8 +8,8 @@ use crate::proto::http::Method;
 const CFG: Config = Config {
     max_header_bytes: 256,
     max_body_bytes: 64,
-    header_timeout_ms: 10_000,
-    body_timeout_ms: 2_000,
+    header_timeout: Tick::new(10_000),
+    body_timeout: Tick::new(2_000),
 };
 
 /// What the machine told the peer, owned.
@@ -45,7 +45,7 @@ impl Peer {
 
     fn with(cfg: Config) -> Self {
         Self {
-            conn: Connection::new(cfg, 0),
+            conn: Connection::new(cfg, Tick::ZERO),
             now: 0,
             seen: Vec::new(),
             wire: Vec::new(),
@@ -61,10 +61,11 @@ impl Peer {
     }
 
     /// Time passes; a deadline that came is handled.
-    fn wait(&mut self, ms: u64) -> &mut Self {
-        self.now += ms;
-        if self.conn.poll_timeout().is_some_and(|t| t <= self.now) {
-            self.conn.handle_timeout(self.now);
+    fn wait(&mut self, ticks: u64) -> &mut Self {
+        self.now += ticks;
+        let now = Tick::new(self.now);
+        if self.conn.poll_timeout().is_some_and(|t| t <= now) {
+            self.conn.handle_timeout(now);
         }
         self.pump();
         self
@@ -77,7 +78,7 @@ impl Peer {
     }
 
     fn pump(&mut self) {
-        while let Some(event) = self.conn.poll_event(self.now) {
+        while let Some(event) = self.conn.poll_event(Tick::new(self.now)) {
             let seen = match event {
                 Event::Head { id, head } => {
                     let post = head.method == Method::Post;
@@ -445,7 +446,7 @@ fn a_partial_head_gets_408_at_the_header_deadline_and_not_before() {
     p.send(b"GET /sse?topic=a HTTP/1.1\r\nHost: x\r\n");
     p.wait(9_999);
     assert!(p.take_wire().is_empty());
-    assert_eq!(p.conn.poll_timeout(), Some(10_000));
+    assert_eq!(p.conn.poll_timeout(), Some(Tick::new(10_000)));
     p.wait(1);
     assert_eq!(p.seen, [Seen::Refused(408)]);
     let wire = p.take_wire();
@@ -462,7 +463,7 @@ fn an_idle_keep_alive_connection_closes_quietly_at_the_header_deadline() {
     p.wait(5_000).ok(id, "");
     p.take_wire();
     // The deadline of the next head starts when the machine starts waiting for it.
-    assert_eq!(p.conn.poll_timeout(), Some(15_000));
+    assert_eq!(p.conn.poll_timeout(), Some(Tick::new(15_000)));
     p.wait(10_000);
     assert_eq!(p.seen.last(), Some(&Seen::Closed));
     assert!(p.take_wire().is_empty());
@@ -514,7 +515,7 @@ fn a_body_that_completes_in_time_stops_the_body_deadline() {
     assert_eq!(p.body(id), (b"01".to_vec(), true));
     assert_eq!(
         p.conn.poll_timeout(),
-        Some(1_999 + 10_000),
+        Some(Tick::new(1_999 + 10_000)),
         "a header deadline again"
     );
     p.wait(1);
@@ -530,7 +531,7 @@ fn an_upgrade_hands_over_the_bytes_after_its_head() {
     let frame = [0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
     wire.extend_from_slice(&frame);
     p.conn.feed(&wire);
-    let Some(Event::Head { head, .. }) = p.conn.poll_event(0) else {
+    let Some(Event::Head { head, .. }) = p.conn.poll_event(Tick::ZERO) else {
         panic!("a head");
     };
     assert!(head.is_websocket_upgrade());
@@ -582,12 +583,12 @@ fn nothing_is_read_after_a_request_that_does_not_allow_another() {
 fn the_head_handed_out_can_be_had_again_until_the_next_poll() {
     let mut p = Peer::new();
     p.conn.feed(GET);
-    let Some(Event::Head { id, .. }) = p.conn.poll_event(0) else {
+    let Some(Event::Head { id, .. }) = p.conn.poll_event(Tick::ZERO) else {
         panic!("a head");
     };
     let (again, head) = p.conn.delivered_head().expect("still there");
     assert_eq!((again, head.path), (id, "/a"));
-    assert!(p.conn.poll_event(0).is_none());
+    assert!(p.conn.poll_event(Tick::ZERO).is_none());
     assert!(p.conn.delivered_head().is_none());
 }
 

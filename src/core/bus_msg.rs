@@ -1,5 +1,6 @@
-//! Messages between cores. Every cross-core interaction is one of these, sent over
-//! the bus; nothing else is shared.
+//! Messages between cores ([`CoreMsg`]). Every cross-core interaction is one of
+//! these, sent over the bus; nothing else is shared. (A published message itself,
+//! as subscribers get it, is [`Message`], in `core::message`.)
 
 use std::sync::Arc;
 

@@ -1,0 +1,100 @@
+//! What a core asks of the world outside it, queued while it handles input and
+//! carried out by the runtime at one point per turn of the event loop.
+//!
+//! The core never touches the bus, a socket's readiness or the executor itself:
+//! every change to [`CoreState`](super::state::CoreState) that has an effect
+//! beyond it leaves that effect here. There are three kinds:
+//!
+//! | effect | queued by | carried out by the runtime |
+//! |---|---|---|
+//! | a message for another core | publish, subscribe, release, a home's answers | handed to the bus, then each core sent to is woken once |
+//! | a task to wake | a close request, a full socket, a publish answered, a deadline | [`Waker::wake`] |
+//! | a client to flush (a *dirty* client) | anything queued to a client | one vectored write per client, in slices |
+//!
+//! The runtime parks one task on [`Effects::poll_ready`]; the first effect
+//! queued wakes it, so it runs after the tasks already woken in the same turn
+//! and sees everything they queued: cross-core messages leave in one batch per
+//! turn and each client gets one write for all the messages of the turn. No
+//! timer is involved: an effect is carried out in the turn that queued it.
+
+use std::collections::VecDeque;
+use std::task::{Context, Poll, Waker};
+
+use super::bus_msg::CoreMsg;
+use super::registry::ClientId;
+
+/// The effects queue of one core (see the module doc).
+#[derive(Default)]
+pub struct Effects {
+    /// Messages for other cores, in send order: `(core, message)`.
+    sends: Vec<(usize, CoreMsg)>,
+    /// Tasks to wake.
+    wakes: Vec<Waker>,
+    /// Clients with output not yet written, oldest first. A client is listed at
+    /// most once: its `dirty` flag says whether it is here.
+    pub(super) dirty: VecDeque<ClientId>,
+    /// The runtime's effects task, parked until an effect is queued.
+    runner: Option<Waker>,
+}
+
+impl Effects {
+    /// Queues a message for `core` (never this core: it handles its own at once).
+    pub(super) fn send(&mut self, core: usize, msg: CoreMsg) {
+        self.sends.push((core, msg));
+        self.due();
+    }
+
+    /// Queues a task to wake.
+    pub(super) fn wake(&mut self, waker: Waker) {
+        self.wakes.push(waker);
+        self.due();
+    }
+
+    /// Queues a client to flush; the caller checked and set its `dirty` flag.
+    pub(super) fn mark_dirty(&mut self, id: ClientId) {
+        self.dirty.push_back(id);
+        self.due();
+    }
+
+    /// An effect was queued: wake the runner unless it is awake already. Cheap
+    /// when it is (one `None` check), so a fan-out may call it once per batch.
+    #[inline]
+    pub(super) fn due(&mut self) {
+        if let Some(w) = self.runner.take() {
+            w.wake();
+        }
+    }
+
+    /// Nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.sends.is_empty() && self.wakes.is_empty() && self.dirty.is_empty()
+    }
+
+    /// Ready when some effect is queued; otherwise parks `cx` until one is.
+    pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.is_empty() {
+            return Poll::Ready(());
+        }
+        if !self
+            .runner
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            self.runner = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Takes the queued cross-core messages, in send order.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> std::vec::Drain<'_, (usize, CoreMsg)> {
+        self.sends.drain(..)
+    }
+
+    /// Wakes every task queued to wake.
+    pub fn wake_tasks(&mut self) {
+        for w in self.wakes.drain(..) {
+            w.wake();
+        }
+    }
+}
