@@ -718,7 +718,7 @@ impl CoreState {
             queue_message(client, index, msg.seq, enc.get(msg, FrameKind::of(client)));
             delivered += 1;
             if client.queued_bytes() > limits.max_outbox_bytes {
-                cut_slow(client, metrics, effects);
+                judge_outbox(client, limits.max_outbox_bytes, metrics, effects);
             }
             if !client.dirty {
                 client.dirty = true;
@@ -734,7 +734,7 @@ impl CoreState {
         let max = self.limits.max_outbox_bytes;
         if let Some(client) = self.clients.get_mut(id) {
             if client.queued_bytes() > max {
-                cut_slow(client, &self.metrics, &mut self.effects);
+                judge_outbox(client, max, &self.metrics, &mut self.effects);
             }
         }
     }
@@ -1074,6 +1074,29 @@ fn queue_gap(client: &mut Client, topic: &str, gap: Gap, ids: IdScheme) {
 fn wake(client: &mut Client, effects: &mut Effects) {
     if let Some(w) = client.waker.take() {
         effects.wake(w);
+    }
+}
+
+/// How far past `--max-outbox-bytes` a client's queue may grow while its
+/// socket has refused no write. A burst (a batch of up to 1,024 publishes from
+/// the bus) can queue more than the bound before the flush that follows it in
+/// the same turn of the event loop, and a client that reads is not a slow
+/// consumer for that. The bytes counted are frames shared by every subscriber
+/// of the core; what one client holds for them is a queue entry each.
+const BURST_ALLOWANCE: usize = 16;
+
+/// Cuts `client`, whose queue passed `max` as messages were queued to it, as a
+/// slow consumer when its socket is what holds the queue back: its last write
+/// found the socket full, or the queue passed [`BURST_ALLOWANCE`] × `max`,
+/// which bounds what a client can hold whatever its socket.
+#[cold]
+#[inline(never)]
+fn judge_outbox(client: &mut Client, max: usize, metrics: &CoreMetrics, effects: &mut Effects) {
+    let queued = client.queued_bytes();
+    if queued > max.saturating_mul(BURST_ALLOWANCE)
+        || (queued > max && client.lifecycle().blocked())
+    {
+        cut_slow(client, metrics, effects);
     }
 }
 

@@ -265,6 +265,68 @@ fn a_client_past_its_outbox_bound_is_cut_and_the_others_are_not() {
 }
 
 #[test]
+fn a_burst_past_the_bound_to_a_client_that_reads_is_written_not_cut() {
+    let mut cs = cores(1);
+    cs[0].limits.max_outbox_bytes = 2048;
+    let reader = cs[0].register(Transport::Sse, 10);
+    let stalled = cs[0].register(Transport::Sse, 11);
+    for id in [reader, stalled] {
+        cs[0].set_stream_cursor(id, 1);
+        cs[0].subscribe(id, "t", Since::Live).unwrap();
+    }
+    let mut socks = Sockets::default();
+    socks.flush_all(&mut cs);
+    let turn = |cs: &mut Vec<CoreState>, socks: &mut Sockets, n: usize| {
+        // A burst of `n` messages in one turn (a batch from the bus), then one
+        // flush: the reader's socket takes it all, the other's nothing.
+        for i in 0..n {
+            publish(cs, 0, "t", &format!("\"{}{i}\"", "x".repeat(200)));
+        }
+        cs[0].flush_dirty(|fd, iov: &[IoSlice<'_>]| -> io::Result<usize> {
+            if fd == 11 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let out = socks.0.entry(fd).or_default();
+            iov.iter().for_each(|s| out.extend_from_slice(s));
+            Ok(iov.iter().map(|s| s.len()).sum())
+        });
+    };
+    // Ten times the bound: neither socket refused a write yet, nobody is cut.
+    turn(&mut cs, &mut socks, 100);
+    assert!(cs[0].client(reader).unwrap().lifecycle().takes_messages());
+    assert!(cs[0].client(stalled).unwrap().lifecycle().takes_messages());
+    assert_eq!(socks.text(10).matches("data:").count(), 100);
+    // The next message finds the stalled client's socket full: cut.
+    turn(&mut cs, &mut socks, 1);
+    assert!(cs[0].client(reader).unwrap().lifecycle().takes_messages());
+    assert_eq!(
+        cs[0].client(stalled).unwrap().lifecycle(),
+        Lifecycle::Closing(CloseReason::SlowConsumer)
+    );
+    assert_eq!(socks.text(10).matches("data:").count(), 101);
+    assert_eq!(cs[0].metrics().slow_consumers_sse.get(), 1);
+}
+
+#[test]
+fn a_queue_past_the_burst_allowance_is_cut_whatever_its_socket() {
+    let mut cs = cores(1);
+    cs[0].limits.max_outbox_bytes = 1024;
+    let id = cs[0].register(Transport::Sse, 10);
+    cs[0].set_stream_cursor(id, 1);
+    cs[0].subscribe(id, "t", Since::Live).unwrap();
+    let mut socks = Sockets::default();
+    socks.flush_all(&mut cs);
+    for i in 0..200 {
+        publish(&mut cs, 0, "t", &format!("\"{}{i}\"", "x".repeat(200)));
+    }
+    assert_eq!(
+        cs[0].client(id).unwrap().lifecycle(),
+        Lifecycle::Closing(CloseReason::SlowConsumer),
+        "16 × the bound queued without a flush"
+    );
+}
+
+#[test]
 fn heartbeats_fill_silences_and_silent_websockets_are_closed() {
     let mut cs = cores(1);
     let sse = cs[0].register(Transport::Sse, 10);
