@@ -651,7 +651,14 @@ impl Connection {
             self.answers.out.len()
         );
         self.drop_consumed();
-        self.buf
+        // Right-sized (and no allocation when nothing followed the head): the
+        // stream keeps these bytes for its whole life, not the read buffer.
+        if self.buf.is_empty() {
+            Vec::new()
+        } else {
+            self.buf.shrink_to_fit();
+            self.buf
+        }
     }
 
     /// The event a deadline, the peer's close or a refusal left to report.
