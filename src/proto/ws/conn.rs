@@ -53,11 +53,12 @@ pub struct Connection {
     /// Our Close frame, until `poll_transmit` hands it out.
     pending_close: Option<(u16, &'static str)>,
     /// How long a frame or fragmented message may take to arrive once started
-    /// (`--body-timeout`); `None`: no bound.
-    message_timeout: Option<Tick>,
-    /// When the message under way must be complete; trickling bytes do not
-    /// move it.
-    message_deadline: Option<Tick>,
+    /// (`--body-timeout`); `Tick::MAX`: no bound.
+    message_timeout: Tick,
+    /// When the message under way must be complete (trickling bytes do not
+    /// move it); `Tick::MAX`: no message under way, or no bound. Plain ticks,
+    /// not `Option`s: this struct lives in every connection's task.
+    message_deadline: Tick,
 }
 
 impl Connection {
@@ -69,8 +70,8 @@ impl Connection {
             close_timeout,
             pending_pong: None,
             pending_close: None,
-            message_timeout: None,
-            message_deadline: None,
+            message_timeout: Tick::MAX,
+            message_deadline: Tick::MAX,
         }
     }
 
@@ -78,7 +79,7 @@ impl Connection {
     /// its first byte did: past it the connection is failed with 1008.
     #[must_use]
     pub fn with_message_timeout(mut self, timeout: Tick) -> Self {
-        self.message_timeout = Some(timeout);
+        self.message_timeout = timeout;
         self
     }
 
@@ -93,7 +94,7 @@ impl Connection {
     pub fn abort(&mut self, now: Tick, code: u16, reason: &'static str) {
         if matches!(self.state, State::Open | State::CloseSent { .. }) {
             self.decoder.discard();
-            self.message_deadline = None;
+            self.message_deadline = Tick::MAX;
             self.pending_pong = None;
             self.pending_close = Some((code, reason));
             self.state = State::Failed {
@@ -112,11 +113,12 @@ impl Connection {
         match self.state {
             State::Open => {
                 let (n, result) = self.decoder.handle_bytes(input);
-                self.message_deadline = match self.message_timeout {
-                    Some(timeout) if self.decoder.mid_message() => {
-                        Some(self.message_deadline.unwrap_or(now + timeout))
-                    }
-                    _ => None,
+                self.message_deadline = if !self.decoder.mid_message() {
+                    Tick::MAX
+                } else if self.message_deadline == Tick::MAX {
+                    now + self.message_timeout
+                } else {
+                    self.message_deadline
                 };
                 match &result {
                     Ok(Some(Event::Ping(payload))) => self.pending_pong = Some(Box::new(*payload)),
@@ -178,7 +180,7 @@ impl Connection {
             State::CloseSent { deadline } | State::Failed { deadline } if now >= deadline => {
                 self.state = State::Closed;
             }
-            State::Open if self.message_deadline.is_some_and(|at| now >= at) => {
+            State::Open if self.message_deadline != Tick::MAX && now >= self.message_deadline => {
                 self.abort(now, code::POLICY_VIOLATION, "message not complete in time");
             }
             _ => {}
@@ -220,7 +222,7 @@ impl Connection {
     pub fn poll_timeout(&self) -> Option<Tick> {
         match self.state {
             State::CloseSent { deadline } | State::Failed { deadline } => Some(deadline),
-            State::Open => self.message_deadline,
+            State::Open => (self.message_deadline != Tick::MAX).then_some(self.message_deadline),
             _ => None,
         }
     }
