@@ -81,14 +81,7 @@ pub struct OverBudget;
 impl InboundShare {
     /// The share of one of `cores` cores.
     pub fn new(budget: Arc<InboundBudget>, cores: usize) -> Rc<InboundShare> {
-        let chunk = (budget.total / (16 * cores.max(1))).clamp(1, MAX_CHUNK);
-        Rc::new(InboundShare {
-            budget,
-            chunk,
-            spare: Cell::new(0),
-            held: Cell::new(0),
-            gauge: None,
-        })
+        InboundShare::build(budget, cores, None)
     }
 
     /// The share of a core whose metrics show what it holds.
@@ -97,11 +90,22 @@ impl InboundShare {
         cores: usize,
         metrics: Arc<CoreMetrics>,
     ) -> Rc<InboundShare> {
-        let mut share = InboundShare::new(budget, cores);
-        if let Some(s) = Rc::get_mut(&mut share) {
-            s.gauge = Some(metrics);
-        }
-        share
+        InboundShare::build(budget, cores, Some(metrics))
+    }
+
+    fn build(
+        budget: Arc<InboundBudget>,
+        cores: usize,
+        gauge: Option<Arc<CoreMetrics>>,
+    ) -> Rc<InboundShare> {
+        let chunk = (budget.total / (16 * cores.max(1))).clamp(1, MAX_CHUNK);
+        Rc::new(InboundShare {
+            budget,
+            chunk,
+            spare: Cell::new(0),
+            held: Cell::new(0),
+            gauge,
+        })
     }
 
     fn set_held(&self, held: usize) {
