@@ -5,80 +5,33 @@
 
 pub mod common;
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A WebSocket connection driven by hand, to send frames no library would.
-struct RawWs {
-    s: TcpStream,
-    got: Vec<u8>,
+/// A text message of `len` bytes announced whole in its first frame, with all
+/// of it but the last byte: a message that never ends.
+fn unfinished_message(len: usize) -> Vec<u8> {
+    let mut frame = vec![0x01, 0x80 | 127];
+    frame.extend_from_slice(&(len as u64).to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 0]); // mask key 0: payload as is
+    frame.resize(frame.len() + len - 1, b'x');
+    frame
 }
 
-impl RawWs {
-    fn open(addr: SocketAddr, query: &str) -> RawWs {
-        let mut s = TcpStream::connect(addr).expect("connect");
-        write!(
-            s,
-            "GET /ws?{query} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        .expect("write the upgrade");
-        s.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-        let mut got = Vec::new();
-        let mut chunk = [0u8; 1024];
-        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut chunk).expect("read the 101");
-            assert!(n > 0, "closed before the 101");
-            got.extend_from_slice(&chunk[..n]);
-        }
-        assert!(
-            got.starts_with(b"HTTP/1.1 101"),
-            "{}",
-            String::from_utf8_lossy(&got)
-        );
-        let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-        RawWs {
-            s,
-            got: got.split_off(end),
-        }
-    }
-
-    /// Starts a text message of `len` bytes (a first fragment announcing it
-    /// whole) and sends all of it but the last byte, so it never ends.
-    fn send_unfinished(&mut self, len: usize) -> std::io::Result<()> {
-        let mut frame = vec![0x01, 0x80 | 127];
-        frame.extend_from_slice(&(len as u64).to_be_bytes());
-        frame.extend_from_slice(&[0, 0, 0, 0]); // mask key 0: payload as is
-        frame.resize(frame.len() + len - 1, b'x');
-        self.s.write_all(&frame)
-    }
-
-    /// The code of the server's Close frame, once it comes (`None` if the
-    /// connection ended without one, or nothing came by `deadline`).
-    fn close_code(&mut self, deadline: Instant) -> Option<u16> {
-        let mut chunk = [0u8; 4096];
-        loop {
-            let (frames, _) = parse_ws_frames(&self.got);
-            if let Some(f) = frames.iter().find(|f| f.opcode == 0x8) {
-                return (f.payload.len() >= 2)
-                    .then(|| u16::from_be_bytes([f.payload[0], f.payload[1]]));
+/// The code of the server's Close frame once it comes (pings skipped); `None`
+/// when the connection ends without one, or nothing comes by `deadline`.
+fn close_code(raw: &mut Raw, deadline: Instant) -> Option<u16> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match raw.try_frame(left) {
+            Ok((first, payload)) if first & 0x0f == CLOSE => {
+                return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            self.s
-                .set_read_timeout(Some(left.min(Duration::from_millis(200))))
-                .unwrap();
-            match self.s.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.got.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(_) => return None,
-            }
+            Ok(_) => continue,
+            Err(_) => return None,
         }
     }
 }
@@ -96,15 +49,16 @@ fn unfinished_ws_messages_past_the_budget_get_1013_the_rest_1008_at_the_body_tim
     let start_rss = server.rss();
     let started = Instant::now();
 
-    let mut clients: Vec<RawWs> = Vec::with_capacity(CLIENTS);
+    let mut clients: Vec<Raw> = Vec::with_capacity(CLIENTS);
     let mut peak_rss = start_rss;
     for i in 0..CLIENTS {
-        let mut c = RawWs::open(server.addr, &format!("topic=t{i}"));
+        let mut c = Raw::open(server.addr, &format!("/ws?topic=t{i}"));
         // A refused client's stream is still read (and dropped) until the close
         // handshake ends, so the write completes either way.
-        c.s.set_write_timeout(Some(Duration::from_secs(10)))
+        c.stream
+            .set_write_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        let _ = c.send_unfinished(MESSAGE);
+        let _ = c.stream.write_all(&unfinished_message(MESSAGE));
         clients.push(c);
         if i % 50 == 49 {
             peak_rss = peak_rss.max(server.rss());
@@ -133,7 +87,10 @@ fn unfinished_ws_messages_past_the_budget_get_1013_the_rest_1008_at_the_body_tim
     );
 
     let deadline = Instant::now() + Duration::from_secs(10);
-    let codes: Vec<Option<u16>> = clients.iter_mut().map(|c| c.close_code(deadline)).collect();
+    let codes: Vec<Option<u16>> = clients
+        .iter_mut()
+        .map(|c| close_code(c, deadline))
+        .collect();
     let budget = codes.iter().filter(|c| **c == Some(1013)).count();
     let timeout = codes.iter().filter(|c| **c == Some(1008)).count();
     assert_eq!(
@@ -185,18 +142,18 @@ fn a_ws_client_that_may_not_publish_gets_the_control_message_limit() {
     let big = 64 * 1024;
     let deadline = || Instant::now() + Duration::from_secs(5);
 
-    let mut c = RawWs::open(server.addr, &format!("topic=a&token={listen_only}"));
-    let _ = c.send_unfinished(big);
+    let mut c = Raw::open(server.addr, &format!("/ws?topic=a&token={listen_only}"));
+    let _ = c.stream.write_all(&unfinished_message(big));
     assert_eq!(
-        c.close_code(deadline()),
+        close_code(&mut c, deadline()),
         Some(1009),
         "64 KiB from a listen-only client"
     );
 
-    let mut p = RawWs::open(server.addr, &format!("topic=a&token={publisher}"));
-    let _ = p.send_unfinished(big);
+    let mut p = Raw::open(server.addr, &format!("/ws?topic=a&token={publisher}"));
+    let _ = p.stream.write_all(&unfinished_message(big));
     assert_eq!(
-        p.close_code(Instant::now() + Duration::from_millis(500)),
+        close_code(&mut p, Instant::now() + Duration::from_millis(500)),
         None,
         "a publisher may"
     );

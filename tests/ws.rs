@@ -9,7 +9,7 @@
 
 pub mod common;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -172,15 +172,11 @@ impl Client {
 
 // ---- raw frames -------------------------------------------------------------
 
-const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
 const TEXT: u8 = 0x1;
-const CLOSE: u8 = 0x8;
-const PING: u8 = 0x9;
 const PONG: u8 = 0xA;
-const FIN: u8 = 0x80;
 
 /// A client frame: `first` is FIN|RSV|opcode; masked with [`MASK`] when `masked`.
 fn frame(first: u8, masked: bool, payload: &[u8]) -> Vec<u8> {
@@ -210,166 +206,6 @@ fn close_payload(code: u16, reason: &str) -> Vec<u8> {
     let mut p = code.to_be_bytes().to_vec();
     p.extend_from_slice(reason.as_bytes());
     p
-}
-
-/// A handshake request for `path` with the usual headers plus `extra` lines.
-fn upgrade_request(path: &str, extra: &str) -> String {
-    format!(
-        "GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-    )
-}
-
-/// A WebSocket spoken by hand over a `TcpStream`.
-struct Raw {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    /// The `101` head, without its blank line.
-    head: String,
-}
-
-impl Raw {
-    /// Sends `request` followed (in the same write) by `after`, and reads the
-    /// `101` head.
-    fn open_with(addr: SocketAddr, request: &str, after: &[u8]) -> Raw {
-        let mut stream = TcpStream::connect(addr).expect("connect");
-        stream.set_nodelay(true).unwrap();
-        let mut bytes = request.as_bytes().to_vec();
-        bytes.extend_from_slice(after);
-        stream.write_all(&bytes).expect("write handshake");
-        let mut raw = Raw {
-            stream,
-            buf: Vec::new(),
-            head: String::new(),
-        };
-        let deadline = Instant::now() + READ_TIMEOUT;
-        let end = loop {
-            if let Some(i) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i;
-            }
-            let n = raw.fill(deadline).expect("read 101 head");
-            assert!(
-                n > 0,
-                "closed before the 101 head: {:?}",
-                String::from_utf8_lossy(&raw.buf)
-            );
-        };
-        raw.head = String::from_utf8_lossy(&raw.buf[..end]).into_owned();
-        raw.buf.drain(..end + 4);
-        assert!(
-            raw.head.starts_with("HTTP/1.1 101"),
-            "not a 101: {:?}",
-            raw.head
-        );
-        raw
-    }
-
-    fn open(addr: SocketAddr, path: &str) -> Raw {
-        Self::open_with(addr, &upgrade_request(path, ""), b"")
-    }
-
-    fn fill(&mut self, deadline: Instant) -> std::io::Result<usize> {
-        let mut chunk = [0u8; 64 * 1024];
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(std::io::Error::new(ErrorKind::TimedOut, "read deadline"));
-            }
-            self.stream.set_read_timeout(Some(left)).unwrap();
-            match self.stream.read(&mut chunk) {
-                Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    return Err(std::io::Error::new(ErrorKind::TimedOut, "read deadline"))
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("write frame");
-    }
-
-    /// The next server frame: (first byte, payload). Server frames are never masked.
-    fn try_frame(&mut self, timeout: Duration) -> std::io::Result<(u8, Vec<u8>)> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.buf.len() >= 2 {
-                assert_eq!(
-                    self.buf[1] & 0x80,
-                    0,
-                    "a masked frame from the server: {:02x?}",
-                    &self.buf[..2]
-                );
-                let (len, at) = match self.buf[1] & 0x7f {
-                    126 if self.buf.len() >= 4 => {
-                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
-                    }
-                    127 if self.buf.len() >= 10 => (
-                        u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
-                        10,
-                    ),
-                    126 | 127 => (usize::MAX, 0),
-                    n => (n as usize, 2),
-                };
-                if len != usize::MAX && self.buf.len() >= at + len {
-                    let first = self.buf[0];
-                    let payload = self.buf[at..at + len].to_vec();
-                    self.buf.drain(..at + len);
-                    return Ok((first, payload));
-                }
-            }
-            if self.fill(deadline)? == 0 {
-                return Err(std::io::Error::new(
-                    ErrorKind::UnexpectedEof,
-                    format!("closed; {} bytes of a frame pending", self.buf.len()),
-                ));
-            }
-        }
-    }
-
-    fn frame(&mut self) -> (u8, Vec<u8>) {
-        self.try_frame(READ_TIMEOUT)
-            .unwrap_or_else(|e| panic!("no frame from the server: {e}"))
-    }
-
-    /// Reads frames (skipping pings) until a Close; returns its code.
-    fn expect_close(&mut self) -> u16 {
-        loop {
-            let (first, payload) = self.frame();
-            match first & 0x0f {
-                PING => continue,
-                CLOSE => {
-                    assert_eq!(first & 0x80, FIN, "a fragmented close");
-                    assert!(payload.len() >= 2, "a close without a code: {payload:?}");
-                    return u16::from_be_bytes([payload[0], payload[1]]);
-                }
-                op => panic!(
-                    "expected a close, got opcode {op:#x}: {:?}",
-                    String::from_utf8_lossy(&payload)
-                ),
-            }
-        }
-    }
-
-    /// True when the server closes TCP (EOF or reset) within `timeout`; bytes
-    /// that arrive meanwhile are discarded.
-    fn closed_within(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            self.buf.clear();
-            match self.fill(deadline) {
-                Ok(0) => return true,
-                Ok(_) => continue,
-                Err(e) if e.kind() == ErrorKind::TimedOut => return false,
-                Err(_) => return true,
-            }
-        }
-    }
 }
 
 // ---- 1. envelope and fan-out --------------------------------------------------
