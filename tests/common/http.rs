@@ -180,3 +180,12 @@ impl HttpConn {
 pub(super) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
+
+/// Takes a whole response head (without its blank line) off the front of
+/// `buf`, once it is there; the bytes after it stay.
+pub(super) fn take_head(buf: &mut Vec<u8>) -> Option<String> {
+    let end = find(buf, b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    buf.drain(..end + 4);
+    Some(head)
+}

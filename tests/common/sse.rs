@@ -4,7 +4,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use super::{find, reset_close, Server, READ_TIMEOUT};
+use super::{reset_close, take_head, Server, READ_TIMEOUT};
 
 /// One event-stream block, as parsed per WHATWG HTML §9.2.6 (fields of one block up
 /// to its blank line; comments ignored).
@@ -72,9 +72,9 @@ impl SseClient {
             .write_all(req.as_bytes())
             .expect("send SSE request");
         let deadline = Instant::now() + READ_TIMEOUT;
-        let end = loop {
-            if let Some(i) = find(&c.buf, b"\r\n\r\n") {
-                break i;
+        c.head = loop {
+            if let Some(head) = take_head(&mut c.buf) {
+                break head;
             }
             assert!(
                 c.fill(deadline).expect("read SSE head") > 0,
@@ -82,8 +82,6 @@ impl SseClient {
                 String::from_utf8_lossy(&c.buf)
             );
         };
-        c.head = String::from_utf8_lossy(&c.buf[..end]).into_owned();
-        c.buf.drain(..end + 4);
         assert!(
             c.head.starts_with("HTTP/1.1 200"),
             "SSE: not a 200: {:?} {:?}",

@@ -5,7 +5,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use super::{envelope, reset_close, Block, Envelope, Server, READ_TIMEOUT};
+use super::{envelope, reset_close, take_head, Block, Envelope, Server, READ_TIMEOUT};
 
 /// A WebSocket client (tungstenite) over a blocking TcpStream.
 pub struct WsClient {
@@ -252,9 +252,9 @@ impl Raw {
             head: String::new(),
         };
         let deadline = Instant::now() + READ_TIMEOUT;
-        let end = loop {
-            if let Some(i) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i;
+        raw.head = loop {
+            if let Some(head) = take_head(&mut raw.buf) {
+                break head;
             }
             let n = raw.fill(deadline).expect("read 101 head");
             assert!(
@@ -263,8 +263,6 @@ impl Raw {
                 String::from_utf8_lossy(&raw.buf)
             );
         };
-        raw.head = String::from_utf8_lossy(&raw.buf[..end]).into_owned();
-        raw.buf.drain(..end + 4);
         assert!(
             raw.head.starts_with("HTTP/1.1 101"),
             "not a 101: {:?}",
