@@ -146,3 +146,28 @@ pub async fn read_some<S: Readiness>(
         }
     }
 }
+
+/// Raises this process's open-file soft limit to its hard limit (children
+/// inherit it), for the many descriptors the server and the bench hold.
+/// Returns the soft limit before and after (the same when the raise was
+/// refused), or `None` when the limit cannot be read.
+pub fn raise_nofile_limit() -> Option<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit for the duration of both calls.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        let before = lim.rlim_cur;
+        lim.rlim_cur = lim.rlim_max;
+        let now = if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+            lim.rlim_max
+        } else {
+            before
+        };
+        Some((before, now))
+    }
+}

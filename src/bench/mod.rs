@@ -93,7 +93,7 @@ fn setup(
         .iter()
         .map(|u| HttpTarget::parse(u))
         .collect::<Result<Vec<_>, _>>()?;
-    let limit = sys::raise_nofile_limit();
+    let limit = crate::netio::raise_nofile_limit().map_or(0, |(_, now)| now);
     if limit > 0 && s.connections as u64 + 64 > limit {
         return Err(format!(
             "{} connections need more than this process's {limit} open files; \

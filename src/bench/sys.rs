@@ -27,27 +27,6 @@ pub fn self_cpu_seconds() -> f64 {
     secs(ru.ru_utime) + secs(ru.ru_stime)
 }
 
-/// Raises the soft open-file limit to the hard limit; returns the limit in force.
-pub fn raise_nofile_limit() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid, writable rlimit for the duration of both calls.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 0;
-        }
-        let soft = lim.rlim_cur;
-        lim.rlim_cur = lim.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
-            lim.rlim_max
-        } else {
-            soft
-        }
-    }
-}
-
 /// The 1-minute load average of the machine (`/proc/loadavg`): above the core count,
 /// other processes competed with both the server and the bench.
 pub fn load_average() -> Option<f64> {

@@ -15,23 +15,8 @@ use crate::{debug, error, info};
 
 /// Raises the open-file soft limit to the hard limit, and logs what it got.
 pub fn raise_nofile_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid, writable rlimit for the duration of both calls.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return;
-        }
-        let before = lim.rlim_cur;
-        lim.rlim_cur = lim.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
-            info!(
-                "msg=\"open file limit\" before={before} now={}",
-                lim.rlim_cur
-            );
-        }
+    if let Some((before, now)) = crate::netio::raise_nofile_limit() {
+        info!("msg=\"open file limit\" before={before} now={now}");
     }
 }
 

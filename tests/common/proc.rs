@@ -50,19 +50,7 @@ pub(super) fn free_port() -> u16 {
 /// Raises this process's open-file soft limit to its hard limit (children
 /// inherit it); returns the new soft limit.
 pub fn raise_fd_limit() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid, writable rlimit for both calls.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 0;
-        }
-        lim.rlim_cur = lim.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-    }
-    lim.rlim_cur
+    ringcast::netio::raise_nofile_limit().map_or(0, |(_, now)| now)
 }
 
 /// `VmRSS` of a process, in bytes (0 once it is gone).
