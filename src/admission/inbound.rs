@@ -41,11 +41,6 @@ impl InboundBudget {
         })
     }
 
-    /// The whole budget.
-    pub fn total(&self) -> usize {
-        self.total
-    }
-
     /// Takes `n` bytes when that many are free.
     fn take(&self, n: usize) -> bool {
         self.free
@@ -79,21 +74,9 @@ pub struct InboundShare {
 pub struct OverBudget;
 
 impl InboundShare {
-    /// The share of one of `cores` cores.
-    pub fn new(budget: Arc<InboundBudget>, cores: usize) -> Rc<InboundShare> {
-        InboundShare::build(budget, cores, None)
-    }
-
-    /// The share of a core whose metrics show what it holds.
-    pub fn with_gauge(
-        budget: Arc<InboundBudget>,
-        cores: usize,
-        metrics: Arc<CoreMetrics>,
-    ) -> Rc<InboundShare> {
-        InboundShare::build(budget, cores, Some(metrics))
-    }
-
-    fn build(
+    /// The share of one of `cores` cores; `gauge`: the core's metrics, which
+    /// show what it holds.
+    pub fn new(
         budget: Arc<InboundBudget>,
         cores: usize,
         gauge: Option<Arc<CoreMetrics>>,
@@ -210,7 +193,7 @@ mod tests {
     #[test]
     fn charges_grow_until_the_budget_is_spent_and_give_back_on_drop() {
         let budget = InboundBudget::new(1000);
-        let share = InboundShare::new(budget.clone(), 1);
+        let share = InboundShare::new(budget.clone(), 1, None);
         let mut a = Charge::new(&share);
         let mut b = Charge::new(&share);
         assert_eq!(a.resize(600), Ok(()));
@@ -233,7 +216,7 @@ mod tests {
     #[test]
     fn a_core_borrows_in_chunks_and_returns_its_excess() {
         let budget = InboundBudget::new(64 << 20);
-        let share = InboundShare::new(budget.clone(), 2);
+        let share = InboundShare::new(budget.clone(), 2, None);
         assert_eq!(share.chunk, 1 << 20);
         let mut c = Charge::new(&share);
         c.resize(10).unwrap();
@@ -251,8 +234,8 @@ mod tests {
     #[test]
     fn another_core_can_use_what_one_gave_back() {
         let budget = InboundBudget::new(4 << 20);
-        let one = InboundShare::new(budget.clone(), 2);
-        let two = InboundShare::new(budget.clone(), 2);
+        let one = InboundShare::new(budget.clone(), 2, None);
+        let two = InboundShare::new(budget.clone(), 2, None);
         let mut a = Charge::new(&one);
         a.resize(4 << 20).unwrap();
         let mut b = Charge::new(&two);
@@ -286,7 +269,7 @@ mod tests {
         fn acquire_and_release_balance_on_every_path(ops in proptest::collection::vec(op(), 1..200)) {
             const TOTAL: usize = 100_000;
             let budget = InboundBudget::new(TOTAL);
-            let shares: Vec<_> = (0..3).map(|_| InboundShare::new(budget.clone(), 3)).collect();
+            let shares: Vec<_> = (0..3).map(|_| InboundShare::new(budget.clone(), 3, None)).collect();
             let mut conns: Vec<(usize, Charge)> = Vec::new();
             for op in ops {
                 match op {

@@ -69,7 +69,8 @@ impl PeerCounts {
     }
 
     /// Connections counted for `ip` now.
-    pub fn held(&self, ip: IpAddr) -> u32 {
+    #[cfg(test)]
+    fn held(&self, ip: IpAddr) -> u32 {
         self.slots[self.slot(ip)].load(Ordering::Acquire)
     }
 }

@@ -127,7 +127,7 @@ impl Worker {
         if broker.is_some() {
             state = state.with_broker();
         }
-        let share = InboundShare::with_gauge(inbound, cfg.cores, all_metrics[core].clone());
+        let share = InboundShare::new(inbound, cfg.cores, Some(all_metrics[core].clone()));
         Rc::new(Worker {
             core,
             cfg,
