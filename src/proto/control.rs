@@ -14,7 +14,7 @@
 use thiserror::Error;
 
 use super::json::{self, JsonScratch};
-use super::topic::{validate_event, validate_topic, NameError};
+use super::topic::{validate_event, validate_topic, NameError, MAX_TOPIC_LEN};
 
 /// Why a control message was refused. The client is at fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -65,6 +65,13 @@ pub enum Op {
 pub struct Control {
     pub op: Op,
     pub reference: Option<Vec<u8>>,
+}
+
+/// The largest control message a client needs to send when it may name up to
+/// `topics` topics: a `subscribe` of that many names of the longest length,
+/// with their quoting, and room for `since`, `ref` and the rest.
+pub fn max_message_bytes(topics: usize) -> usize {
+    (topics * (MAX_TOPIC_LEN + 8) + 1024).max(4096)
 }
 
 /// Parses one text message. On error, returns the `ref` when it could be read,
@@ -206,6 +213,26 @@ mod tests {
 
     fn p(text: &str) -> Result<Control, (Option<Vec<u8>>, ControlError)> {
         parse(&mut JsonScratch::new(), text.as_bytes())
+    }
+
+    #[test]
+    fn the_largest_subscribe_fits_the_control_message_limit() {
+        for n in [1, 64, 500] {
+            let name = "t".repeat(MAX_TOPIC_LEN);
+            let topics: Vec<String> = (0..n).map(|_| format!("\"{name}\"")).collect();
+            let since = format!("\"{}\"", "0".repeat(200));
+            let text = format!(
+                r#"{{"op":"subscribe","topics":[{}],"since":{since},"ref":"{}"}}"#,
+                topics.join(","),
+                "r".repeat(100)
+            );
+            assert!(p(&text).is_ok());
+            assert!(
+                text.len() <= max_message_bytes(n),
+                "{n} topics: {} bytes",
+                text.len()
+            );
+        }
     }
 
     #[test]

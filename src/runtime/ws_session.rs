@@ -34,7 +34,7 @@ use crate::netio;
 use crate::proto::control::{self, ControlError, Op};
 use crate::proto::http::{self, Method};
 use crate::proto::token::Grants;
-use crate::proto::topic::{topics_from_query, TopicListError, MAX_TOPIC_LEN};
+use crate::proto::topic::{topics_from_query, TopicListError};
 use crate::proto::ws::close::code;
 use crate::proto::ws::HandshakeError;
 use crate::proto::ws::{
@@ -311,16 +311,11 @@ async fn run(
 fn inbound_limit(w: &Worker, grants: Option<&Grants>) -> usize {
     match grants {
         Some(g) if !g.may_publish_any() => {
-            control_limit(w.cfg.limits.max_topics_per_client).min(w.cfg.max_message_bytes)
+            control::max_message_bytes(w.cfg.limits.max_topics_per_client)
+                .min(w.cfg.max_message_bytes)
         }
         _ => w.cfg.max_message_bytes,
     }
-}
-
-/// Room for a control message naming `topics` topics of the longest name, with
-/// its quoting and the other fields.
-pub fn control_limit(topics: usize) -> usize {
-    (topics * (MAX_TOPIC_LEN + 8) + 1024).max(4096)
 }
 
 /// Sizes the connection's charge on `--max-inbound-memory` to the partial
