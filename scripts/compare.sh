@@ -9,6 +9,14 @@
 #   scripts/compare.sh
 #   SUBS=1000 FANOUT_MESSAGES=200 IDLE_CONNS=2000 WRK_DURATION=3 RUNS=1 scripts/compare.sh
 #   SERVERS="ringcast-c2 nchan" SCENARIOS="ws-fanout" scripts/compare.sh
+#   PINNED=1 scripts/compare.sh        # --cores 1 on CPU 0, the load generator on CPU 1
+#
+# Publisher scenarios (the way most applications publish; 1,000 subscribers on one
+# topic): ws-seq / sse-seq, one request in flight as fast as it goes (HTTP; ws-seq-unix
+# is ringcast's socket, n/a for peers); ws-rate100 / ws-rate500 / sse-rate100 /
+# sse-rate500, paced at 100 or 500 messages/s for PACED_SECONDS, with p50/p99.
+# PINNED=1 pins every server to CPU 0 (SERVER_CPUS) and the load generator to CPU 1
+# (BENCH_CPUS, one subscriber thread); its default SERVERS are ringcast-c1 bun nchan.
 #
 # Fairness (see scripts/peers/README.md): every server publishes over HTTP POST /publish
 # (COMPARE_PUBLISH=unix gives ringcast its Unix socket instead); ringcast delivers its
@@ -27,9 +35,14 @@ source "$(dirname "$0")/lib/common.sh"
 source "$ROOT/scripts/lib/scenarios.sh"
 
 : "${RUNS:=3}" "${OUT_DIR:=$ROOT/target/bench}" "${COMPARE_PUBLISH:=http}"
+if [[ -n "${PINNED:-}" ]]; then
+    : "${SERVERS:=ringcast-c1 bun nchan}"
+    export SERVER_CPUS=${SERVER_CPUS:-0} BENCH_CPUS=${BENCH_CPUS:-1}
+fi
 : "${SERVERS:=ringcast-c1 ringcast-c2 bun nchan node}"
 : "${IDLE_TRANSPORTS:=sse ws}"
-: "${SCENARIOS:=ws-fanout ws-topics sse-fanout publish-wrk idle}"
+PUBLISHER_SCENARIOS="ws-seq ws-seq-unix ws-rate100 ws-rate500 sse-seq sse-rate100 sse-rate500"
+: "${SCENARIOS:=ws-fanout ws-topics sse-fanout publish-wrk idle $PUBLISHER_SCENARIOS}"
 IDLE_PER_SERVER=$IDLE_CONNS
 
 RUN_DIR=$(mktemp -d /tmp/ringcast-compare.XXXXXX)
@@ -59,6 +72,7 @@ up() {
     case $sv in
     ringcast-c*)
         local sock="$RUN_DIR/rc-$port.sock"
+        SOCK_PUB="unix:$sock"
         PID=$(start_ringcast "$RINGCAST_BIN" "${sv#ringcast-c}" "$port" "$sock" "$RUN_DIR/$sv-$port.log")
         PAYLOAD=envelope
         if [[ $COMPARE_PUBLISH == unix ]]; then PUB="unix:$sock"; else PUB="http://$HP/publish?topic={topic}"; fi
@@ -75,8 +89,12 @@ na=()
 for sc in $SCENARIOS; do
     for ((run = 1; run <= RUNS; run++)); do
         for sv in $SERVERS; do
-            if [[ $sc == sse-fanout && $sv == bun* ]]; then
-                ((run == 1)) && na+=("sse-fanout/$sv (Bun has no SSE pub/sub)")
+            if [[ $sc == sse-* && $sv == bun* ]]; then
+                ((run == 1)) && na+=("$sc/$sv (Bun has no SSE pub/sub)")
+                continue
+            fi
+            if [[ $sc == *-unix && $sv != ringcast* ]]; then
+                ((run == 1)) && na+=("$sc/$sv (no publish socket)")
                 continue
             fi
             if [[ $sc == idle ]]; then
@@ -97,6 +115,14 @@ for sc in $SCENARIOS; do
             ws-topics) sc_ws_topics "$sv" "$HP" "$PID" "$PUB" "$PAYLOAD" "$run" ;;
             sse-fanout) sc_sse_fanout "$sv" "$HP" "$PID" "$PUB" "$PAYLOAD" "$run" ;;
             publish-wrk) sc_publish_wrk "$sv" "$HP" "$PID" "" "" "$run" ;;
+            ws-seq | sse-seq) sc_publisher "$sc" "$sv" "$HP" "$PID" "$PUB" "$PAYLOAD" "$run" \
+                "${sc%%-*}" "$SEQ_SUBS" "$SEQ_MESSAGES" 0 ;;
+            ws-seq-unix) sc_publisher "$sc" "$sv" "$HP" "$PID" "$SOCK_PUB" "$PAYLOAD" "$run" \
+                ws "$SEQ_SUBS" "$SEQ_MESSAGES" 0 ;;
+            ws-rate* | sse-rate*)
+                rate=${sc##*-rate}
+                sc_publisher "$sc" "$sv" "$HP" "$PID" "$PUB" "$PAYLOAD" "$run" \
+                    "${sc%%-*}" "$PACED_SUBS" $((rate * PACED_SECONDS)) "$rate" ;;
             *) die "unknown scenario $sc" ;;
             esac
             stop_all
@@ -115,7 +141,12 @@ pre="$RUN_DIR/preamble.md"
     echo
     echo "Scale: ws-fanout $FANOUT_SUBS subs x $FANOUT_MESSAGES msgs; ws-topics $TOPICS_SUBS subs /"
     echo "$TOPICS_TOPICS topics x $TOPICS_MESSAGES msgs; sse-fanout $SSE_SUBS subs x $SSE_MESSAGES msgs;"
-    echo "wrk -t$WRK_THREADS -c$WRK_CONNS ${WRK_DURATION}s POST /publish (no subscribers); idle $IDLE_CONNS connections ($IDLE_TRANSPORTS)."
+    echo "wrk -t$WRK_THREADS -c$WRK_CONNS ${WRK_DURATION}s POST /publish (no subscribers); idle $IDLE_CONNS connections ($IDLE_TRANSPORTS);"
+    echo "publishers: *-seq $SEQ_SUBS subs x $SEQ_MESSAGES msgs, one request in flight; *-rateN $PACED_SUBS subs, N msgs/s for ${PACED_SECONDS}s."
+    if [[ -n "${SERVER_CPUS:-}" ]]; then
+        echo
+        echo "Pinned: every server on CPU $SERVER_CPUS, the load generator on CPU ${BENCH_CPUS:-any} (one subscriber thread)."
+    fi
     echo
     echo "Rates are deliveries per second (fan-out) or requests per second (wrk). CPU per"
     echo "message: the server's utime+stime (all its processes and threads, /proc/PID/stat)"

@@ -127,6 +127,11 @@ pub struct ServeConfig {
     #[arg(long, env = "RINGCAST_MAX_OUTBOX_BYTES", default_value = "1MiB", value_parser = parse_size)]
     pub max_outbox_bytes: usize,
 
+    /// The longest a busy core holds its writes back so that one write carries
+    /// several messages (0: never). An idle core writes at once; see the README.
+    #[arg(long, env = "RINGCAST_WRITE_DELAY", default_value = "2ms", value_parser = parse_duration)]
+    pub write_delay: Duration,
+
     /// Open connections allowed over all cores [default: no limit].
     #[arg(long, env = "RINGCAST_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -238,6 +243,7 @@ impl ServeConfig {
                 max_topics_per_client: self.max_topics_per_client,
                 heartbeat: Tick::span(self.heartbeat).max(Tick::new(1)),
                 idle: Tick::span(idle_timeout),
+                write_delay: self.write_delay,
             },
             history: HistoryLimits {
                 len: self.history,

@@ -107,6 +107,9 @@ pub struct CoreMetrics {
     pub published: Cell,
     pub publish_errors: Cell,
     pub delivered: Cell,
+    /// Writes to subscriber sockets (one system call each): `delivered / stream_writes`
+    /// is how many messages a write carries.
+    pub stream_writes: Cell,
     pub dropped: Cell,
     pub slow_consumers_sse: Cell,
     pub slow_consumers_ws: Cell,
@@ -278,6 +281,13 @@ pub fn render(cores: &[Arc<CoreMetrics>], info: &ProcessInfo<'_>) -> String {
         "counter",
         "Messages queued to subscribers.",
         &|m| m.delivered.get(),
+    );
+    per_core(
+        &mut out,
+        "ringcast_stream_writes_total",
+        "counter",
+        "Writes to subscriber sockets (messages delivered per write = delivered / writes).",
+        &|m| m.stream_writes.get(),
     );
     per_core(
         &mut out,

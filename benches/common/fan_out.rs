@@ -19,6 +19,7 @@ pub fn subscribed_core(transport: Transport) -> CoreState {
         max_topics_per_client: 64,
         heartbeat: Tick::new(1500),
         idle: Tick::new(3500),
+        write_delay: std::time::Duration::ZERO,
     };
     let mut core = CoreState::new(
         0,

@@ -29,13 +29,15 @@ wait_http() {
 }
 
 # start_bg NAME LOGFILE CMD...: starts CMD in a new session; prints its pid.
-# RUN_DIR must be set; the pid is appended to $RUN_DIR/pgids.
+# RUN_DIR must be set; the pid is appended to $RUN_DIR/pgids. With SERVER_CPUS set
+# (a taskset list, e.g. 0), the server and its children run on those CPUs only.
 start_bg() {
-    local name=$1 logfile=$2
+    local name=$1 logfile=$2 pin=()
     shift 2
+    [[ -n "${SERVER_CPUS:-}" ]] && pin=(taskset -c "$SERVER_CPUS")
     # From a non-interactive shell the background child is no group leader, so setsid
     # does not fork and $! is the server's own pid.
-    setsid "$@" >"$logfile" 2>&1 </dev/null &
+    setsid "${pin[@]}" "$@" >"$logfile" 2>&1 </dev/null &
     local pid=$!
     echo "$pid" >>"$RUN_DIR/pgids"
     echo "$pid $name" >>"$RUN_DIR/names"

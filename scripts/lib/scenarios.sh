@@ -24,16 +24,26 @@
 : "${SOURCE_IPS:=4}"
 : "${BENCH_DRAIN:=5s}"
 : "${K6_VUS:=200}" "${K6_HOLD:=10}" "${K6_RATE:=100}"
+: "${SEQ_SUBS:=1000}"                     # one publish in flight: subscribers on 1 topic
+: "${SEQ_MESSAGES:=3000}"                 #   messages, each sent once the last is answered
+: "${PACED_SUBS:=1000}"                   # paced publishers (--rate): subscribers on 1 topic
+: "${PACED_SECONDS:=10}"                  #   publishing time (messages = rate x seconds)
+# BENCH_CPUS: a taskset list for the load generator (with SERVER_CPUS, see common.sh),
+# which then runs one subscriber thread.
 
 BENCH_TOOL=(python3 "$ROOT/scripts/lib/benchtool.py")
 
 # measure SCENARIO SERVER RUN PGID [extra benchtool flags...] -- CMD...
+# (CMD runs on BENCH_CPUS when set.)
 measure() {
-    local sc=$1 sv=$2 run=$3 pg=$4
+    local sc=$1 sv=$2 run=$3 pg=$4 args=()
     shift 4
+    while (($#)) && [[ $1 != -- ]]; do args+=("$1"); shift; done
+    shift
+    [[ -n "${BENCH_CPUS:-}" ]] && set -- taskset -c "$BENCH_CPUS" "$@"
     log "  $sc / $sv / run $run"
     "${BENCH_TOOL[@]}" measure --out "$REC_DIR/$sc.$sv.$run.json" --scenario "$sc" \
-        --server "$sv" --run "$run" --group "$pg" "$@" || true
+        --server "$sv" --run "$run" --group "$pg" "${args[@]}" -- "$@" || true
 }
 
 have_bench() { "$BENCH_BIN" bench --help >/dev/null 2>&1; }
@@ -41,6 +51,23 @@ have_bench() { "$BENCH_BIN" bench --help >/dev/null 2>&1; }
 bench_common() {
     # shellcheck disable=SC2206
     BENCH_FLAGS=(--source-ips "$SOURCE_IPS" --json --quiet)
+    [[ -n "${BENCH_CPUS:-}" ]] && BENCH_FLAGS+=(--threads 1)
+}
+
+# The way most applications publish: one request in flight (the next is sent once the
+# last is answered), as fast as that goes, or paced at a rate (--rate) with the latency
+# percentiles. sc_publisher NAME SERVER HP PGID PUBLISH PAYLOAD RUN TRANSPORT SUBS MSGS RATE
+sc_publisher() {
+    local sc=$1 sv=$2 hp=$3 pg=$4 pub=$5 payload=$6 run=$7 transport=$8 subs=$9
+    local msgs=${10} rate=${11} url="ws://$hp/ws?topic={topic}" window=1
+    [[ $transport == sse ]] && url="http://$hp/sse?topic={topic}"
+    # Paced: the window only bounds what is in flight; the rate sets the pace.
+    ((rate > 0)) && window=256
+    bench_common
+    measure "$sc" "$sv" "$run" "$pg" -- "$BENCH_BIN" bench \
+        --url "$url" --connections "$subs" --topics 1 --publish "$pub" --window "$window" \
+        --messages "$msgs" --warmup $((msgs / 10)) --rate "$rate" \
+        --payload "$payload" --drain "$BENCH_DRAIN" --server-pid "$pg" "${BENCH_FLAGS[@]}"
 }
 
 sc_ws_fanout() {

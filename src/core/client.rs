@@ -217,6 +217,8 @@ pub struct Client {
     pub fresh: bool,
     /// Listed in the core's dirty queue, for the next flush.
     pub dirty: bool,
+    /// Listed in the core's urgent queue: an answer waits, written first.
+    pub urgent: bool,
     /// The connection task, parked until the core has something for it to do.
     pub waker: Option<Waker>,
     /// When the last byte was written to the socket (heartbeats fill silences).
@@ -251,6 +253,7 @@ impl Client {
             multi_topic: false,
             fresh: true,
             dirty: false,
+            urgent: false,
             waker: None,
             last_write: Tick::ZERO,
             last_read: Tick::ZERO,

@@ -9,18 +9,24 @@
 //! |---|---|---|
 //! | a message for another core | publish, subscribe, release, a home's answers | handed to the bus, then each core sent to is woken once |
 //! | a task to wake | a close request, a full socket, a publish answered, a deadline | [`Waker::wake`] |
-//! | a client to flush (a *dirty* client) | anything queued to a client | one vectored write per client, in slices |
+//! | a message to queue to this core's subscribers | a publish stamped here, a message from its home core | queued to each subscriber before the writes (so answers go first) |
+//! | a client to flush (a *dirty* client) | anything queued to a client | one vectored write per client, in slices, paced by [`WritePacing`](super::pacing::WritePacing) |
+//! | a client with an answer to flush (an *urgent* client) | an acknowledgement or control answer | written first, never held |
 //!
 //! The runtime parks one task on [`Effects::poll_ready`]; the first effect
 //! queued wakes it, so it runs after the tasks already woken in the same turn
 //! and sees everything they queued: cross-core messages leave in one batch per
-//! turn and each client gets one write for all the messages of the turn. No
-//! timer is involved: an effect is carried out in the turn that queued it.
+//! turn and each client gets one write for all the messages of the turn. Every
+//! effect is carried out in the turn that queued it, but for the writes of a
+//! busy core, which its write pacing may hold back for a bounded time.
 
 use std::collections::VecDeque;
 use std::task::{Context, Poll, Waker};
 
+use std::sync::Arc;
+
 use super::bus_msg::CoreMsg;
+use super::message::Message;
 use super::registry::ClientId;
 
 /// The effects queue of one core (see the module doc).
@@ -30,6 +36,13 @@ pub struct Effects {
     sends: Vec<(usize, CoreMsg)>,
     /// Tasks to wake.
     wakes: Vec<Waker>,
+    /// Messages to queue to this core's subscribers, in the order their home
+    /// cores stamped them. Queued by the effects task, so that a publish is
+    /// answered before its fan-out begins.
+    pub(super) deliveries: Vec<Arc<Message>>,
+    /// Clients with an answer to write, never held back: their `urgent` flag
+    /// says whether they are here.
+    pub(super) urgent: VecDeque<ClientId>,
     /// Clients with output not yet written, oldest first. A client is listed at
     /// most once: its `dirty` flag says whether it is here.
     pub(super) dirty: VecDeque<ClientId>,
@@ -56,6 +69,19 @@ impl Effects {
         self.due();
     }
 
+    /// Queues a message for this core's subscribers.
+    pub(super) fn deliver(&mut self, msg: Arc<Message>) {
+        self.deliveries.push(msg);
+        self.due();
+    }
+
+    /// Queues a client with an answer to write; the caller checked and set its
+    /// `urgent` flag.
+    pub(super) fn mark_urgent(&mut self, id: ClientId) {
+        self.urgent.push_back(id);
+        self.due();
+    }
+
     /// An effect was queued: wake the runner unless it is awake already. Cheap
     /// when it is (one `None` check), so a fan-out may call it once per batch.
     #[inline]
@@ -67,12 +93,25 @@ impl Effects {
 
     /// Nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.sends.is_empty() && self.wakes.is_empty() && self.dirty.is_empty()
+        self.sends.is_empty()
+            && self.wakes.is_empty()
+            && self.dirty.is_empty()
+            && self.deliveries.is_empty()
+            && self.urgent.is_empty()
     }
 
-    /// Ready when some effect is queued; otherwise parks `cx` until one is.
-    pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if !self.is_empty() {
+    /// Something is queued that is never held back (all but the dirty clients).
+    fn pressing(&self) -> bool {
+        !(self.sends.is_empty()
+            && self.wakes.is_empty()
+            && self.deliveries.is_empty()
+            && self.urgent.is_empty())
+    }
+
+    /// Ready when some effect is queued that may be carried out now (the dirty
+    /// clients only when `may_write`); otherwise parks `cx` until one is queued.
+    pub fn poll_ready(&mut self, cx: &mut Context<'_>, may_write: bool) -> Poll<()> {
+        if self.pressing() || (may_write && !self.dirty.is_empty()) {
             return Poll::Ready(());
         }
         if !self

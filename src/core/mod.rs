@@ -9,6 +9,7 @@ pub mod history;
 pub mod homes;
 pub mod message;
 pub mod outbox;
+pub mod pacing;
 pub mod registry;
 pub mod replay;
 pub mod state;

@@ -13,9 +13,11 @@
 //! and its threads is `server`'s job.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 
 use super::broker::BrokerStatus;
 use super::bus::Bus;
@@ -44,6 +46,8 @@ pub struct Worker {
     pub driver: &'static str,
     pub epoch_text: String,
     pub started: std::time::Instant,
+    /// `started` on monoio's clock, for its timers.
+    started_monoio: monoio::time::Instant,
     pub life: Arc<Lifecycle>,
     /// Who may subscribe, publish and connect from which origin.
     pub access: Arc<AccessPolicy>,
@@ -84,7 +88,7 @@ pub struct ProcessShared {
 }
 
 /// Clients written per slice of a flush (see [`Worker::run_effects`]).
-const FLUSH_SLICE: usize = 1024;
+const FLUSH_SLICE: usize = 128;
 
 /// Lets the other ready tasks and the I/O completions run, then continues.
 pub async fn yield_now() {
@@ -127,6 +131,7 @@ impl Worker {
         if broker.is_some() {
             state = state.with_broker();
         }
+        let started = std::time::Instant::now();
         let share = InboundShare::new(inbound, cfg.cores, Some(all_metrics[core].clone()));
         Rc::new(Worker {
             core,
@@ -138,7 +143,8 @@ impl Worker {
             scratch: RefCell::new(vec![0; 16 * 1024]),
             driver,
             epoch_text,
-            started: std::time::Instant::now(),
+            started,
+            started_monoio: monoio::time::Instant::from_std(started),
             life,
             broker,
             access,
@@ -159,32 +165,55 @@ impl Worker {
     /// woken once, and all the messages a turn fans out reach each client in one
     /// write.
     ///
-    /// Cross-core messages go first, then the writes, in slices of
-    /// [`FLUSH_SLICE`] clients. Between slices the task yields, so the core's
-    /// other tasks run (the bus with its publishes and their acknowledgements,
-    /// reads): a flush to many subscribers, which takes milliseconds of system
-    /// calls, does not hold up a publish from another core until it ends. The
-    /// clients left get whatever arrived meanwhile in the same write, and the
-    /// messages for other cores queued meanwhile leave at the next slice.
+    /// The writes go in slices of [`FLUSH_SLICE`] clients. Between slices the
+    /// task applies what other cores sent (their wakes reach a thread only when
+    /// it idles, and a core that flushes does not idle) and yields, so the core's
+    /// other tasks run: reads, publishes and their answers wait for one slice at
+    /// most, never for a whole fan-out. The clients left get whatever arrived
+    /// meanwhile in the same write. When the core's write pacing holds the
+    /// writes back, the task sleeps until the hold ends (anything else queued
+    /// meanwhile is carried out at once).
     pub async fn run_effects(self: Rc<Self>) {
+        let mut hold = std::pin::pin!(monoio::time::sleep(Duration::ZERO));
+        let mut holding = None;
         loop {
-            std::future::poll_fn(|cx| self.state.borrow_mut().poll_effects(cx)).await;
+            std::future::poll_fn(|cx| {
+                let mut st = self.state.borrow_mut();
+                if st.poll_effects(cx, self.elapsed()).is_ready() {
+                    return Poll::Ready(());
+                }
+                let Some(until) = st.held_until() else {
+                    return Poll::Pending;
+                };
+                if holding != Some(until) {
+                    holding = Some(until);
+                    hold.as_mut().reset(self.started_monoio + until);
+                }
+                hold.as_mut().poll(cx)
+            })
+            .await;
+            holding = None;
             loop {
                 let more = {
                     let mut st = self.state.borrow_mut();
                     let mut bus = self.bus.borrow_mut();
                     let mut overflowed = 0;
+                    let mut writes = 0;
                     let more = st.run_effects(
-                        self.now_tick(),
+                        || self.elapsed(),
                         FLUSH_SLICE,
                         |to, msg| {
                             if !bus.send(to, msg) {
                                 overflowed += 1;
                             }
                         },
-                        netio::writev,
+                        |fd, iov| {
+                            writes += 1;
+                            netio::writev(fd, iov)
+                        },
                     );
                     bus.wake_peers();
+                    st.metrics().stream_writes.add(writes);
                     st.metrics().bus_overflow.add(overflowed);
                     st.metrics()
                         .outbox_bytes
@@ -194,15 +223,27 @@ impl Worker {
                 if !more {
                     break;
                 }
+                {
+                    let mut st = self.state.borrow_mut();
+                    self.bus
+                        .borrow_mut()
+                        .drain(FLUSH_SLICE, |msg| st.handle(msg));
+                }
                 yield_now().await;
             }
         }
     }
 
+    /// Time since the worker started: the origin of its ticks, at full
+    /// resolution (the write pacing's clock).
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     /// The core's clock: ticks since the worker started, the one time base of
     /// the core and of the sans-IO state machines.
     pub fn now_tick(&self) -> Tick {
-        Tick::now(self.started.elapsed())
+        Tick::now(self.elapsed())
     }
 
     pub fn metrics(&self) -> &CoreMetrics {

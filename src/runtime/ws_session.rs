@@ -405,11 +405,12 @@ async fn feed(
     transmit(w, conn, id);
 }
 
-/// Queues the connection's pending control frames (pong, close) and writes.
+/// Queues the connection's pending control frames (pong, close): answers,
+/// written ahead of the fan-out.
 fn transmit(w: &Rc<Worker>, conn: &mut Connection, id: ClientId) {
     let mut out = Vec::new();
     if conn.poll_transmit(&mut out) {
-        w.state.borrow_mut().queue(id, &out);
+        w.state.borrow_mut().queue_answer(id, &out);
     }
 }
 
@@ -427,8 +428,10 @@ async fn drain_outbox(w: &Rc<Worker>, stream: &TcpStream, id: ClientId) {
     }
 }
 
+/// Queues an answer to the client's own message (an acknowledgement or an
+/// error), written ahead of the fan-out.
 fn queue_text(w: &Rc<Worker>, id: ClientId, payload: &[u8]) {
-    w.state.borrow_mut().queue(id, &text_frame(payload));
+    w.state.borrow_mut().queue_answer(id, &text_frame(payload));
 }
 
 fn error_answer(reference: Option<&[u8]>, e: impl std::fmt::Display) -> Vec<u8> {

@@ -193,7 +193,9 @@ impl CoreState {
             self.send(core, CoreMsg::Deliver(msg.clone()));
         }
         if local {
-            self.deliver(&msg);
+            // Queued to the subscribers by the effects task, after this
+            // publish is answered.
+            self.effects.deliver(msg.clone());
         }
         self.metrics.published.inc();
         self.update_gauges();

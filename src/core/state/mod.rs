@@ -14,6 +14,7 @@ use std::io::{self, IoSlice};
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::Bytes;
 use slab::Slab;
@@ -26,6 +27,7 @@ use super::frame::Frame;
 use super::homes::{HistoryLimits, HomeTopics};
 use super::message::Message;
 use super::outbox::{Flush, FlushScratch, StreamCursor};
+use super::pacing::WritePacing;
 use super::registry::{ClientId, Registry};
 use super::replay::{BacklogCache, Replay, REPLAY_SLICE, REPLAY_SLICE_ITEMS};
 use super::topics::{home_of, LocalTopics};
@@ -38,6 +40,8 @@ use crate::proto::ws::frame as ws_frame;
 use crate::time::Tick;
 
 mod home;
+#[cfg(test)]
+mod pacing_tests;
 #[cfg(test)]
 mod tests;
 mod timers;
@@ -56,6 +60,9 @@ pub struct Limits {
     pub heartbeat: Tick,
     /// A WebSocket client silent this long is closed; zero: never.
     pub idle: Tick,
+    /// The longest a busy core holds its writes back (`--write-delay`; see
+    /// [`WritePacing`]); zero: never.
+    pub write_delay: Duration,
 }
 
 /// Why a subscribe was refused. The client is at fault.
@@ -117,6 +124,8 @@ pub struct CoreState {
     /// What the core asks of the runtime: cross-core messages, wakes, flushes.
     effects: Effects,
     scratch: FlushScratch,
+    /// When the writes of the dirty clients may start.
+    pacing: WritePacing,
     metrics: Arc<CoreMetrics>,
     /// Every timer of the core: client liveness and task deadlines.
     wheel: TimerWheel<TimerTarget>,
@@ -159,6 +168,7 @@ impl CoreState {
             pending: Slab::new(),
             effects: Effects::default(),
             scratch: FlushScratch::default(),
+            pacing: WritePacing::new(limits.write_delay),
             metrics,
             wheel: TimerWheel::new(),
             heartbeats: Heartbeats::new(),
@@ -345,24 +355,39 @@ impl CoreState {
 
     // ---- effects ------------------------------------------------------------
 
-    /// Ready when an effect waits to be carried out; otherwise parks `cx` (the
-    /// runtime's one effects task) until the core queues one.
-    pub fn poll_effects(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        self.effects.poll_ready(cx)
+    /// Ready when an effect waits that may be carried out at `now` (the time
+    /// since the worker's origin); otherwise parks `cx` (the runtime's one
+    /// effects task) until the core queues one. While the writes are held back
+    /// ([`CoreState::held_until`]) the task must also wake when the hold ends.
+    pub fn poll_effects(&mut self, cx: &mut Context<'_>, now: Duration) -> Poll<()> {
+        let may_write = self.pacing.may_write(now);
+        self.effects.poll_ready(cx, may_write)
     }
 
-    /// Carries out the queued effects, at tick `now`: hands every cross-core
-    /// message to `send` (in order), wakes the tasks queued to wake, and writes up
-    /// to `max` dirty clients with `write` (which must not block). True while
-    /// dirty clients remain: call again (after letting other tasks run).
+    /// When the writes of the dirty clients, held back by the write pacing,
+    /// may start; `None` when no write waits for a hold.
+    pub fn held_until(&self) -> Option<Duration> {
+        (!self.effects.dirty.is_empty() && !self.pacing.in_pass())
+            .then(|| self.pacing.next_pass_at())
+    }
+
+    /// Carries out the queued effects; `clock` reads the time since the
+    /// worker's origin. In order: queues the messages to deliver to this core's
+    /// subscribers, hands every cross-core message to `send`, wakes the tasks
+    /// queued to wake, writes the clients with answers, then, unless the write
+    /// pacing holds them back, up to `max` dirty clients with `write` (which
+    /// must not block). True while a pass of writes is under way: call again
+    /// (after letting other tasks run).
     pub fn run_effects(
         &mut self,
-        now: Tick,
+        mut clock: impl FnMut() -> Duration,
         max: usize,
         mut send: impl FnMut(usize, CoreMsg),
-        write: impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>,
+        mut write: impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>,
     ) -> bool {
-        self.set_now(now);
+        let now = clock();
+        self.set_now(Tick::now(now));
+        self.queue_deliveries();
         for (to, msg) in self.effects.poll_transmit() {
             send(to, msg);
         }
@@ -370,7 +395,15 @@ impl CoreState {
         // need not wait for a fan-out's flush), and after them: a write may
         // have found a socket full.
         self.effects.wake_tasks();
-        let more = self.flush_dirty_upto(max, write);
+        self.flush_urgent(&mut write);
+        let mut more = false;
+        if !self.effects.dirty.is_empty() && self.pacing.may_write(now) {
+            self.pacing.begin(now);
+            more = self.flush_dirty_upto(max, &mut write);
+        }
+        if !more {
+            self.pacing.end(clock());
+        }
         self.effects.wake_tasks();
         more
     }
@@ -682,6 +715,21 @@ impl CoreState {
         }
     }
 
+    /// Queues the messages waiting for delivery to this core's subscribers.
+    pub(crate) fn queue_deliveries(&mut self) {
+        if self.effects.deliveries.is_empty() {
+            return;
+        }
+        let mut msgs = std::mem::take(&mut self.effects.deliveries);
+        for msg in msgs.drain(..) {
+            self.deliver(&msg);
+        }
+        // Keep the (now empty) vector's room for the next turn.
+        if self.effects.deliveries.is_empty() {
+            self.effects.deliveries = msgs;
+        }
+    }
+
     /// Queues a message to every local subscriber of its topic.
     fn deliver(&mut self, msg: &Arc<Message>) {
         let Some(key) = self.local.key(&msg.topic) else {
@@ -765,7 +813,7 @@ impl CoreState {
                     }
                 }
             }
-            CoreMsg::Deliver(msg) => self.deliver(&msg),
+            CoreMsg::Deliver(msg) => self.effects.deliver(msg),
             CoreMsg::Subscribe {
                 topic,
                 client,
@@ -814,12 +862,53 @@ impl CoreState {
         }
     }
 
-    /// Queues raw bytes (a control frame, an answer) to a client.
+    /// Queues raw bytes (a control frame, a heartbeat) to a client, written
+    /// with the next pass.
     pub fn queue(&mut self, id: ClientId, bytes: &[u8]) {
         if let Some(client) = self.clients.get_mut(id) {
             client.outbox.push(bytes);
             self.check_outbox(id);
             self.mark_dirty(id);
+        }
+    }
+
+    /// Queues an answer to the client's own request (an acknowledgement, an
+    /// error, a pong): written before the dirty clients, never held back.
+    pub fn queue_answer(&mut self, id: ClientId, bytes: &[u8]) {
+        if let Some(client) = self.clients.get_mut(id) {
+            client.outbox.push(bytes);
+            self.check_outbox(id);
+        }
+        if let Some(client) = self.clients.get_mut(id) {
+            if !client.urgent {
+                client.urgent = true;
+                self.effects.mark_urgent(id);
+            }
+        }
+    }
+
+    /// Writes every client with an answer queued (see [`CoreState::queue_answer`]).
+    fn flush_urgent(&mut self, write: &mut impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>) {
+        while let Some(id) = self.effects.urgent.pop_front() {
+            let Some(client) = self.clients.get_mut(id) else {
+                continue;
+            };
+            client.urgent = false;
+            let life = client.lifecycle();
+            if life.held() {
+                // Its head is not out yet: the answer goes with the head, when
+                // the admission ends (which marks the client dirty).
+            } else if life.may_write() {
+                flush_one(
+                    client,
+                    self.now,
+                    &mut self.scratch,
+                    &mut self.effects,
+                    write,
+                );
+            } else {
+                wake(client, &mut self.effects);
+            }
         }
     }
 
@@ -846,6 +935,7 @@ impl CoreState {
         max: usize,
         mut write: impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>,
     ) -> bool {
+        self.queue_deliveries();
         for _ in 0..max {
             let Some(id) = self.effects.dirty.pop_front() else {
                 break;

@@ -19,6 +19,7 @@ fn limits() -> Limits {
         max_topics_per_client: 8,
         heartbeat: Tick::new(1500),
         idle: Tick::new(3500),
+        write_delay: Duration::from_millis(2),
     }
 }
 
@@ -41,11 +42,13 @@ fn cores_with(n: usize, history: HistoryLimits) -> Vec<CoreState> {
         .collect()
 }
 
-/// Moves every outbound message to its core until none is left.
+/// Moves every outbound message to its core until none is left, and queues
+/// each core's deliveries (what its effects task does before writing).
 fn pump(cores: &mut [CoreState]) {
     loop {
         let mut moved = false;
         for i in 0..cores.len() {
+            cores[i].queue_deliveries();
             let out = cores[i].take_sends();
             for (to, msg) in out {
                 moved = true;
@@ -785,7 +788,7 @@ fn every_effect_waits_in_the_queue_and_wakes_the_runner_once_per_turn() {
     let waker = Waker::from(runner.clone());
     let mut cx = Context::from_waker(&waker);
     assert!(
-        cs[0].poll_effects(&mut cx).is_pending(),
+        cs[0].poll_effects(&mut cx, Duration::ZERO).is_pending(),
         "nothing queued yet"
     );
     // A subscribe (a message for the home core, a client to write) and a
@@ -794,12 +797,12 @@ fn every_effect_waits_in_the_queue_and_wakes_the_runner_once_per_turn() {
     cs[0].subscribe(a, &topic, Since::Live).unwrap();
     cs[0].publish(&topic, None, b"1".to_vec());
     assert_eq!(runner.0.load(Ordering::SeqCst), 1);
-    assert!(cs[0].poll_effects(&mut cx).is_ready());
+    assert!(cs[0].poll_effects(&mut cx, Duration::ZERO).is_ready());
     // Carried out at one point: the messages leave in order, nothing is left.
     let mut sent = Vec::new();
     let mut socks = Sockets::default();
     let more = cs[0].run_effects(
-        Tick::ZERO,
+        || Duration::ZERO,
         usize::MAX,
         |to, msg| sent.push((to, msg)),
         |fd, iov: &[IoSlice<'_>]| socks.write(fd, iov),
@@ -809,6 +812,9 @@ fn every_effect_waits_in_the_queue_and_wakes_the_runner_once_per_turn() {
         sent.as_slice(),
         [(1, CoreMsg::Subscribe { .. }), (1, CoreMsg::Publish { .. })]
     ));
-    assert!(cs[0].poll_effects(&mut cx).is_pending(), "all carried out");
+    assert!(
+        cs[0].poll_effects(&mut cx, Duration::ZERO).is_pending(),
+        "all carried out"
+    );
     assert_eq!(runner.0.load(Ordering::SeqCst), 1);
 }
