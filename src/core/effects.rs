@@ -29,6 +29,12 @@ use super::bus_msg::CoreMsg;
 use super::message::Message;
 use super::registry::ClientId;
 
+/// How far a core's fan-out may fall behind its publishes, in subscribers to
+/// visit (about 30 ms of queueing work): past it, publishes on this core wait
+/// for their answer and the core takes nothing more from the bus, so a
+/// publisher faster than the fan-out is slowed instead of growing memory.
+pub const MAX_PENDING_VISITS: usize = 1 << 20;
+
 /// The effects queue of one core (see the module doc).
 #[derive(Default)]
 pub struct Effects {
@@ -39,7 +45,9 @@ pub struct Effects {
     /// Messages to queue to this core's subscribers, in the order their home
     /// cores stamped them. Queued by the effects task, so that a publish is
     /// answered before its fan-out begins.
-    pub(super) deliveries: Vec<Arc<Message>>,
+    pub(super) deliveries: VecDeque<Arc<Message>>,
+    /// Subscribers the waiting deliveries will visit (see [`Effects::behind`]).
+    pub(super) pending_visits: usize,
     /// Clients with an answer to write, never held back: their `urgent` flag
     /// says whether they are here.
     pub(super) urgent: VecDeque<ClientId>,
@@ -69,10 +77,17 @@ impl Effects {
         self.due();
     }
 
-    /// Queues a message for this core's subscribers.
-    pub(super) fn deliver(&mut self, msg: Arc<Message>) {
-        self.deliveries.push(msg);
+    /// Queues a message for this core's `visits` subscribers of its topic.
+    pub(super) fn deliver(&mut self, msg: Arc<Message>, visits: usize) {
+        self.deliveries.push_back(msg);
+        self.pending_visits += visits;
         self.due();
+    }
+
+    /// The fan-out is behind: the deliveries waiting would visit more than
+    /// [`MAX_PENDING_VISITS`] subscribers.
+    pub fn behind(&self) -> bool {
+        self.pending_visits > MAX_PENDING_VISITS
     }
 
     /// Queues a client with an answer to write; the caller checked and set its

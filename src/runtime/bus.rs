@@ -7,11 +7,22 @@
 //! it then waits in a local overflow queue, in order, and the publisher that
 //! caused it is slowed by [`Bus::congested`]: backpressure, not unbounded growth.
 //!
-//! Wake-ups: the receiving core parks its bus task in an `AtomicWaker`. A sender
-//! wakes it once per batch; the waker is taken on wake, so further sends until the
-//! receiver re-registers cost no system call.
+//! Wake-ups go through io_uring, not through the executor's cross-thread wakers.
+//! monoio hands a waker from another thread to its task only when the runtime
+//! parks, and a core that is busy (a long flush, thousands of writable sockets)
+//! does not park: its bus would wait for the whole of that work. So each worker
+//! core has a *doorbell*, a socket pair: its bus task waits for the read end to
+//! become readable, like any socket (the poll completes in the ring, which the
+//! runtime reaps between every round of tasks), and a sender rings by writing a
+//! byte to the other end. A receiver arms its doorbell before it waits; the first
+//! sender of a batch that finds it armed rings, later ones cost nothing. The
+//! broker bridge (a tokio thread) is woken through an `AtomicWaker` instead.
 
 use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::os::fd::RawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -34,12 +45,60 @@ pub struct Bus {
     overflow: Vec<VecDeque<CoreMsg>>,
     /// Destinations sent to since the last [`Bus::wake_peers`].
     to_wake: Vec<bool>,
-    wakers: Arc<[AtomicWaker]>,
+    wakeups: Arc<[Wakeup]>,
+    /// The read end of this core's doorbell, until its bus task takes it.
+    doorbell: Option<UnixStream>,
 }
 
-/// Builds the ends for `cores` cores; element `i` goes to core `i`.
-pub fn build(cores: usize) -> Vec<Bus> {
-    let wakers: Arc<[AtomicWaker]> = (0..cores).map(|_| AtomicWaker::new()).collect();
+/// How senders wake one endpoint that waits for input (see the module doc).
+struct Wakeup {
+    /// The receiver waits: the next sender to clear it wakes the receiver.
+    armed: AtomicBool,
+    /// The write end of the receiver's doorbell (worker cores).
+    bell: Option<UnixStream>,
+    /// The receiver's task, when it waits through a waker (the bridge).
+    waker: AtomicWaker,
+}
+
+impl Wakeup {
+    fn wake(&self) {
+        // Pairs with the fence in `Bus::arm`: either the receiver sees the
+        // message, or this sees it armed.
+        fence(Ordering::SeqCst);
+        if !self.armed.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        if let Some(mut bell) = self.bell.as_ref() {
+            // A full doorbell is rung already: WouldBlock needs nothing more.
+            let _ = bell.write(&[1]);
+        }
+        self.waker.wake();
+    }
+}
+
+/// Builds the ends for `cores` endpoints; element `i` goes to core `i`. The
+/// first `with_doorbell` endpoints (the worker cores) get a doorbell.
+pub fn build(cores: usize, with_doorbell: usize) -> io::Result<Vec<Bus>> {
+    let mut doorbells = Vec::new();
+    let mut wakeups = Vec::new();
+    for i in 0..cores {
+        let bell = if i < with_doorbell {
+            let (read, write) = UnixStream::pair()?;
+            read.set_nonblocking(true)?;
+            write.set_nonblocking(true)?;
+            doorbells.push(Some(read));
+            Some(write)
+        } else {
+            doorbells.push(None);
+            None
+        };
+        wakeups.push(Wakeup {
+            armed: AtomicBool::new(false),
+            bell,
+            waker: AtomicWaker::new(),
+        });
+    }
+    let wakeups: Arc<[Wakeup]> = wakeups.into();
     let mut tx: Vec<Vec<Option<Producer<CoreMsg>>>> = (0..cores)
         .map(|_| (0..cores).map(|_| None).collect())
         .collect();
@@ -53,18 +112,21 @@ pub fn build(cores: usize) -> Vec<Bus> {
             }
         }
     }
-    tx.into_iter()
+    Ok(tx
+        .into_iter()
         .zip(rx)
+        .zip(doorbells)
         .enumerate()
-        .map(|(core, (tx, rx))| Bus {
+        .map(|(core, ((tx, rx), doorbell))| Bus {
             core,
             tx,
             rx,
             overflow: (0..cores).map(|_| VecDeque::new()).collect(),
             to_wake: vec![false; cores],
-            wakers: wakers.clone(),
+            wakeups: wakeups.clone(),
+            doorbell,
         })
-        .collect()
+        .collect())
 }
 
 impl Bus {
@@ -122,13 +184,35 @@ impl Bus {
         self.rx.iter().map(Consumer::slots).sum()
     }
 
-    /// Wakes every core sent to since the last call.
+    /// Wakes every core sent to since the last call (those waiting for input).
     pub fn wake_peers(&mut self) {
         for (to, flag) in self.to_wake.iter_mut().enumerate() {
             if std::mem::take(flag) {
-                self.wakers[to].wake();
+                self.wakeups[to].wake();
             }
         }
+    }
+
+    /// The read end of this core's doorbell, for its bus task (once).
+    pub fn take_doorbell(&mut self) -> Option<UnixStream> {
+        self.doorbell.take()
+    }
+
+    /// Inbound messages wait.
+    fn has_inbound(&self) -> bool {
+        self.rx.iter().any(|r| !r.is_empty())
+    }
+
+    /// Before waiting on the doorbell: true when inbound messages wait already;
+    /// otherwise arms the doorbell, so that the next send rings it.
+    pub fn arm(&self) -> bool {
+        if self.has_inbound() {
+            return true;
+        }
+        self.wakeups[self.core].armed.store(true, Ordering::SeqCst);
+        // Pairs with the fence in `Wakeup::wake`.
+        fence(Ordering::SeqCst);
+        self.has_inbound()
     }
 
     /// Takes up to `budget` inbound messages, oldest first per sender.
@@ -148,18 +232,25 @@ impl Bus {
         n
     }
 
-    /// Ready when inbound messages wait; otherwise parks `cx` until a sender wakes it.
+    /// Ready when inbound messages wait; otherwise parks `cx` until a sender
+    /// wakes it (the bridge's way to wait; a worker core waits on its doorbell).
     pub fn poll_inbound(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.rx.iter().any(|r| !r.is_empty()) {
+        if self.has_inbound() {
             return Poll::Ready(());
         }
-        self.wakers[self.core].register(cx.waker());
+        self.wakeups[self.core].waker.register(cx.waker());
         // A sender may have pushed between the check and the registration.
-        if self.rx.iter().any(|r| !r.is_empty()) {
+        if self.arm() {
             return Poll::Ready(());
         }
         Poll::Pending
     }
+}
+
+/// Empties a doorbell that rang (what was written only says "look").
+pub fn silence(doorbell: RawFd) {
+    let mut buf = [0u8; 64];
+    while matches!(crate::netio::recv(doorbell, &mut buf), Ok(n) if n > 0) {}
 }
 
 #[cfg(test)]
@@ -175,7 +266,7 @@ mod tests {
 
     #[test]
     fn messages_arrive_in_order_and_overflow_keeps_the_order() {
-        let mut buses = build(2);
+        let mut buses = build(2, 2).expect("bus");
         let mut b1 = buses.pop().expect("core 1");
         let mut b0 = buses.pop().expect("core 0");
         let total = RING_CAPACITY as u16 + 100;
@@ -205,7 +296,7 @@ mod tests {
                 self.0.fetch_add(1, Ordering::SeqCst);
             }
         }
-        let mut buses = build(2);
+        let mut buses = build(2, 2).expect("bus");
         let b1 = buses.pop().expect("core 1");
         let mut b0 = buses.pop().expect("core 0");
         let count = Arc::new(Count(AtomicUsize::new(0)));
@@ -217,5 +308,39 @@ mod tests {
         b0.wake_peers();
         assert_eq!(count.0.load(Ordering::SeqCst), 1, "one wake per batch");
         assert!(b1.poll_inbound(&mut cx).is_ready());
+    }
+
+    #[test]
+    fn an_armed_doorbell_rings_once_per_batch() {
+        let mut buses = build(2, 2).expect("bus");
+        let mut b1 = buses.pop().expect("core 1");
+        let mut b0 = buses.pop().expect("core 0");
+        let bell = b1.take_doorbell().expect("a worker core has a doorbell");
+        let pending = |bell: &UnixStream| {
+            use std::io::Read;
+            let mut buf = [0u8; 8];
+            let mut b = bell;
+            match b.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        // Not armed: a send does not ring.
+        b0.send(1, release(0));
+        b0.wake_peers();
+        assert_eq!(pending(&bell), 0);
+        // Messages wait: arming says so at once.
+        assert!(b1.arm());
+        b1.drain(usize::MAX, |_| {});
+        // Armed and empty: the first batch rings once, the next not again.
+        assert!(!b1.arm());
+        b0.send(1, release(1));
+        b0.wake_peers();
+        b0.send(1, release(2));
+        b0.wake_peers();
+        assert_eq!(pending(&bell), 1, "one ring for the two batches");
+        silence(std::os::fd::AsRawFd::as_raw_fd(&bell));
+        assert_eq!(pending(&bell), 0);
     }
 }

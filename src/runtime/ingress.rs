@@ -148,10 +148,12 @@ async fn serve_publisher(w: Rc<Worker>, stream: UnixStream, _open: OpenConn) {
     let mut answers: VecDeque<ParsedLine> = VecDeque::new();
     let mut out = Vec::new();
     loop {
-        // Backpressure: while a ring to another core is full, read nothing more.
+        // Backpressure: while a ring to another core is full, read nothing more;
+        // nor while this core's fan-out is behind.
         while w.bus.borrow().congested() {
             timer::sleep(&w, std::time::Duration::from_millis(1)).await;
         }
+        w.fan_out_caught_up().await;
         let input = loop {
             let buf = lines.buffer(READ_CHUNK);
             match netio::recv(fd, buf) {

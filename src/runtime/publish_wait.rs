@@ -24,8 +24,17 @@ pub async fn publish_and_wait(
 }
 
 /// The position a started publish got: at once when this core stamped it, else
-/// when the topic's home answers (the wait is forgotten if dropped early).
+/// when the topic's home answers (the wait is forgotten if dropped early). The
+/// answer never waits for the fan-out of its message; it waits only while this
+/// core's fan-out is behind its publishes (backpressure: a publisher faster
+/// than the fan-out is slowed, instead of growing memory).
 pub async fn publish_result(w: &Rc<Worker>, start: PublishStart) -> Result<u64, PublishError> {
+    let result = stamped(w, start).await;
+    w.fan_out_caught_up().await;
+    result
+}
+
+async fn stamped(w: &Rc<Worker>, start: PublishStart) -> Result<u64, PublishError> {
     match start {
         PublishStart::Done(seq) => Ok(seq),
         PublishStart::Pending(slot) => {

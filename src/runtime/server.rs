@@ -75,7 +75,12 @@ pub fn run(cfg: Settings) -> Result<(), StartError> {
     let (done_tx, done_rx) = mpsc::channel::<usize>();
     let mut publish_listener = Some(publish_listener);
     let mut threads = Vec::new();
-    let mut buses = bus::build(cores + usize::from(cfg.broker.is_some()));
+    let mut buses = bus::build(cores + usize::from(cfg.broker.is_some()), cores).map_err(|e| {
+        StartError::Worker {
+            core: 0,
+            reason: format!("cross-core doorbells: {e}"),
+        }
+    })?;
     let broker_status = match &cfg.broker {
         Some(settings) => {
             let status = Arc::new(BrokerStatus::default());

@@ -115,7 +115,9 @@ pub async fn linger(
     let _ = netio::shutdown_both(fd);
 }
 
-/// Waits until a full socket takes more, then flushes; returns early with the
+/// Waits until a full socket takes more, then hands the client back to the
+/// core's flush (the effects task writes it with the next slice: writes stay
+/// in slices however many sockets drain at once); returns early with the
 /// reason when the core asks to close the client meanwhile (a slow consumer
 /// that never reads must not hold its task forever).
 pub async fn await_writable(
@@ -133,7 +135,7 @@ pub async fn await_writable(
     .await;
     match outcome {
         Ok(()) => {
-            w.state.borrow_mut().flush_client(id, netio::writev);
+            w.state.borrow_mut().socket_writable(id);
             None
         }
         Err(reason) => Some(reason),

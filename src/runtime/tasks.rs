@@ -3,6 +3,7 @@
 //! and starting the flush, tick and publish-socket tasks beside them.
 
 use std::future::Future;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
@@ -10,8 +11,8 @@ use std::time::Duration;
 use monoio::net::{TcpListener, TcpStream, UnixListener};
 
 use super::http_conn::{self, Busy};
-use super::worker::{yield_now, OpenConn, Worker};
-use super::{ingress, shutdown, timer};
+use super::worker::{OpenConn, Worker};
+use super::{bus, ingress, shutdown, timer};
 use crate::metrics::InboundRefusal;
 use crate::{debug, info, warn};
 
@@ -130,25 +131,48 @@ async fn drain(w: Rc<Worker>) {
     );
 }
 
-/// The bus task: applies what other cores send, in batches.
+/// The bus task: applies what other cores send, in batches. It waits on the
+/// core's doorbell (see `bus`), so it runs within a round of the core's tasks
+/// after a sender rang, however busy the core is.
 async fn run_bus(w: Rc<Worker>) {
+    let Some(bell) = w.bus.borrow_mut().take_doorbell() else {
+        warn!(
+            "core={} msg=\"no doorbell: the bus task is not running\"",
+            w.core
+        );
+        return;
+    };
+    let bell = match monoio::net::UnixStream::from_std(bell) {
+        Ok(bell) => bell,
+        Err(e) => {
+            warn!(
+                "core={} msg=\"doorbell refused by the runtime\" error=\"{e}\"",
+                w.core
+            );
+            return;
+        }
+    };
     loop {
         let congested = w.bus.borrow().congested();
         if congested {
             // A ring to some core is full: retry soon, and meanwhile take input.
             let sleep = monoio::time::sleep(Duration::from_millis(1));
             let mut sleep = std::pin::pin!(sleep);
+            let mut inbound = std::pin::pin!(wait_inbound(&w, &bell));
             std::future::poll_fn(|cx| {
                 if sleep.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(());
                 }
-                w.bus.borrow().poll_inbound(cx)
+                inbound.as_mut().poll(cx)
             })
             .await;
             w.bus.borrow_mut().retry_overflow();
         } else {
-            std::future::poll_fn(|cx| w.bus.borrow().poll_inbound(cx)).await;
+            wait_inbound(&w, &bell).await;
         }
+        // A fan-out behind its publishes takes nothing more from the other
+        // cores: their rings fill, and their publishers slow down.
+        w.fan_out_caught_up().await;
         loop {
             {
                 let bus = w.bus.borrow();
@@ -163,7 +187,15 @@ async fn run_bus(w: Rc<Worker>) {
             if n < BUS_BATCH {
                 break;
             }
-            yield_now().await;
+            w.yield_to_io().await;
         }
+    }
+}
+
+/// Until messages from other cores wait: arms the doorbell and waits for it.
+async fn wait_inbound(w: &Worker, bell: &monoio::net::UnixStream) {
+    while !w.bus.borrow().arm() {
+        let _ = bell.readable(false).await;
+        bus::silence(bell.as_raw_fd());
     }
 }

@@ -12,7 +12,7 @@
 //! The core's tasks (accept, bus, drain) are in `tasks`; starting the process
 //! and its threads is `server`'s job.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -68,6 +68,29 @@ pub struct Worker {
     pub inbound: Rc<InboundShare>,
     /// Connections per address (`--max-connections-per-ip`), when capped.
     pub peers: Option<Arc<PeerCounts>>,
+    /// A socket that is always readable, for [`Worker::yield_to_io`] (made on
+    /// first use, inside the runtime).
+    always_readable: OnceCell<Option<AlwaysReadable>>,
+}
+
+/// One end of a socket pair with a byte waiting in it, and the other end.
+struct AlwaysReadable(
+    monoio::net::UnixStream,
+    /// Kept open: the byte stays unread, so the other end stays readable.
+    #[allow(dead_code)]
+    std::os::unix::net::UnixStream,
+);
+
+impl AlwaysReadable {
+    fn new() -> Option<AlwaysReadable> {
+        let (read, mut write) = std::os::unix::net::UnixStream::pair().ok()?;
+        std::io::Write::write_all(&mut write, &[1]).ok()?;
+        read.set_nonblocking(true).ok()?;
+        Some(AlwaysReadable(
+            monoio::net::UnixStream::from_std(read).ok()?,
+            write,
+        ))
+    }
 }
 
 /// What the process hands every worker at start: the same for all cores.
@@ -88,9 +111,12 @@ pub struct ProcessShared {
 }
 
 /// Clients written per slice of a flush (see [`Worker::run_effects`]).
-const FLUSH_SLICE: usize = 128;
+const FLUSH_SLICE: usize = 32;
 
-/// Lets the other ready tasks and the I/O completions run, then continues.
+/// Gives up the thread for as little as possible: monoio puts a task woken
+/// while it runs at the *front* of its queue, so this task runs again next,
+/// before the other ready tasks and before the ring is reaped. Use
+/// [`Worker::yield_to_io`] to let the rest of the core run.
 pub async fn yield_now() {
     let mut yielded = false;
     std::future::poll_fn(|cx| {
@@ -155,6 +181,7 @@ impl Worker {
             rng: Cell::new(epoch.get() ^ (core as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
             inbound: share,
             peers,
+            always_readable: OnceCell::new(),
         })
     }
 
@@ -166,10 +193,10 @@ impl Worker {
     /// write.
     ///
     /// The writes go in slices of [`FLUSH_SLICE`] clients. Between slices the
-    /// task applies what other cores sent (their wakes reach a thread only when
-    /// it idles, and a core that flushes does not idle) and yields, so the core's
-    /// other tasks run: reads, publishes and their answers wait for one slice at
-    /// most, never for a whole fan-out. The clients left get whatever arrived
+    /// task yields, so the runtime reaps the ring's completions and the core's
+    /// other tasks run (the bus, through its doorbell, reads, publishes and
+    /// their answers): they wait for one slice at most, never for a whole
+    /// fan-out. The clients left get whatever arrived
     /// meanwhile in the same write. When the core's write pacing holds the
     /// writes back, the task sleeps until the hold ends (anything else queued
     /// meanwhile is carried out at once).
@@ -223,14 +250,30 @@ impl Worker {
                 if !more {
                     break;
                 }
-                {
-                    let mut st = self.state.borrow_mut();
-                    self.bus
-                        .borrow_mut()
-                        .drain(FLUSH_SLICE, |msg| st.handle(msg));
-                }
-                yield_now().await;
+                self.yield_to_io().await;
             }
+        }
+    }
+
+    /// Lets the core's other ready tasks run and the runtime submit and reap
+    /// its I/O, then continues: waits for readiness of a socket that is always
+    /// readable, which completes only through the ring. A task that works in
+    /// slices yields this way (see [`yield_now`] for why not that way).
+    pub async fn yield_to_io(&self) {
+        match self.always_readable.get_or_init(AlwaysReadable::new) {
+            Some(AlwaysReadable(ready, _)) => {
+                let _ = ready.readable(false).await;
+            }
+            None => yield_now().await,
+        }
+    }
+
+    /// Until this core's fan-out is no longer behind its publishes (see
+    /// [`CoreState::fan_out_behind`]): the backpressure on publishers and on the
+    /// bus. At once when it is not behind, which is the rule.
+    pub async fn fan_out_caught_up(&self) {
+        while self.state.borrow().fan_out_behind() {
+            monoio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 

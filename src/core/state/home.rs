@@ -195,7 +195,7 @@ impl CoreState {
         if local {
             // Queued to the subscribers by the effects task, after this
             // publish is answered.
-            self.effects.deliver(msg.clone());
+            self.defer_delivery(msg.clone());
         }
         self.metrics.published.inc();
         self.update_gauges();

@@ -65,6 +65,10 @@ pub struct Limits {
     pub write_delay: Duration,
 }
 
+/// Subscribers visited per client written, when a run of the effects queues
+/// deliveries before its slice of writes (a visit costs far less than a write).
+pub const VISITS_PER_CLIENT: usize = 64;
+
 /// Why a subscribe was refused. The client is at fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SubscribeError {
@@ -372,12 +376,14 @@ impl CoreState {
     }
 
     /// Carries out the queued effects; `clock` reads the time since the
-    /// worker's origin. In order: queues the messages to deliver to this core's
-    /// subscribers, hands every cross-core message to `send`, wakes the tasks
-    /// queued to wake, writes the clients with answers, then, unless the write
-    /// pacing holds them back, up to `max` dirty clients with `write` (which
-    /// must not block). True while a pass of writes is under way: call again
-    /// (after letting other tasks run).
+    /// worker's origin. In order: queues waiting deliveries to this core's
+    /// subscribers (about [`VISITS_PER_CLIENT`] × `max` subscribers' worth),
+    /// hands every cross-core message to `send`, wakes the tasks queued to wake,
+    /// writes up to `max` clients with answers, then, unless the write pacing
+    /// holds them back, up to `max` dirty clients with `write` (which must not
+    /// block). True while work is left (deliveries, answers, or a pass of writes
+    /// under way): call again, after letting other tasks run, so that no run
+    /// holds the core for long.
     pub fn run_effects(
         &mut self,
         mut clock: impl FnMut() -> Duration,
@@ -387,7 +393,7 @@ impl CoreState {
     ) -> bool {
         let now = clock();
         self.set_now(Tick::now(now));
-        self.queue_deliveries();
+        let deliveries_left = self.queue_deliveries_upto(max.saturating_mul(VISITS_PER_CLIENT));
         for (to, msg) in self.effects.poll_transmit() {
             send(to, msg);
         }
@@ -395,17 +401,23 @@ impl CoreState {
         // need not wait for a fan-out's flush), and after them: a write may
         // have found a socket full.
         self.effects.wake_tasks();
-        self.flush_urgent(&mut write);
-        let mut more = false;
+        let answers_left = self.flush_urgent(max, &mut write);
+        let mut in_pass = false;
         if !self.effects.dirty.is_empty() && self.pacing.may_write(now) {
             self.pacing.begin(now);
-            more = self.flush_dirty_upto(max, &mut write);
+            in_pass = self.flush_dirty_upto(max, &mut write);
         }
-        if !more {
+        if !in_pass {
             self.pacing.end(clock());
         }
         self.effects.wake_tasks();
-        more
+        in_pass || deliveries_left || answers_left
+    }
+
+    /// The fan-out is behind its publishes (see [`MAX_PENDING_VISITS`](super::effects::MAX_PENDING_VISITS)): a
+    /// publish answer waits, and the bus is not read, until it catches up.
+    pub fn fan_out_behind(&self) -> bool {
+        self.effects.behind()
     }
 
     /// Takes the queued cross-core messages, for a caller that moves them itself
@@ -715,25 +727,46 @@ impl CoreState {
         }
     }
 
-    /// Queues the messages waiting for delivery to this core's subscribers.
+    /// Queues every message waiting for delivery to this core's subscribers.
     pub(crate) fn queue_deliveries(&mut self) {
-        if self.effects.deliveries.is_empty() {
-            return;
-        }
-        let mut msgs = std::mem::take(&mut self.effects.deliveries);
-        for msg in msgs.drain(..) {
-            self.deliver(&msg);
-        }
-        // Keep the (now empty) vector's room for the next turn.
-        if self.effects.deliveries.is_empty() {
-            self.effects.deliveries = msgs;
-        }
+        self.queue_deliveries_upto(usize::MAX);
     }
 
-    /// Queues a message to every local subscriber of its topic.
-    fn deliver(&mut self, msg: &Arc<Message>) {
+    /// Queues messages waiting for delivery until about `budget` subscribers
+    /// were visited; true while some wait.
+    fn queue_deliveries_upto(&mut self, budget: usize) -> bool {
+        let mut spent = 0usize;
+        while spent < budget {
+            let Some(msg) = self.effects.deliveries.pop_front() else {
+                self.effects.pending_visits = 0;
+                return false;
+            };
+            let visits = self.deliver(&msg);
+            self.effects.pending_visits = self.effects.pending_visits.saturating_sub(visits);
+            spent += visits.max(1);
+        }
+        !self.effects.deliveries.is_empty()
+    }
+
+    /// The subscribers of `topic` on this core (a delivery's visits).
+    fn local_subscribers(&self, topic: &str) -> usize {
+        self.local
+            .key(topic)
+            .and_then(|k| self.local.get(k))
+            .map_or(0, |t| t.subs.len())
+    }
+
+    /// Queues `msg` for delivery by the effects task.
+    pub(super) fn defer_delivery(&mut self, msg: Arc<Message>) {
+        let visits = self.local_subscribers(&msg.topic);
+        self.effects.deliver(msg, visits);
+    }
+
+    /// Queues a message to every local subscriber of its topic; returns how
+    /// many subscribers it visited.
+    fn deliver(&mut self, msg: &Arc<Message>) -> usize {
         let Some(key) = self.local.key(&msg.topic) else {
-            return;
+            return 0;
         };
         let mut enc = LazyFrames::default();
         let Self {
@@ -744,7 +777,9 @@ impl CoreState {
             limits,
             ..
         } = self;
-        let Some(topic) = local.get(key) else { return };
+        let Some(topic) = local.get(key) else {
+            return 0;
+        };
         let mut delivered = 0u64;
         for &(id, index) in &topic.subs {
             let Some(client) = clients.get_mut(id) else {
@@ -776,6 +811,7 @@ impl CoreState {
         // One wake of the effects task for the whole fan-out.
         effects.due();
         metrics.delivered.add(delivered);
+        topic.subs.len()
     }
 
     fn check_outbox(&mut self, id: ClientId) {
@@ -813,7 +849,7 @@ impl CoreState {
                     }
                 }
             }
-            CoreMsg::Deliver(msg) => self.effects.deliver(msg),
+            CoreMsg::Deliver(msg) => self.defer_delivery(msg),
             CoreMsg::Subscribe {
                 topic,
                 client,
@@ -887,9 +923,17 @@ impl CoreState {
         }
     }
 
-    /// Writes every client with an answer queued (see [`CoreState::queue_answer`]).
-    fn flush_urgent(&mut self, write: &mut impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>) {
-        while let Some(id) = self.effects.urgent.pop_front() {
+    /// Writes up to `max` clients with an answer queued (see
+    /// [`CoreState::queue_answer`]); true while more wait.
+    fn flush_urgent(
+        &mut self,
+        max: usize,
+        write: &mut impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>,
+    ) -> bool {
+        for _ in 0..max {
+            let Some(id) = self.effects.urgent.pop_front() else {
+                return false;
+            };
             let Some(client) = self.clients.get_mut(id) else {
                 continue;
             };
@@ -906,10 +950,13 @@ impl CoreState {
                     &mut self.effects,
                     write,
                 );
-            } else {
+            } else if !life.blocked() {
+                // Closing: its task has to see why. A blocked client's task
+                // waits for writability, and the answer goes with that write.
                 wake(client, &mut self.effects);
             }
         }
+        !self.effects.urgent.is_empty()
     }
 
     fn mark_dirty(&mut self, id: ClientId) {
@@ -924,6 +971,7 @@ impl CoreState {
     /// Writes every client touched since it was last written, one vectored
     /// write each. `write(fd, iov)` must not block.
     pub fn flush_dirty(&mut self, write: impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>) {
+        self.queue_deliveries();
         self.flush_dirty_upto(usize::MAX, write);
     }
 
@@ -935,7 +983,6 @@ impl CoreState {
         max: usize,
         mut write: impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>,
     ) -> bool {
-        self.queue_deliveries();
         for _ in 0..max {
             let Some(id) = self.effects.dirty.pop_front() else {
                 break;
@@ -954,7 +1001,9 @@ impl CoreState {
                         &mut self.effects,
                         &mut write,
                     );
-                } else {
+                } else if !life.blocked() {
+                    // Closing: its task has to see why. A blocked client's task
+                    // waits for writability already.
                     wake(client, &mut self.effects);
                 }
             }
@@ -962,7 +1011,17 @@ impl CoreState {
         !self.effects.dirty.is_empty()
     }
 
-    /// Flushes one client after its socket became writable.
+    /// A full socket takes more again: the client is written with the next
+    /// slice of the flush.
+    pub fn socket_writable(&mut self, id: ClientId) {
+        if let Some(client) = self.clients.get_mut(id) {
+            client.step(Transition::Writable);
+            self.mark_dirty(id);
+        }
+    }
+
+    /// Flushes one client after its socket became writable (a closing
+    /// connection writing its last frames).
     pub fn flush_client(
         &mut self,
         id: ClientId,
