@@ -89,6 +89,11 @@ pub struct Outbox {
     /// it would cut a frame), or it is the response head (`200`, `101`), which
     /// goes out whatever follows it (a close included).
     front_kept: bool,
+    /// The next flush that empties the queue gives its room back: set by the
+    /// head and by the client's timer, so an idle client holds no queue (a
+    /// first push makes room for four items, 96 bytes), while a client that
+    /// messages flow to keeps reusing its room between two timer rounds.
+    release_when_drained: bool,
 }
 
 impl Drop for Outbox {
@@ -127,6 +132,7 @@ impl Outbox {
         debug_assert!(self.items.is_empty(), "the head goes first");
         self.push(bytes);
         self.front_kept = !self.items.is_empty();
+        self.release_when_drained = true;
     }
 
     /// Queues a shared frame (a clone of it: a non-atomic count increment).
@@ -149,13 +155,23 @@ impl Outbox {
         self.items.push_back(Item::Cursor { topic, seq });
     }
 
-    /// Gives back the room a burst made the queue grow to, once it is empty,
-    /// so an idle client holds no more than a fresh one. Called from the
+    /// Gives back the queue's room (what a burst made it grow to, or the few
+    /// items of a quiet stream) now if the queue is empty, else once a flush
+    /// empties it, so an idle client holds no queue at all. Called from the
     /// client's timer, not the write path, which reuses the room at full speed.
     pub fn release_room(&mut self) {
-        if self.items.is_empty() && self.items.capacity() > SMALL_IOV {
+        if self.items.is_empty() {
             self.items = VecDeque::new();
         }
+        self.release_when_drained = true;
+    }
+
+    /// Frees the queue's room (out of line: the write path only tests the flag).
+    #[cold]
+    #[inline(never)]
+    fn give_back_room(&mut self) {
+        self.release_when_drained = false;
+        self.items = VecDeque::new();
     }
 
     /// Bytes queued (cursor lines counted at a fixed estimate).
@@ -225,6 +241,9 @@ impl Outbox {
     ) -> Flush {
         loop {
             if self.items.is_empty() {
+                if self.release_when_drained {
+                    self.give_back_room();
+                }
                 return Flush::Drained;
             }
             let n = self.items.len().min(MAX_IOV);
@@ -500,8 +519,32 @@ mod tests {
             room: usize::MAX,
         };
         outbox.flush(None, &mut FlushScratch::default(), |iov| sock.write(iov));
+        assert_eq!(
+            outbox.items.capacity(),
+            0,
+            "given back by the flush that emptied it"
+        );
+        outbox.push(b"m");
         outbox.release_room();
-        assert!(outbox.items.capacity() <= SMALL_IOV);
+        assert_eq!(outbox.items.capacity(), 4, "not empty: kept");
+        outbox.flush(None, &mut FlushScratch::default(), |iov| sock.write(iov));
+        assert_eq!(outbox.items.capacity(), 0);
+    }
+
+    #[test]
+    fn an_idle_stream_holds_no_queue_once_its_head_is_written() {
+        let mut sock = FakeSocket {
+            out: Vec::new(),
+            room: usize::MAX,
+        };
+        let mut outbox = Outbox::default();
+        outbox.push_head(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+        outbox.flush(None, &mut FlushScratch::default(), |iov| sock.write(iov));
+        assert_eq!(outbox.items.capacity(), 0);
+        // Messages between two timer rounds reuse the room they made.
+        outbox.push(b"message");
+        outbox.flush(None, &mut FlushScratch::default(), |iov| sock.write(iov));
+        assert!(outbox.items.capacity() > 0);
     }
 
     #[test]

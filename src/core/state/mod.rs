@@ -233,6 +233,11 @@ impl CoreState {
     /// everything published from then on. The one sequence both transports use.
     pub fn admit(&mut self, a: Admission<'_>) -> ClientId {
         let id = self.register(a.transport, a.fd);
+        if let Some(c) = self.clients.get_mut(id) {
+            // Exactly as many as the request names: a first push would round
+            // the list up to four (128 bytes kept by every one-topic stream).
+            c.subs.reserve_exact(a.topics.len());
+        }
         if a.transport == Transport::Sse {
             self.set_stream_cursor(id, a.topics.len());
         }
