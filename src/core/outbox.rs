@@ -58,8 +58,9 @@ pub enum Item {
 #[derive(Debug, Clone)]
 pub struct StreamCursor {
     pub ids: IdScheme,
-    /// Position per topic of the stream, in the order of the request.
-    pub written: Vec<u64>,
+    /// Position per topic of the stream, in the order of the request (a
+    /// boxed slice: its length never changes).
+    pub written: Box<[u64]>,
 }
 
 /// Per-core scratch space for rendering cursors during a flush.
@@ -401,7 +402,7 @@ mod tests {
     fn cursor() -> StreamCursor {
         StreamCursor {
             ids: IdScheme::Local(crate::proto::cursor::Epoch::new(0xab)),
-            written: vec![0, 0],
+            written: Box::new([0, 0]),
         }
     }
 
@@ -434,7 +435,7 @@ mod tests {
         });
         assert_eq!(r, Flush::Drained);
         assert_eq!(sock.out, WANT);
-        assert_eq!(c.written, vec![5, 9]);
+        assert_eq!(*c.written, [5, 9]);
         assert_eq!(outbox.bytes(), 0);
     }
 
@@ -457,7 +458,7 @@ mod tests {
                 assert!(rounds < 1000, "no progress at room {room}");
             }
             assert_eq!(sock.out, WANT, "room {room}");
-            assert_eq!(c.written, vec![5, 9]);
+            assert_eq!(*c.written, [5, 9]);
             assert_eq!(outbox.bytes(), 0, "room {room}");
         }
     }

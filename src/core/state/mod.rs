@@ -262,7 +262,7 @@ impl CoreState {
             c.multi_topic = topics > 1;
             c.cursor = Some(StreamCursor {
                 ids,
-                written: vec![0; topics],
+                written: vec![0; topics].into_boxed_slice(),
             });
         }
     }
