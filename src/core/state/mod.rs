@@ -814,7 +814,9 @@ impl CoreState {
     /// is queued before it, and a cut never drops it.
     fn queue_head(&mut self, id: ClientId, bytes: &[u8]) {
         if let Some(client) = self.clients.get_mut(id) {
-            client.outbox.push_head(bytes);
+            // An SSE stream's first `id:` line follows its head at once.
+            let room = if client.cursor.is_some() { 2 } else { 1 };
+            client.outbox.push_head(bytes, room);
             self.mark_dirty(id);
         }
     }

@@ -227,7 +227,7 @@ impl CoreState {
                 Transport::Sse => &self.heartbeats.sse,
                 Transport::Ws => &self.heartbeats.ws,
             };
-            c.outbox.push_frame(beat);
+            c.outbox.push_frame_alone(beat);
             c.last_write = now;
             c.probed |= probe;
             self.metrics.heartbeats.inc();
