@@ -230,8 +230,9 @@ pub struct Client {
     pub probed: bool,
     /// The client's one timer-wheel entry, due at its earliest deadline.
     pub timer: Option<TimerHandle>,
-    /// When the client's access token expires.
-    pub expires_at: Option<Tick>,
+    /// When the client's access token expires (`Tick::MAX`: never). A plain
+    /// tick, not an `Option`: every client's slot carries it.
+    pub expires_at: Tick,
     /// Acknowledgements waiting for their subscriptions to be confirmed.
     pub acks: Vec<PendingAck>,
     /// What the client's resumes still have to send, moved into the outbox as
@@ -259,7 +260,7 @@ impl Client {
             last_read: Tick::ZERO,
             probed: false,
             timer: None,
-            expires_at: None,
+            expires_at: Tick::MAX,
             acks: Vec::new(),
             replay: None,
         }
@@ -422,6 +423,15 @@ mod tests {
         let mut c = client_in(&[T::Close(CloseReason::IdleTimeout)]);
         assert!(!c.step(T::Mute));
         assert_eq!(c.lifecycle().closing(), Some(CloseReason::IdleTimeout));
+    }
+
+    #[test]
+    fn a_client_slot_stays_at_200_bytes() {
+        // Every connection holds one slot of the core's slab (which rounds its
+        // capacity up to a power of two): 216 bytes before the token expiry
+        // became a plain tick and the SSE cursor a boxed slice.
+        let size = std::mem::size_of::<Client>();
+        assert!(size <= 200, "a client takes {size} bytes");
     }
 
     #[test]

@@ -246,7 +246,7 @@ async fn hand_off(
     let leftover = conn.into_upgrade();
     match action {
         Action::Sse(Ok(admitted)) => {
-            monoio::spawn(sse_session::serve(w, stream, admitted, open));
+            monoio::spawn(sse_session::serve(stream, admitted, open));
         }
         Action::Sse(Err(refused)) => refused.answer(&w, &stream, fd).await,
         Action::SseDraining => {

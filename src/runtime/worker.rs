@@ -341,6 +341,11 @@ impl OpenConn {
         OpenConn(w.clone(), None)
     }
 
+    /// The worker the connection is counted on.
+    pub fn worker(&self) -> &Rc<Worker> {
+        &self.0
+    }
+
     /// The connection also holds its place in its address's count.
     pub fn with_peer(mut self, slot: Option<PeerSlot>) -> Self {
         self.1 = slot;

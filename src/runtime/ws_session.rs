@@ -20,7 +20,7 @@ use super::publish_wait::publish_and_wait;
 use super::request::{Request, Route};
 use super::respond::finish;
 use super::session::{
-    await_writable, bound_unacked_writes, linger, ClientGuard, StreamRefused, LINGER,
+    await_writable, bound_unacked_writes, linger, Session, StreamRefused, LINGER,
 };
 use super::timer::{self, expiry_tick, unix_now};
 use super::worker::{OpenConn, Worker};
@@ -160,34 +160,47 @@ pub fn spawn(
             });
         }
         AdmittedWs::Subscriber { id, grants } => {
-            monoio::spawn(serve(w, stream, id, grants, leftover, open));
+            let extras = (grants.is_some() || !leftover.is_empty()).then(|| {
+                Box::new(Extras {
+                    grants: grants.map(|g| *g),
+                    leftover,
+                })
+            });
+            monoio::spawn(serve(Session::new(open, stream, id), extras));
         }
     }
+}
+
+/// What few sessions have, boxed so that the others do not carry it in their
+/// task: an access token's grants, and bytes the client sent behind its
+/// upgrade head.
+struct Extras {
+    grants: Option<Grants>,
+    leftover: Vec<u8>,
+}
+
+/// The grants of a session's token, if it has one.
+fn grants(extras: Option<&Extras>) -> Option<&Grants> {
+    extras.and_then(|e| e.grants.as_ref())
 }
 
 /// Runs a subscriber's session until it ends, then removes its client. A plain
 /// function returning an `async move` block, like `sse_session::serve`, so that the
 /// arguments are not kept twice in every connection's task.
 #[allow(clippy::manual_async_fn)]
-fn serve(
-    w: Rc<Worker>,
-    stream: TcpStream,
-    id: ClientId,
-    grants: Option<Box<Grants>>,
-    leftover: Vec<u8>,
-    open: OpenConn,
-) -> impl Future<Output = ()> {
+fn serve(session: Session, extras: Option<Box<Extras>>) -> impl Future<Output = ()> {
     async move {
-        let fd = stream.as_raw_fd();
-        let guard = ClientGuard::new(&w, id);
-        let reason = run(&w, &stream, fd, id, grants.as_deref(), &leftover).await;
-        guard.reason.set(reason);
+        let reason = run(&session, extras.as_deref()).await;
+        session.reason.set(reason);
         if reason == CloseReason::SlowConsumer {
-            let rest = guard.retire(reason);
-            Box::pin(linger(&w, &stream, fd, &rest, LINGER)).await;
+            // Boxed, with the bytes it writes: a cold path.
+            Box::pin(async {
+                let rest = session.retire(reason);
+                linger(session.w(), &session.stream, session.fd(), &rest, LINGER).await
+            })
+            .await;
         }
-        drop(guard);
-        drop(open);
+        drop(session);
     }
 }
 
@@ -198,58 +211,84 @@ enum Wake {
     Deadline,
 }
 
-async fn run(
-    w: &Rc<Worker>,
-    stream: &TcpStream,
-    fd: RawFd,
-    id: ClientId,
-    grants: Option<&Grants>,
-    leftover: &[u8],
-) -> CloseReason {
-    let mut conn = Connection::new(inbound_limit(w, grants), Tick::span(CLOSE_TIMEOUT))
-        .with_message_timeout(Tick::span(w.cfg.body_timeout));
-    let mut charge = Charge::new(&w.inbound);
-    let mut reason = CloseReason::PeerGone;
-    if !leftover.is_empty() {
-        Box::pin(feed(w, &mut conn, id, grants, leftover)).await;
-        charge_message(w, &mut conn, id, &mut charge);
+/// What a connection holds beyond a new one, kept (boxed) only while it holds
+/// anything: its protocol state, and the charge on `--max-inbound-memory` of
+/// the partial message in it.
+struct Protocol {
+    conn: Connection,
+    charge: Charge,
+}
+
+impl Protocol {
+    /// The state of a connection at rest: what a session starts with, and what
+    /// it makes again when bytes arrive after it dropped its state.
+    fn new(w: &Worker, grants: Option<&Grants>) -> Self {
+        Protocol {
+            conn: Connection::new(inbound_limit(w, grants), Tick::span(CLOSE_TIMEOUT))
+                .with_message_timeout(Tick::span(w.cfg.body_timeout)),
+            charge: Charge::new(&w.inbound),
+        }
     }
-    let mut readable = pin!(stream.readable(false));
+
+    /// Keeps `self` in `slot` unless it is at rest (see `Connection::at_rest`;
+    /// then nothing is charged either).
+    fn keep_in(self, slot: &mut Option<Box<Protocol>>) {
+        if !self.conn.at_rest() {
+            *slot = Some(Box::new(self));
+        }
+    }
+}
+
+/// The session loop; returns why it ended. What lives here across the wait is
+/// what every idle connection costs: the protocol state is kept only while it
+/// holds something, and the cold paths are boxed.
+async fn run(s: &Session, extras: Option<&Extras>) -> CloseReason {
+    let mut kept: Option<Box<Protocol>> = None;
+    let mut reason = CloseReason::PeerGone;
+    if let Some(bytes) = extras.map(|e| &e.leftover[..]).filter(|b| !b.is_empty()) {
+        Box::pin(take_input(s, &mut kept, extras, Some(bytes))).await;
+    }
+    let mut readable = pin!(s.stream.readable(false));
     loop {
-        if conn.wants_close_tcp() {
-            Box::pin(drain_outbox(w, stream, id)).await;
+        if kept.as_ref().is_some_and(|p| p.conn.wants_close_tcp()) {
+            Box::pin(drain_outbox(s.w(), &s.stream, s.id)).await;
             return reason;
         }
-        let deadline = conn.poll_timeout();
         let wait = std::future::poll_fn(|cx| {
             if let Poll::Ready(r) = readable.as_mut().poll(cx) {
                 return Poll::Ready(Wake::Readable(r));
             }
-            w.state.borrow_mut().poll_client(id, cx).map(Wake::Task)
+            s.w()
+                .state
+                .borrow_mut()
+                .poll_client(s.id, cx)
+                .map(Wake::Task)
         });
-        let wake = match deadline {
-            None => wait.await,
-            Some(at) => {
-                // Boxed: only a closing connection has a deadline.
-                Box::pin(timer::timeout_at(w, at, wait))
-                    .await
-                    .unwrap_or(Wake::Deadline)
-            }
+        // A plain `if`, not a `match` on the deadline: its temporary would stay
+        // in the task across the idle wait.
+        let wake = if deadline(&kept).is_none() {
+            wait.await
+        } else {
+            // Boxed: only a connection with a frame under way, or closing, has
+            // a deadline.
+            let at = deadline(&kept).unwrap_or(Tick::ZERO);
+            Box::pin(timer::timeout_at(s.w(), at, wait))
+                .await
+                .unwrap_or(Wake::Deadline)
         };
         match wake {
             Wake::Readable(Err(_)) => return CloseReason::PeerGone,
             Wake::Readable(Ok(())) => {
                 // Boxed, as are the other cold paths below: they would otherwise
                 // size every idle connection's task.
-                Box::pin(read_available(w, &mut conn, id, grants, fd)).await;
-                charge_message(w, &mut conn, id, &mut charge);
-                readable.set(stream.readable(false));
+                Box::pin(take_input(s, &mut kept, extras, None)).await;
+                readable.set(s.stream.readable(false));
             }
             Wake::Task(ClientTask::AwaitWritable) => {
-                let wait = Box::pin(await_writable(w, stream, id));
-                let outcome = match conn.poll_timeout() {
+                let wait = Box::pin(await_writable(s.w(), &s.stream, s.id));
+                let outcome = match deadline(&kept) {
                     // Closing: a peer that does not read gets until the close deadline.
-                    Some(at) => match Box::pin(timer::timeout_at(w, at, wait)).await {
+                    Some(at) => match Box::pin(timer::timeout_at(s.w(), at, wait)).await {
                         Ok(outcome) => outcome,
                         Err(_) => return reason,
                     },
@@ -265,20 +304,11 @@ async fn run(
                     return why;
                 }
                 reason = why;
-                let begun = w.state.borrow_mut().begin_close(id);
-                if begun.is_some() {
-                    let (code, text) = match why {
-                        CloseReason::SlowConsumer => (code::POLICY_VIOLATION, "slow consumer"),
-                        CloseReason::TokenExpired => (code::POLICY_VIOLATION, "token expired"),
-                        CloseReason::IdleTimeout => (code::GOING_AWAY, "idle timeout"),
-                        _ => (code::GOING_AWAY, "server shutting down"),
-                    };
-                    conn.close(w.now_tick(), code, text);
-                    transmit(w, &mut conn, id);
+                if begin_close(s, &mut kept, extras, why) {
                     match why {
                         // The peer was judged gone: do not wait for its Close.
                         CloseReason::IdleTimeout => {
-                            Box::pin(drain_outbox(w, stream, id)).await;
+                            Box::pin(drain_outbox(s.w(), &s.stream, s.id)).await;
                             return why;
                         }
                         // The peer does not read: its task writes the rest alone.
@@ -288,20 +318,78 @@ async fn run(
                 }
             }
             Wake::Deadline => {
-                // The timer fired for `deadline`: the core's clock is there.
-                let at = deadline.unwrap_or(Tick::ZERO);
-                let open = conn.can_send_data();
-                conn.handle_timeout(w.now_tick().max(at));
-                if open && !conn.can_send_data() {
-                    // The message deadline: the connection failed with 1008.
-                    w.metrics().inbound_refused(InboundRefusal::WsTimeout);
-                    w.state.borrow_mut().mute(id);
-                    transmit(w, &mut conn, id);
+                if let Some(p) = kept.as_deref_mut() {
+                    handle_deadline(s, p);
                 }
-                let _ = charge.resize(conn.held_bytes());
             }
         }
     }
+}
+
+/// The tick at which the kept protocol state wants `handle_timeout`.
+fn deadline(kept: &Option<Box<Protocol>>) -> Option<Tick> {
+    kept.as_ref().and_then(|p| p.conn.poll_timeout())
+}
+
+/// Starts the close the core asked for with `why`: queues our Close frame.
+/// False when the close was already under way.
+fn begin_close(
+    s: &Session,
+    kept: &mut Option<Box<Protocol>>,
+    extras: Option<&Extras>,
+    why: CloseReason,
+) -> bool {
+    let w = s.w();
+    if w.state.borrow_mut().begin_close(s.id).is_none() {
+        return false;
+    }
+    let (code, text) = match why {
+        CloseReason::SlowConsumer => (code::POLICY_VIOLATION, "slow consumer"),
+        CloseReason::TokenExpired => (code::POLICY_VIOLATION, "token expired"),
+        CloseReason::IdleTimeout => (code::GOING_AWAY, "idle timeout"),
+        _ => (code::GOING_AWAY, "server shutting down"),
+    };
+    let p = kept.get_or_insert_with(|| Box::new(Protocol::new(w, grants(extras))));
+    p.conn.close(w.now_tick(), code, text);
+    transmit(w, &mut p.conn, s.id);
+    true
+}
+
+/// The kept state's deadline passed (the close deadline, or the message
+/// deadline, which fails the connection with 1008).
+fn handle_deadline(s: &Session, p: &mut Protocol) {
+    let w = s.w();
+    // The timer fired for the deadline, unchanged since the wait: the core's
+    // clock is there.
+    let at = p.conn.poll_timeout().unwrap_or(Tick::ZERO);
+    let open = p.conn.can_send_data();
+    p.conn.handle_timeout(w.now_tick().max(at));
+    if open && !p.conn.can_send_data() {
+        w.metrics().inbound_refused(InboundRefusal::WsTimeout);
+        w.state.borrow_mut().mute(s.id);
+        transmit(w, &mut p.conn, s.id);
+    }
+    let _ = p.charge.resize(p.conn.held_bytes());
+}
+
+/// Feeds the peer's input (`leftover`, the bytes that came with the upgrade
+/// head, else what the socket holds) to the session's protocol state: the one
+/// kept, or a new one. Keeps it afterwards only if it is not at rest.
+async fn take_input(
+    s: &Session,
+    kept: &mut Option<Box<Protocol>>,
+    extras: Option<&Extras>,
+    leftover: Option<&[u8]>,
+) {
+    let w = s.w();
+    let grants = grants(extras);
+    let mut p = kept.take().map_or_else(|| Protocol::new(w, grants), |p| *p);
+    match leftover {
+        Some(bytes) => feed(w, &mut p.conn, s.id, grants, bytes).await,
+        None => read_available(w, &mut p.conn, s.id, grants, s.fd()).await,
+    }
+    charge_message(w, &mut p.conn, s.id, &mut p.charge);
+    p.keep_in(kept);
 }
 
 /// The largest message the client may send: `--max-message-bytes` when it may
@@ -563,5 +651,23 @@ async fn echo(w: &Rc<Worker>, stream: &TcpStream, fd: RawFd, hello: &[u8], lefto
             }
             Ok(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::session::{returned_size, TASK_OVERHEAD};
+
+    #[test]
+    fn an_idle_websocket_task_fits_a_384_byte_allocation() {
+        // Every idle connection holds its task: mimalloc rounds it up to its
+        // size class (…, 320, 384, 448, 512, 640, 768). It took 768 before the
+        // protocol state was kept only while it held something.
+        let future = returned_size(serve);
+        assert!(
+            future + TASK_OVERHEAD <= 384,
+            "the session future takes {future} bytes"
+        );
     }
 }

@@ -247,6 +247,11 @@ impl CoreState {
     /// everything published from then on. The one sequence both transports use.
     pub fn admit(&mut self, a: Admission<'_>) -> ClientId {
         let id = self.register(a.transport, a.fd);
+        if let Some(c) = self.clients.get_mut(id) {
+            // Exactly as many as the request names: a first push would round
+            // the list up to four (128 bytes kept by every one-topic stream).
+            c.subs.reserve_exact(a.topics.len());
+        }
         if a.transport == Transport::Sse {
             self.set_stream_cursor(id, a.topics.len());
         }
@@ -271,7 +276,7 @@ impl CoreState {
             c.multi_topic = topics > 1;
             c.cursor = Some(StreamCursor {
                 ids,
-                written: vec![0; topics],
+                written: vec![0; topics].into_boxed_slice(),
             });
         }
     }
@@ -893,7 +898,9 @@ impl CoreState {
     /// is queued before it, and a cut never drops it.
     fn queue_head(&mut self, id: ClientId, bytes: &[u8]) {
         if let Some(client) = self.clients.get_mut(id) {
-            client.outbox.push_head(bytes);
+            // An SSE stream's first `id:` line follows its head at once.
+            let room = if client.cursor.is_some() { 2 } else { 1 };
+            client.outbox.push_head(bytes, room);
             self.mark_dirty(id);
         }
     }

@@ -82,14 +82,14 @@ impl CoreState {
             Transport::Ws if !self.limits.idle.is_zero() => c.last_read + self.limits.idle,
             _ => Tick::MAX,
         };
-        let expiry = c.expires_at.unwrap_or(Tick::MAX);
+        let expiry = c.expires_at;
         Some(heartbeat.min(idle).min(expiry).max(self.now + Tick::new(1)))
     }
 
     /// Closes the client at `at` (its access token's expiry).
     pub fn set_expiry(&mut self, id: ClientId, at: Tick) {
         if let Some(c) = self.clients.get_mut(id) {
-            c.expires_at = Some(at);
+            c.expires_at = at;
         }
         self.arm_client(id);
     }
@@ -210,7 +210,7 @@ impl CoreState {
             return;
         }
         c.outbox.release_room();
-        if c.expires_at.is_some_and(|at| now >= at) {
+        if now >= c.expires_at {
             self.close(id, CloseReason::TokenExpired);
             return;
         }
@@ -227,7 +227,7 @@ impl CoreState {
                 Transport::Sse => &self.heartbeats.sse,
                 Transport::Ws => &self.heartbeats.ws,
             };
-            c.outbox.push_frame(beat);
+            c.outbox.push_frame_alone(beat);
             c.last_write = now;
             c.probed |= probe;
             self.metrics.heartbeats.inc();

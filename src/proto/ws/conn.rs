@@ -83,6 +83,19 @@ impl Connection {
         self
     }
 
+    /// Open, between frames, nothing to transmit and no deadline: the connection
+    /// holds nothing that [`Connection::new`] with the same limits would not
+    /// build again, so a driver may drop it while the peer is quiet and make a
+    /// new one when bytes arrive (an idle connection then keeps no state).
+    #[must_use]
+    pub fn at_rest(&self) -> bool {
+        self.state == State::Open
+            && self.pending_pong.is_none()
+            && self.pending_close.is_none()
+            && self.message_deadline == Tick::MAX
+            && self.decoder.at_rest()
+    }
+
     /// Heap bytes held for a partial message (for the inbound memory budget).
     pub fn held_bytes(&self) -> usize {
         self.decoder.held_bytes()

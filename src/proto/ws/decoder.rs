@@ -168,6 +168,17 @@ impl Decoder {
             }
     }
 
+    /// Between frames with nothing under way (no partial header, payload,
+    /// message or UTF-8 sequence, not failed): the decoder holds nothing a new
+    /// one with the same limit would not.
+    pub fn at_rest(&self) -> bool {
+        matches!(self.read, Read::Header { len: 0, .. })
+            && self.message.is_none()
+            && self.control.is_none()
+            && self.buf.is_empty()
+            && self.utf8 == Utf8Validator::default()
+    }
+
     /// Drops whatever was partly received (the connection is being failed for
     /// a server limit and reads no more of the stream).
     pub fn discard(&mut self) {

@@ -734,3 +734,82 @@ fn an_abort_for_a_server_limit_sends_its_code_and_reads_no_more() {
     conn.handle_timeout(t(11));
     assert!(conn.wants_close_tcp());
 }
+
+/// Feeds `wire` cut at `cuts`, transmitting after each input; with `renew`, a
+/// connection at rest after a read is dropped and made again, as an idle
+/// session does. Returns the events, what was transmitted, and whether the
+/// connection was at rest after each read.
+fn drive_cut(wire: &[u8], cuts: &[usize], renew: bool) -> (Vec<Decoded>, Vec<u8>, Vec<bool>) {
+    let fresh = || Connection::new(LIMIT, t(10)).with_message_timeout(t(100));
+    let mut conn = fresh();
+    let (mut events, mut out, mut rest) = (Vec::new(), Vec::new(), Vec::new());
+    let mut start = 0;
+    for &end in cuts.iter().chain(std::iter::once(&wire.len())) {
+        let mut chunk = &wire[start..end];
+        while !chunk.is_empty() {
+            let (n, r) = conn.handle_bytes(t(1), chunk);
+            chunk = &chunk[n..];
+            if r != Ok(None) {
+                events.push((n, r));
+            }
+            let _ = conn.poll_transmit(&mut out);
+            if n == 0 {
+                break;
+            }
+        }
+        rest.push(conn.at_rest());
+        if renew && conn.at_rest() {
+            conn = fresh();
+        }
+        start = end;
+    }
+    (events, out, rest)
+}
+
+#[test]
+fn a_connection_at_rest_can_be_dropped_and_made_again_at_any_split() {
+    let (wire, _) = sample_stream();
+    let every: Vec<usize> = (1..wire.len()).collect();
+    let (_, _, rest) = drive_cut(&wire, &every, false);
+    assert!(rest.iter().any(|&r| r), "at rest between some frames");
+    assert!(rest.iter().any(|&r| !r), "not at rest mid-frame");
+    assert_eq!(
+        drive_cut(&wire, &every, true),
+        drive_cut(&wire, &every, false)
+    );
+    for cut in 0..=wire.len() {
+        assert_eq!(
+            drive_cut(&wire, &[cut], true),
+            drive_cut(&wire, &[cut], false),
+            "cut at {cut}"
+        );
+    }
+}
+
+#[test]
+fn a_connection_is_not_at_rest_while_anything_is_under_way() {
+    let fresh = || Connection::new(LIMIT, t(10));
+    assert!(fresh().at_rest());
+    let ping = client_frame(OpCode::Ping, true, b"p");
+    let mut conn = fresh();
+    let _ = conn.handle_bytes(t(0), &ping[..1]);
+    assert!(!conn.at_rest(), "a partial header");
+    let mut conn = fresh();
+    let _ = conn.handle_bytes(t(0), &ping);
+    assert!(!conn.at_rest(), "a pong to send");
+    let _ = transmit(&mut conn);
+    assert!(conn.at_rest());
+    let mut conn = fresh();
+    let _ = conn.handle_bytes(t(0), &client_frame(OpCode::Text, false, b"a"));
+    assert!(!conn.at_rest(), "a fragmented message");
+    let mut conn = fresh();
+    let _ = conn.handle_bytes(t(0), &client_frame(OpCode::Text, true, "é".as_bytes())[..7]);
+    assert!(!conn.at_rest(), "half a UTF-8 sequence");
+    let mut conn = fresh();
+    conn.close(t(0), code::GOING_AWAY, "bye");
+    let _ = transmit(&mut conn);
+    assert!(!conn.at_rest(), "closing");
+    let mut conn = fresh();
+    let _ = conn.handle_bytes(t(0), b"\x81\x00");
+    assert!(!conn.at_rest(), "failed");
+}
