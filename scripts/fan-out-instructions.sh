@@ -9,14 +9,10 @@
 # instructions with none) / (MESSAGES × 10,000 subscribers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/common.sh
 messages=${1:-200}
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
-bin=$(cargo bench --bench fan_out_instructions --no-run --message-format=json 2>/dev/null |
-  python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "fan_out_instructions" and m.get("executable"):
-        print(m["executable"])')
+bin=$(bench_executable fan_out_instructions)
 count() { # transport messages -> instructions
   valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null "$bin" "$1" "$2" 2>&1 |
     awk '/I *refs/ { gsub(",", "", $4); print $4 }'

@@ -13,12 +13,8 @@
 # the ones to compare. Needs `ulimit -n` above 2 x clients.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=$(cargo bench --bench ring_sends --no-run --message-format=json 2>/dev/null |
-  python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "ring_sends" and m.get("executable"):
-        print(m["executable"])')
+source scripts/lib/common.sh
+bin=$(bench_executable ring_sends)
 [ -n "$bin" ] || { echo "cargo bench --bench ring_sends --no-run failed" >&2; exit 1; }
 pin=()
 if command -v taskset >/dev/null && [ "$(nproc)" -gt 1 ]; then

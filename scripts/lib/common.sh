@@ -117,3 +117,15 @@ start_peer() {
     wait_http "http://127.0.0.1:$port/healthz" 15 || { tail -20 "$logf" >&2; die "$name did not start"; }
     echo "$pid"
 }
+
+# bench_executable NAME: builds the `[[bench]]` target NAME (release, no run) and prints
+# the path of its executable.
+bench_executable() {
+    local name=$1
+    cargo bench --bench "$name" --no-run --message-format=json 2>/dev/null |
+        python3 -c 'import json, sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[1] and m.get("executable"):
+        print(m["executable"])' "$name"
+}

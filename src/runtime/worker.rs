@@ -259,7 +259,14 @@ impl Worker {
     /// its I/O, then continues: waits for readiness of a socket that is always
     /// readable, which completes only through the ring. A task that works in
     /// slices yields this way (see [`yield_now`] for why not that way).
+    ///
+    /// On the epoll fallback a readiness wait on a ready socket completes at
+    /// once, without going through the event loop, so there it is a plain
+    /// [`yield_now`]: fairness between slices is the io_uring driver's.
     pub async fn yield_to_io(&self) {
+        if self.driver != "uring" {
+            return yield_now().await;
+        }
         match self.always_readable.get_or_init(AlwaysReadable::new) {
             Some(AlwaysReadable(ready, _)) => {
                 let _ = ready.readable(false).await;
