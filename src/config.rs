@@ -168,6 +168,16 @@ pub struct ServeConfig {
     #[arg(long, env = "RINGCAST_SSE_RETRY_MS", default_value_t = 2000)]
     pub sse_retry_ms: u32,
 
+    /// permessage-deflate (RFC 7692) on /ws when the client offers it: each
+    /// message is compressed once per core for every client that agreed.
+    #[arg(long, env = "RINGCAST_WS_DEFLATE", default_value = "on", value_parser = parse_on_off)]
+    pub ws_deflate: bool,
+
+    /// With --ws-deflate on, messages (JSON envelopes) shorter than this go
+    /// uncompressed.
+    #[arg(long, env = "RINGCAST_WS_DEFLATE_MIN_BYTES", default_value = "128", value_parser = parse_size)]
+    pub ws_deflate_min_bytes: usize,
+
     /// Enable GET /echo (WebSocket echo, for conformance testing only).
     #[arg(long, env = "RINGCAST_ECHO")]
     pub echo: bool,
@@ -258,6 +268,8 @@ impl ServeConfig {
             drain_timeout: self.drain_timeout,
             sse_retry_ms: self.sse_retry_ms,
             echo: self.echo,
+            ws_deflate: self.ws_deflate,
+            ws_deflate_min_bytes: self.ws_deflate_min_bytes,
             auth: AuthSettings {
                 // Both flags cannot be given together; an inline secret wins
                 // should both ever arrive.
@@ -566,6 +578,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Parses a byte size such as `8KiB`, `1MiB`, `4096`, `2MB` (decimal) or `2M` (binary).
+/// `on` or `off` (also `true`/`false`, `1`/`0`).
+pub fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("`{s}` is neither on nor off")),
+    }
+}
+
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());

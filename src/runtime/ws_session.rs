@@ -36,6 +36,7 @@ use crate::proto::http::{self, Method};
 use crate::proto::token::Grants;
 use crate::proto::topic::{topics_from_query, TopicListError};
 use crate::proto::ws::close::code;
+use crate::proto::ws::deflate::{self, Agreed};
 use crate::proto::ws::HandshakeError;
 use crate::proto::ws::{
     check_handshake, encode_frame, text_frame, write_101, Connection, Event, HandshakeRequest,
@@ -48,8 +49,8 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An admitted WebSocket: its handshake answer and what it may do.
 pub enum AdmittedWs {
-    /// `/echo`: the 101 to send.
-    Echo(Vec<u8>),
+    /// `/echo`: the 101 to send, and the permessage-deflate agreement.
+    Echo(Vec<u8>, Agreed),
     /// `/ws`: registered and subscribed, the 101 queued.
     Subscriber {
         id: ClientId,
@@ -107,11 +108,15 @@ pub fn admit(w: &Rc<Worker>, fd: RawFd, req: &Request<'_>) -> Result<AdmittedWs,
         version: head.ws_version,
     };
     let accept = check_handshake(&handshake).map_err(UpgradeRefused::Handshake)?;
-    let mut hello = Vec::with_capacity(160);
-    write_101(&mut hello, &accept);
+    let agreed = match head.ws_extensions {
+        Some(offers) if w.cfg.ws_deflate => deflate::negotiate(offers).unwrap_or(Agreed::NONE),
+        _ => Agreed::NONE,
+    };
+    let mut hello = Vec::with_capacity(256);
+    write_101(&mut hello, &accept, agreed);
     if req.route == Route::Echo {
         w.metrics().http_response(101);
-        return Ok(AdmittedWs::Echo(hello));
+        return Ok(AdmittedWs::Echo(hello, agreed));
     }
     let topics = match topics_from_query(head.query, w.cfg.limits.max_topics_per_client) {
         Ok(t) => t,
@@ -135,6 +140,7 @@ pub fn admit(w: &Rc<Worker>, fd: RawFd, req: &Request<'_>) -> Result<AdmittedWs,
         expires_at: grants.as_ref().map(|g| expiry_tick(w, g.exp)),
         topics: &topics,
         sinces,
+        ws_deflate: agreed.to_byte(),
     });
     w.metrics().http_response(101);
     Ok(AdmittedWs::Subscriber {
@@ -152,10 +158,10 @@ pub fn spawn(
     open: OpenConn,
 ) {
     match admitted {
-        AdmittedWs::Echo(hello) => {
+        AdmittedWs::Echo(hello, agreed) => {
             monoio::spawn(async move {
                 let fd = stream.as_raw_fd();
-                echo(&w, &stream, fd, &hello, leftover).await;
+                echo(&w, &stream, fd, &hello, agreed, leftover).await;
                 drop(open);
             });
         }
@@ -206,8 +212,11 @@ async fn run(
     grants: Option<&Grants>,
     leftover: &[u8],
 ) -> CloseReason {
+    // The agreement lives in the core's client record (one byte), not here.
+    let agreed = Agreed::from_byte(w.state.borrow().ws_deflate(id));
     let mut conn = Connection::new(inbound_limit(w, grants), Tick::span(CLOSE_TIMEOUT))
-        .with_message_timeout(Tick::span(w.cfg.body_timeout));
+        .with_message_timeout(Tick::span(w.cfg.body_timeout))
+        .with_deflate(agreed);
     let mut charge = Charge::new(&w.inbound);
     let mut reason = CloseReason::PeerGone;
     if !leftover.is_empty() {
@@ -497,11 +506,33 @@ async fn answer_control(w: &Rc<Worker>, id: ClientId, grants: Option<&Grants>, t
 }
 
 /// `GET /echo`: every data message comes back with its opcode.
-async fn echo(w: &Rc<Worker>, stream: &TcpStream, fd: RawFd, hello: &[u8], leftover: Vec<u8>) {
+///
+/// With permessage-deflate, each message goes back compressed on its own (as
+/// the fan-out compresses: once, without context), or plain when that is
+/// smaller or the client's window is too small for it.
+async fn echo(
+    w: &Rc<Worker>,
+    stream: &TcpStream,
+    fd: RawFd,
+    hello: &[u8],
+    agreed: Agreed,
+    leftover: Vec<u8>,
+) {
     if netio::write_all(stream, fd, hello).await.is_err() {
         return;
     }
-    let mut conn = Connection::new(w.cfg.max_message_bytes, Tick::span(CLOSE_TIMEOUT));
+    let mut conn =
+        Connection::new(w.cfg.max_message_bytes, Tick::span(CLOSE_TIMEOUT)).with_deflate(agreed);
+    let echo_frame = |out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]| {
+        let compressed = agreed
+            .takes_compressed(payload.len())
+            .then(|| deflate::compressed_frame(opcode, payload))
+            .flatten();
+        match compressed {
+            Some(frame) => out.extend_from_slice(&frame),
+            None => encode_frame(out, opcode, true, payload),
+        }
+    };
     let mut input = leftover;
     let mut out = Vec::new();
     let mut write_shut = false;
@@ -512,10 +543,10 @@ async fn echo(w: &Rc<Worker>, stream: &TcpStream, fd: RawFd, hello: &[u8], lefto
             pos += used;
             match result {
                 Ok(Some(Event::Text(t))) if conn.can_send_data() => {
-                    encode_frame(&mut out, OpCode::Text, true, &t)
+                    echo_frame(&mut out, OpCode::Text, &t)
                 }
                 Ok(Some(Event::Binary(b))) if conn.can_send_data() => {
-                    encode_frame(&mut out, OpCode::Binary, true, &b)
+                    echo_frame(&mut out, OpCode::Binary, &b)
                 }
                 Ok(None) if used == 0 => break,
                 Ok(_) => {}

@@ -79,6 +79,8 @@ pub struct Admission<'a> {
     pub topics: &'a [String],
     /// Where each topic starts (a resume, or live).
     pub sinces: Vec<Since>,
+    /// WebSocket permessage-deflate as agreed (`Agreed::to_byte`; 0: off).
+    pub ws_deflate: u8,
 }
 
 /// The outcome of a publish started on this core.
@@ -233,6 +235,9 @@ impl CoreState {
     /// everything published from then on. The one sequence both transports use.
     pub fn admit(&mut self, a: Admission<'_>) -> ClientId {
         let id = self.register(a.transport, a.fd);
+        if let Some(c) = self.clients.get_mut(id) {
+            c.ws_deflate = a.ws_deflate;
+        }
         if a.transport == Transport::Sse {
             self.set_stream_cursor(id, a.topics.len());
         }
@@ -248,6 +253,11 @@ impl CoreState {
         }
         self.open_when_ready(id);
         id
+    }
+
+    /// The client's permessage-deflate agreement byte (0: off or unknown client).
+    pub fn ws_deflate(&self, id: ClientId) -> u8 {
+        self.clients.get(id).map_or(0, |c| c.ws_deflate)
     }
 
     /// Makes an SSE client's stream carry a cursor over `topics` topics.

@@ -13,6 +13,7 @@
 pub mod close;
 pub mod conn;
 pub mod decoder;
+pub mod deflate;
 pub mod error;
 pub mod frame;
 pub mod handshake;
