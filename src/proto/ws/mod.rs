@@ -31,3 +31,5 @@ pub use handshake::{
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod deflate_tests;
