@@ -170,7 +170,7 @@ pub struct ServeConfig {
 
     /// permessage-deflate (RFC 7692) on /ws when the client offers it: each
     /// message is compressed once per core for every client that agreed.
-    #[arg(long, env = "RINGCAST_WS_DEFLATE", default_value = "on", value_parser = parse_on_off)]
+    #[arg(long, env = "RINGCAST_WS_DEFLATE", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub ws_deflate: bool,
 
     /// With --ws-deflate on, messages (JSON envelopes) shorter than this go
@@ -641,6 +641,18 @@ mod tests {
         assert_eq!(cfg.max_header_bytes, 8192);
         assert_eq!(cfg.history, 1000);
         assert_eq!(cfg.effective_idle_timeout(), Duration::from_secs(35));
+    }
+
+    #[test]
+    fn ws_deflate_is_on_by_default_and_takes_on_or_off() {
+        let on = settings_of(&[]);
+        assert!(on.ws_deflate);
+        assert_eq!(on.ws_deflate_min_bytes, 128);
+        let off = settings_of(&["--ws-deflate", "off", "--ws-deflate-min-bytes", "1KiB"]);
+        assert!(!off.ws_deflate);
+        assert_eq!(off.ws_deflate_min_bytes, 1024);
+        assert!(settings_of(&["--ws-deflate", "on"]).ws_deflate);
+        assert!(Cli::try_parse_from(["ringcast", "serve", "--ws-deflate", "maybe"]).is_err());
     }
 
     fn settings_of(args: &[&str]) -> Settings {
