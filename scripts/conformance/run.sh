@@ -6,8 +6,9 @@
 # Builds the release binary, starts it with --echo --max-message-bytes 16MiB on a free
 # port, runs the suite, stops the server; exits non-zero on any regression.
 #
-# Suites: `autobahn` is the real Autobahn|Testsuite fuzzing client (cases 1-7, 9, 10;
-# about 2 minutes). It needs Python 2.7: set AUTOBAHN_WSTEST to a `wstest`, or PYTHON2
+# Suites: `autobahn` is the real Autobahn|Testsuite fuzzing client (cases 1-7, 9, 10,
+# and 12-13 with permessage-deflate; about 5-10 minutes, 12-13 being most of it).
+# It needs Python 2.7: set AUTOBAHN_WSTEST to a `wstest`, or PYTHON2
 # to a python2.7 (else one is looked for on PATH and in pyenv), and a virtualenv with
 # `autobahntestsuite` from PyPI is made once in target/autobahn/venv. `builtin` is our
 # own Python 3 (std lib) re-implementation of a subset of the cases (about 15 s).
