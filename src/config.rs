@@ -434,6 +434,11 @@ pub struct SubscriberArgs {
     #[arg(long, env = "RINGCAST_BENCH_WS_SUBSCRIBE_BODY")]
     pub ws_subscribe_body: Option<String>,
 
+    /// WebSocket subscribers offer permessage-deflate (compressed messages are
+    /// inflated); the report gives the bytes read per delivery either way.
+    #[arg(long, env = "RINGCAST_BENCH_WS_DEFLATE")]
+    pub ws_deflate: bool,
+
     /// PID of the server: its RSS (per connection) and CPU time are reported.
     #[arg(long, env = "RINGCAST_BENCH_SERVER_PID")]
     pub server_pid: Option<u32>,
@@ -480,6 +485,11 @@ pub struct BenchPublishArgs {
     /// Pad each payload to at least this many bytes.
     #[arg(long, env = "RINGCAST_BENCH_PAYLOAD_SIZE", default_value = "0", value_parser = parse_size)]
     pub payload_size: usize,
+
+    /// Pad with rows of typical JSON (symbols, prices, volumes, timestamps that vary
+    /// per message) instead of `x`s: for compression figures (permessage-deflate).
+    #[arg(long, env = "RINGCAST_BENCH_PAYLOAD_JSON")]
+    pub payload_json: bool,
 
     /// Target publish rate in messages per second; 0 = as fast as the window allows.
     #[arg(long, env = "RINGCAST_BENCH_RATE", default_value_t = 0.0)]

@@ -300,6 +300,12 @@ impl Inflater {
         }
     }
 
+    /// Starts over for a new standalone message (a client, such as the bench,
+    /// that keeps one inflater for many messages without context takeover).
+    pub fn reset(&mut self) {
+        self.inner.reset(false);
+    }
+
     /// Heap bytes held, for the inbound memory budget.
     pub fn held_bytes(&self) -> usize {
         INFLATE_STATE_BYTES + (1 << self.bits)
