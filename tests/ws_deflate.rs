@@ -68,14 +68,25 @@ fn inflate(payload: &[u8]) -> Vec<u8> {
 
 fn big_json(tag: &str) -> String {
     let rows: Vec<String> = (0..30)
-        .map(|i| format!(r#"{{"sym":"S{}","bid":{}.25,"ask":{}.75,"venue":"XETR"}}"#, i % 7, 100 + i, 101 + i))
+        .map(|i| {
+            format!(
+                r#"{{"sym":"S{}","bid":{}.25,"ask":{}.75,"venue":"XETR"}}"#,
+                i % 7,
+                100 + i,
+                101 + i
+            )
+        })
         .collect();
     format!(r#"{{"tag":"{tag}","rows":[{}]}}"#, rows.join(","))
 }
 
 /// A raw client on `/ws?topic=T` with the given extension offer line ("" for none).
 fn open(server: &Server, query: &str, offer: &str) -> Raw {
-    Raw::open_with(server.addr, &upgrade_request(&format!("/ws?{query}"), offer), b"")
+    Raw::open_with(
+        server.addr,
+        &upgrade_request(&format!("/ws?{query}"), offer),
+        b"",
+    )
 }
 
 /// The next data frame (pings skipped): (first byte, payload as the app sees it).
@@ -96,8 +107,8 @@ fn publish_line(topic: &str, data: &str) -> String {
 }
 
 #[test]
-fn deflate_clients_get_large_messages_compressed_once_and_small_ones_plain_while_others_get_plain_frames()
-{
+fn deflate_clients_get_large_messages_compressed_once_and_small_ones_plain_while_others_get_plain_frames(
+) {
     let server = Server::start(&[]);
     let mut zipped = open(&server, "topic=z", OFFER);
     assert!(
@@ -108,35 +119,69 @@ fn deflate_clients_get_large_messages_compressed_once_and_small_ones_plain_while
         zipped.head
     );
     let mut plain = open(&server, "topic=z", "");
-    assert!(!plain.head.to_ascii_lowercase().contains("sec-websocket-extensions"), "{}", plain.head);
+    assert!(
+        !plain
+            .head
+            .to_ascii_lowercase()
+            .contains("sec-websocket-extensions"),
+        "{}",
+        plain.head
+    );
     // A client that limits our window to 2^9 bytes: messages longer than that go plain.
-    let mut small_window = open(&server, "topic=z", "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=9\r\n");
-    assert!(small_window.head.contains("server_max_window_bits=9"), "{}", small_window.head);
+    let mut small_window = open(
+        &server,
+        "topic=z",
+        "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=9\r\n",
+    );
+    assert!(
+        small_window.head.contains("server_max_window_bits=9"),
+        "{}",
+        small_window.head
+    );
 
     let big = big_json("big");
     let medium = r#"{"tag":"medium","text":"abcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabc"}"#;
-    server.publish_ids(&[publish_line("z", &big), publish_line("z", "1"), publish_line("z", medium)]);
+    server.publish_ids(&[
+        publish_line("z", &big),
+        publish_line("z", "1"),
+        publish_line("z", medium),
+    ]);
 
     let (first, env) = next_message(&mut zipped);
     assert_eq!(first, 0xC1, "FIN + RSV1 + text");
     let big_env = String::from_utf8(env).unwrap();
     assert!(big_env.contains(&big), "{big_env}");
     let (first, env) = next_message(&mut zipped);
-    assert_eq!(first, 0x81, "a message under --ws-deflate-min-bytes goes plain");
+    assert_eq!(
+        first, 0x81,
+        "a message under --ws-deflate-min-bytes goes plain"
+    );
     assert!(String::from_utf8(env).unwrap().contains(r#""data":1"#));
     let (first, _) = next_message(&mut zipped);
     assert_eq!(first, 0xC1);
 
     let (first, env) = next_message(&mut plain);
     assert_eq!(first, 0x81);
-    assert_eq!(String::from_utf8(env).unwrap(), big_env, "the same envelope, plain");
+    assert_eq!(
+        String::from_utf8(env).unwrap(),
+        big_env,
+        "the same envelope, plain"
+    );
 
     let (first, env) = next_message(&mut small_window);
-    assert_eq!(first, 0x81, "{} bytes do not fit a 512-byte window", big_env.len());
+    assert_eq!(
+        first,
+        0x81,
+        "{} bytes do not fit a 512-byte window",
+        big_env.len()
+    );
     assert_eq!(String::from_utf8(env).unwrap(), big_env);
     next_message(&mut small_window);
     let (first, env) = next_message(&mut small_window);
-    assert_eq!(first, 0xC1, "a message that fits the client's window is compressed");
+    assert_eq!(
+        first, 0xC1,
+        "a message that fits the client's window is compressed"
+    );
     assert!(String::from_utf8(env).unwrap().contains("medium"));
     server.assert_no_panic();
 }
@@ -165,7 +210,12 @@ fn a_client_compressed_publish_and_subscribe_are_inflated_and_answered() {
         match first & 0x0F {
             0xA => assert_eq!(payload, b"p"),
             0x1 => {
-                let text = String::from_utf8(if first & 0x40 != 0 { inflate(&payload) } else { payload }).unwrap();
+                let text = String::from_utf8(if first & 0x40 != 0 {
+                    inflate(&payload)
+                } else {
+                    payload
+                })
+                .unwrap();
                 if text.contains(r#""op":"ack","ref":2"#) {
                     got_ack = true;
                 } else {
@@ -217,7 +267,13 @@ fn rsv1_without_the_extension_or_on_a_control_frame_closes_1002_and_a_bomb_close
 fn with_ws_deflate_off_no_offer_is_accepted_and_rsv1_closes_1002() {
     let server = Server::start(&["--ws-deflate", "off"]);
     let mut c = open(&server, "topic=a", OFFER);
-    assert!(!c.head.to_ascii_lowercase().contains("sec-websocket-extensions"), "{}", c.head);
+    assert!(
+        !c.head
+            .to_ascii_lowercase()
+            .contains("sec-websocket-extensions"),
+        "{}",
+        c.head
+    );
     server.publish_ids(&[publish_line("a", &big_json("off"))]);
     let (first, _) = next_message(&mut c);
     assert_eq!(first, 0x81);

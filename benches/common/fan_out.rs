@@ -14,6 +14,12 @@ use ringcast::time::Tick;
 
 /// A core with 10,000 subscribers of one topic over `transport`.
 pub fn subscribed_core(transport: Transport) -> CoreState {
+    subscribed_core_with(transport, 0)
+}
+
+/// Like [`subscribed_core`], each WebSocket client with the permessage-deflate
+/// agreement byte `ws_deflate` (0: none).
+pub fn subscribed_core_with(transport: Transport, ws_deflate: u8) -> CoreState {
     let limits = Limits {
         max_outbox_bytes: 1 << 30,
         max_topics_per_client: 64,
@@ -40,6 +46,7 @@ pub fn subscribed_core(transport: Transport) -> CoreState {
         if transport == Transport::Sse {
             core.set_stream_cursor(id, 1);
         }
+        core.set_ws_deflate(id, ws_deflate);
         let _ = core.subscribe(id, "news", Since::Live);
     }
     core.flush_dirty(sink);

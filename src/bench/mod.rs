@@ -430,12 +430,14 @@ fn run_fanout(a: &FanoutArgs) -> Result<Report, String> {
     let server_cpu = setup
         .server
         .and_then(|p| Some(p.cpu_seconds().ok()? - server_cpu0?));
-    let rx_bytes = shared.rx_bytes.load(Ordering::Relaxed) - rx0;
     progress.line(&status(&mut last));
     progress.done();
 
     let mut r = base_report("fanout", s, &setup, &c);
     let (shared, counts) = c.stop();
+    // Read once the threads stopped, like the counts: bytes and deliveries cover
+    // the same messages even when subscribers were still catching up.
+    let rx_bytes = shared.rx_bytes.load(Ordering::Relaxed) - rx0;
     running.close();
     finish_report(&mut r, &shared);
     let hist = shared

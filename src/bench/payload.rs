@@ -156,9 +156,17 @@ mod tests {
         for size in [0, 100, 1024, 4096] {
             let mut p = Vec::new();
             encode_with(&mut p, 7, 99, size, true);
-            assert!(p.len() >= size && p.len() < size + 128, "{size}: {}", p.len());
+            assert!(
+                p.len() >= size && p.len() < size + 128,
+                "{size}: {}",
+                p.len()
+            );
             let mut copy = p.clone();
-            assert!(simd_json::to_owned_value(&mut copy).is_ok(), "{}", String::from_utf8_lossy(&p));
+            assert!(
+                simd_json::to_owned_value(&mut copy).is_ok(),
+                "{}",
+                String::from_utf8_lossy(&p)
+            );
             assert_eq!(parse(&p, PayloadMode::Raw), Some((7, 99)));
         }
     }

@@ -299,7 +299,8 @@ impl Report {
                 }
             ),
         );
-        if let (Some(rx), Some(c)) = (self.rx_bytes, Some(&self.counts).filter(|c| c.distinct > 0)) {
+        if let (Some(rx), Some(c)) = (self.rx_bytes, Some(&self.counts).filter(|c| c.distinct > 0))
+        {
             row(
                 "bytes read",
                 format!("{rx} = {:.1} per delivery", rx as f64 / c.distinct as f64),

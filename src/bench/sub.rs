@@ -854,12 +854,13 @@ fn inflate(payload: &[u8]) -> Result<Vec<u8>, WireError> {
     }
     let mut out = Vec::with_capacity(payload.len() * 4);
     let limit = wire::MAX_MESSAGE as usize;
-    INFLATER.with(|inf| {
-        let mut inf = inf.borrow_mut();
-        inf.reset();
-        inf.inflate(payload, &mut out, limit)
-            .and_then(|()| inf.finish(&mut out, limit))
-    })
-    .map_err(|_| WireError::BadFrameFromServer)?;
+    INFLATER
+        .with(|inf| {
+            let mut inf = inf.borrow_mut();
+            inf.reset();
+            inf.inflate(payload, &mut out, limit)
+                .and_then(|()| inf.finish(&mut out, limit))
+        })
+        .map_err(|_| WireError::BadFrameFromServer)?;
     Ok(out)
 }

@@ -260,6 +260,14 @@ impl CoreState {
         self.clients.get(id).map_or(0, |c| c.ws_deflate)
     }
 
+    /// Sets a WebSocket client's permessage-deflate agreement byte (clients
+    /// registered outside an admission: benches, tests).
+    pub fn set_ws_deflate(&mut self, id: ClientId, agreed: u8) {
+        if let Some(c) = self.clients.get_mut(id) {
+            c.ws_deflate = agreed;
+        }
+    }
+
     /// Makes an SSE client's stream carry a cursor over `topics` topics.
     pub fn set_stream_cursor(&mut self, id: ClientId, topics: usize) {
         let ids = self.ids;

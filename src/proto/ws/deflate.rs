@@ -120,7 +120,10 @@ pub fn negotiate(offers: &[u8]) -> Option<Agreed> {
         let offer = parse_params(params)?;
         // server_no_context_takeover is what we do anyway; the client's window
         // limits apply to its own messages, which we inflate with its window.
-        let _ = (offer.server_no_context_takeover, offer.client_no_context_takeover);
+        let _ = (
+            offer.server_no_context_takeover,
+            offer.client_no_context_takeover,
+        );
         let server_bits = offer.server_max_window_bits.unwrap_or(MAX_WINDOW_BITS);
         let client_bits = match offer.client_max_window_bits {
             Some(Some(bits)) => bits,
@@ -190,8 +193,14 @@ fn unquote(v: &[u8]) -> Option<&[u8]> {
 }
 
 fn trim(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(v.len());
-    let end = v.iter().rposition(|b| !matches!(b, b' ' | b'\t')).map_or(start, |i| i + 1);
+    let start = v
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |i| i + 1);
     &v[start..end.max(start)]
 }
 
@@ -323,8 +332,11 @@ impl Inflater {
         // Bounded: every turn consumes input or adds output, and output stops at
         // `limit`; a turn that does neither has used up what it can.
         loop {
-            // Room for one byte past the limit, to tell "at" from "over".
-            let room = (limit + 1).saturating_sub(out.len()).min(16 * 1024);
+            // Room for one byte past the limit, to tell "at" from "over"; a few
+            // times the input (JSON inflates 3-10x), more on the next turn.
+            let room = (limit + 1)
+                .saturating_sub(out.len())
+                .min((input.len() * 4).clamp(1024, 16 * 1024));
             if room == 0 {
                 return Err(InflateError::TooBig);
             }
@@ -447,7 +459,9 @@ mod tests {
 
     #[test]
     fn a_compressed_frame_inflates_back_to_its_payload() {
-        let payload = br#"{"topic":"a","id":"1-1","data":{"x":[1,2,3,1,2,3,1,2,3,1,2,3,1,2,3,1,2,3]}}"#.repeat(20);
+        let payload =
+            br#"{"topic":"a","id":"1-1","data":{"x":[1,2,3,1,2,3,1,2,3,1,2,3,1,2,3,1,2,3]}}"#
+                .repeat(20);
         let frame = compressed_frame(OpCode::Text, &payload).unwrap();
         assert_eq!(frame[0], 0xC1, "FIN + RSV1 + text");
         let body = body(&frame);
@@ -465,6 +479,9 @@ mod tests {
         assert!(body.len() < 20_000, "{}", body.len());
         assert_eq!(inflate_all(body, 1 << 20), Err(InflateError::TooBig));
         assert_eq!(inflate_all(body, 10 << 20).map(|v| v.len()), Ok(10 << 20));
-        assert_eq!(inflate_all(b"\xff\xff\xff\xff", 100), Err(InflateError::Corrupt));
+        assert_eq!(
+            inflate_all(b"\xff\xff\xff\xff", 100),
+            Err(InflateError::Corrupt)
+        );
     }
 }

@@ -94,7 +94,11 @@ fn a_compressed_text_message_inflates_split_at_every_byte_and_leaves_no_inflate_
             let (events, err) = feed(&mut dec, &wire, &[cut]);
             assert_eq!(err, None, "cut {cut} finish {finish}");
             assert_eq!(events, vec![Event::Text(JSON.to_vec())], "cut {cut}");
-            assert_eq!(dec.held_bytes(), 0, "inflate state dropped with the message");
+            assert_eq!(
+                dec.held_bytes(),
+                0,
+                "inflate state dropped with the message"
+            );
         }
     }
 }
@@ -112,7 +116,10 @@ fn a_fragmented_compressed_message_with_a_ping_between_fragments_inflates() {
     let mut dec = deflating(LIMIT);
     let (events, err) = feed(&mut dec, &wire[..mid], &[]);
     assert_eq!((events.len(), err), (1, None));
-    assert!(dec.held_bytes() > 0, "the inflate state lives while the message is read");
+    assert!(
+        dec.held_bytes() > 0,
+        "the inflate state lives while the message is read"
+    );
     let (events, err) = feed(&mut dec, &wire[mid..], &[]);
     assert_eq!(err, None);
     assert_eq!(events, vec![Event::Text(JSON.repeat(30))]);
@@ -160,11 +167,16 @@ fn rsv1_rules_close_with_1002() {
             frame(0xC8, b"\x03\xe8"),
             ProtocolError::CompressedBitMisplaced,
         ),
-        ("RSV1 on a continuation", deflating(LIMIT), {
-            let mut w = frame(0x41, &z[..4]);
-            w.extend(frame(0xC0, &z[4..]));
-            w
-        }, ProtocolError::CompressedBitMisplaced),
+        (
+            "RSV1 on a continuation",
+            deflating(LIMIT),
+            {
+                let mut w = frame(0x41, &z[..4]);
+                w.extend(frame(0xC0, &z[4..]));
+                w
+            },
+            ProtocolError::CompressedBitMisplaced,
+        ),
         (
             "RSV2 with the extension",
             deflating(LIMIT),
@@ -202,7 +214,11 @@ fn a_deflate_bomb_stops_at_the_message_limit_with_1009() {
     let (events, err) = feed(&mut dec, &wire, &[wire.len() / 2]);
     assert_eq!((events, err), (vec![], Some(ProtocolError::MessageTooBig)));
     assert_eq!(err.unwrap().close_code(), 1009);
-    assert_eq!(dec.held_bytes(), 0, "the partial message and the inflate state are dropped");
+    assert_eq!(
+        dec.held_bytes(),
+        0,
+        "the partial message and the inflate state are dropped"
+    );
     // Exactly at the limit is fine.
     let at = client_deflate(&vec![1u8; 4096], 15, false);
     let (events, err) = feed(&mut deflating(4096), &frame(0xC2, &at), &[]);

@@ -30,6 +30,6 @@ pub use handshake::{
 };
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod deflate_tests;
+#[cfg(test)]
+mod tests;
