@@ -77,39 +77,36 @@ impl LazyFrames {
             FrameKind::Sse => &mut self.sse,
             FrameKind::SseBody => &mut self.sse_body,
             FrameKind::Ws => &mut self.ws,
-            FrameKind::WsDeflate(agreed) => {
-                if Agreed::from_byte(agreed).takes_compressed(msg.envelope.len()) {
-                    return self.deflated(msg);
+            FrameKind::WsDeflate(agreed)
+                if Agreed::from_byte(agreed).takes_compressed(msg.envelope.len()) =>
+            {
+                if self.ws_deflate.is_none() {
+                    self.deflate(msg);
                 }
-                &mut self.ws
+                &mut self.ws_deflate
             }
+            FrameKind::WsDeflate(_) => &mut self.ws,
         };
         slot.get_or_insert_with(|| encode(msg, kind))
     }
 
-    /// The compressed frame of `msg`, made once (from the plain one when the
-    /// message is not worth compressing).
+    /// Makes the compressed cut of `msg`, once (a clone of the plain frame when
+    /// the message is not worth compressing).
     #[cold]
     #[inline(never)]
-    fn deflated(&mut self, msg: &Message) -> &Frame {
-        if self.ws_deflate.is_none() {
-            let env = msg.envelope();
-            let frame = match (env.len() >= WS_DEFLATE_MIN.load(Ordering::Relaxed))
-                .then(|| deflate::compressed_frame(OpCode::Text, env))
-                .flatten()
-            {
-                Some(bytes) => Frame::new(&bytes),
-                None => self
-                    .ws
-                    .get_or_insert_with(|| encode(msg, FrameKind::Ws))
-                    .clone(),
-            };
-            self.ws_deflate = Some(frame);
-        }
-        match &self.ws_deflate {
-            Some(frame) => frame,
-            None => unreachable!("the compressed cut was made above"),
-        }
+    fn deflate(&mut self, msg: &Message) {
+        let env = msg.envelope();
+        let frame = match (env.len() >= WS_DEFLATE_MIN.load(Ordering::Relaxed))
+            .then(|| deflate::compressed_frame(OpCode::Text, env))
+            .flatten()
+        {
+            Some(bytes) => Frame::new(&bytes),
+            None => self
+                .ws
+                .get_or_insert_with(|| encode(msg, FrameKind::Ws))
+                .clone(),
+        };
+        self.ws_deflate = Some(frame);
     }
 }
 

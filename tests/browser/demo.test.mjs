@@ -398,6 +398,9 @@ test('the demo page WebSocket negotiates permessage-deflate: compressed messages
       const lower = Object.fromEntries(Object.entries(e.response.headers).map(([k, v]) => [k.toLowerCase(), v]));
       handshakes.push(lower);
     });
+    const wsErrors = [];
+    cdp.on('Network.webSocketFrameError', (e) => wsErrors.push(e.errorMessage));
+    cdp.on('Network.webSocketClosed', () => wsErrors.push('closed'));
     try {
       await subscribeBoth(page, 'zipped');
       await waitState(page, 'sse', 'open');
@@ -415,7 +418,9 @@ test('the demo page WebSocket negotiates permessage-deflate: compressed messages
       await fill(page, '#pub-topic', 'zipped');
       await fill(page, '#pub-data', JSON.stringify({ from: 'form-zipped', pad: 'x'.repeat(600) }));
       await page.click('#pub-send');
-      await page.waitForFunction(() => document.getElementById('pub-result').dataset.op === 'ack', { timeout: WAIT });
+      await page.waitForFunction(() => document.getElementById('pub-result').dataset.op === 'ack', { timeout: WAIT })
+        .catch(async (e) => { throw new Error(`${e.message}; pub-result ${await page.$eval('#pub-result', (el) => el.textContent)}; ws errors ${JSON.stringify(wsErrors)}`); });
+      assert.deepEqual(wsErrors, [], 'the WebSocket saw no frame error and was not closed');
       await waitLog(page, 'ws', 'message', 'form-zipped');
       await waitLog(page, 'sse', 'message', 'form-zipped');
       assert.deepEqual(page.errors, []);
