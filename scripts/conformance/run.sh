@@ -67,7 +67,7 @@ cd "$root"
 cargo build --release --quiet
 work=$(mktemp -d)
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-RINGCAST_CORES=${RINGCAST_CORES:-1} "$root/target/release/ringcast" serve --echo \
+RINGCAST_CORES=${RINGCAST_CORES:-1} "${CARGO_TARGET_DIR:-$root/target}/release/ringcast" serve --echo \
     --max-message-bytes 16MiB --listen "127.0.0.1:$port" \
     --publish-socket "$work/ringcast.sock" >"$work/server.log" 2>&1 &
 server=$!
