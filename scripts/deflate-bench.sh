@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # permessage-deflate against plain WebSocket: 1 KiB JSON messages to SUBS subscribers.
 #
-#   scripts/deflate-bench.sh            # SUBS=10000 MESSAGES=300 RATE=30 RUNS=3
+#   scripts/deflate-bench.sh            # SUBS=10000 MESSAGES=300 RATE=10 RUNS=3
 #
 # For each run, alternating: a release server with `--ws-deflate off` and subscribers
 # that offer nothing (plain), then one with `--ws-deflate on` and subscribers that
@@ -11,13 +11,13 @@
 # idle WebSocket connection (IDLE connections, `ringcast bench idle`) in both modes.
 # Payloads: `--payload-size 1KiB --payload-json` (quotes with varying symbols, prices,
 # volumes and times; the envelope is about 1.1 KB). Environment: SUBS, MESSAGES,
-# RUNS, IDLE [10000], RINGCAST_BIN (skip the build). RATE (messages/s) keeps the bench,
+# RUNS, IDLE [10000], RINGCAST_BIN (skip the build). RATE [10] (messages/s) keeps the bench,
 # which inflates every message on one core, from falling behind: the server's CPU is
 # read when the phase ends, so a bench that lags would hide work still to be done
 # (check that the p50 latency stays in milliseconds).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-: "${SUBS:=10000}" "${MESSAGES:=300}" "${RATE:=30}" "${RUNS:=3}" "${IDLE:=10000}"
+: "${SUBS:=10000}" "${MESSAGES:=300}" "${RATE:=10}" "${RUNS:=3}" "${IDLE:=10000}"
 if [ -z "${RINGCAST_BIN:-}" ]; then
     (cd "$root" && cargo build --release --quiet)
     RINGCAST_BIN=${CARGO_TARGET_DIR:-$root/target}/release/ringcast
@@ -53,13 +53,15 @@ for run in $(seq "$RUNS"); do
         echo "run $run $mode: $(cat "$out/fanout.$mode.$run.json" | head -c 300)..." >&2
     done
 done
-for mode in off on; do
-    start "$mode"
-    flags=()
-    [ "$mode" = on ] && flags=(--ws-deflate)
-    taskset -c 1 "$RINGCAST_BIN" bench idle --url "$url" -c "$IDLE" --source-ips 4 \
-        --server-pid "$server" --json --quiet "${flags[@]}" >"$out/idle.$mode.json"
-    stop
+for run in $(seq "$RUNS"); do
+    for mode in off on; do
+        start "$mode"
+        flags=()
+        [ "$mode" = on ] && flags=(--ws-deflate)
+        taskset -c 1 "$RINGCAST_BIN" bench idle --url "$url" -c "$IDLE" --source-ips 4 \
+            --server-pid "$server" --json --quiet "${flags[@]}" >"$out/idle.$mode.$run.json"
+        stop
+    done
 done
 
 python3 - "$out" "$RUNS" <<'PY'
@@ -76,9 +78,9 @@ for mode in ("off", "on"):
         "p50": med([r["latency_p50_us"] for r in rs]),
         "delivered": med([r["delivered"] for r in rs]),
     }
-    idle = json.load(open("%s/idle.%s.json" % (out, mode)))
-    res[mode]["idle"] = idle.get("rss_per_conn_bytes") or idle.get("rss_marginal_per_conn_bytes")
-    res[mode]["idle_marginal"] = idle.get("rss_marginal_per_conn_bytes")
+    idles = [json.load(open("%s/idle.%s.%d.json" % (out, mode, r))) for r in range(1, runs + 1)]
+    res[mode]["idle"] = med([i["rss_per_conn_bytes"] for i in idles])
+    res[mode]["idle_all"] = [round(i["rss_per_conn_bytes"]) for i in idles]
 off, on = res["off"], res["on"]
 print("| | plain (--ws-deflate off) | permessage-deflate | ratio |")
 print("|---|---|---|---|")
@@ -86,6 +88,6 @@ print("| bytes read per delivery | %.0f | %.0f | %.2f |" % (off["bytes"], on["by
 print("| server CPU per delivery | %.0f ns | %.0f ns | %.2f |" % (off["cpu_ns"], on["cpu_ns"], on["cpu_ns"] / off["cpu_ns"]))
 print("| deliveries/s | %.2f M | %.2f M | %.2f |" % (off["rate"] / 1e6, on["rate"] / 1e6, on["rate"] / off["rate"]))
 print("| latency p50 | %.0f us | %.0f us | |" % (off["p50"], on["p50"]))
-print("| idle RSS per WS connection | %s B | %s B | |" % (off["idle"] and round(off["idle"]), on["idle"] and round(on["idle"])))
+print("| idle RSS per WS connection | %d B %s | %d B %s | %.2f |" % (off["idle"], off["idle_all"], on["idle"], on["idle_all"], on["idle"] / off["idle"]))
 print("(medians of %d runs, %d deliveries each)" % (runs, off["delivered"]))
 PY
