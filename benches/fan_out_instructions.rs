@@ -17,7 +17,7 @@
 #[path = "common/fan_out.rs"]
 mod fan_out_core;
 
-use fan_out_core::{sink, subscribed_core_with};
+use fan_out_core::{sink, subscribed_core};
 use ringcast::core::client::Transport;
 use ringcast::proto::ws::deflate::Agreed;
 
@@ -34,7 +34,7 @@ fn main() {
     };
     let messages: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(200);
     let json1k = args.next().as_deref() == Some("json1k");
-    let mut core = subscribed_core_with(transport, deflate.to_byte());
+    let mut core = subscribed_core(transport, deflate.to_byte());
     for seq in 0..messages {
         let payload = if json1k {
             let mut p = Vec::with_capacity(1200);

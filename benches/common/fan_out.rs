@@ -12,14 +12,10 @@ use ringcast::metrics::CoreMetrics;
 use ringcast::proto::cursor::{Epoch, IdScheme};
 use ringcast::time::Tick;
 
-/// A core with 10,000 subscribers of one topic over `transport`.
-pub fn subscribed_core(transport: Transport) -> CoreState {
-    subscribed_core_with(transport, 0)
-}
-
-/// Like [`subscribed_core`], each WebSocket client with the permessage-deflate
-/// agreement byte `ws_deflate` (0: none).
-pub fn subscribed_core_with(transport: Transport, ws_deflate: u8) -> CoreState {
+/// A core with 10,000 subscribers of one topic over `transport`, each
+/// WebSocket client with the permessage-deflate agreement byte `ws_deflate`
+/// (0: none).
+pub fn subscribed_core(transport: Transport, ws_deflate: u8) -> CoreState {
     let limits = Limits {
         max_outbox_bytes: 1 << 30,
         max_topics_per_client: 64,

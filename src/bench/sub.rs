@@ -622,18 +622,18 @@ impl Local {
         for _ in 0..READS_PER_WAKE {
             match netio::recv(fd, &mut scratch) {
                 Ok(0) => return Ok(false),
-                Ok(n) => match {
+                Ok(n) => {
                     self.shared.rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
-                    self.feed(slot, transport, conn, &scratch[..n], out, i)
-                } {
-                    Ok(true) => {
-                        if n < scratch.len() {
-                            return Ok(true);
+                    match self.feed(slot, transport, conn, &scratch[..n], out, i) {
+                        Ok(true) => {
+                            if n < scratch.len() {
+                                return Ok(true);
+                            }
                         }
+                        Ok(false) => return Ok(false),
+                        Err(e) => return Err(e.to_string()),
                     }
-                    Ok(false) => return Ok(false),
-                    Err(e) => return Err(e.to_string()),
-                },
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(format!("reading: {e}")),
