@@ -138,7 +138,7 @@ fn fan_out(c: &mut Criterion) {
     let mut g = c.benchmark_group("fan_out");
     g.throughput(Throughput::Elements(FAN_OUT_SUBS as u64));
     for (name, transport) in [("sse", Transport::Sse), ("ws", Transport::Ws)] {
-        let mut core = subscribed_core(transport);
+        let mut core = subscribed_core(transport, 0);
         g.bench_function(format!("one_message_to_10k_{name}_outboxes"), |b| {
             b.iter(|| {
                 core.publish("news", None, br#"{"headline":"hi"}"#.to_vec());
@@ -147,7 +147,7 @@ fn fan_out(c: &mut Criterion) {
         });
     }
     // At full speed a write carries many messages.
-    let mut core = subscribed_core(Transport::Ws);
+    let mut core = subscribed_core(Transport::Ws, 0);
     g.throughput(Throughput::Elements(10 * FAN_OUT_SUBS as u64));
     g.bench_function("ten_messages_to_10k_ws_outboxes_one_write_each", |b| {
         b.iter(|| {

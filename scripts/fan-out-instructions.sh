@@ -13,8 +13,8 @@ source scripts/lib/common.sh
 messages=${1:-200}
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 bin=$(bench_executable fan_out_instructions)
-count() { # transport messages -> instructions
-  valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null "$bin" "$1" "$2" 2>&1 |
+count() { # transport messages [json1k] -> instructions
+  valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null "$bin" "$@" 2>&1 |
     awk '/I *refs/ { gsub(",", "", $4); print $4 }'
 }
 for transport in ws sse; do
@@ -23,3 +23,13 @@ for transport in ws sse; do
   awk -v t="$transport" -v a="$base" -v b="$total" -v m="$messages" \
     'BEGIN { printf "%-3s %.1f instructions per subscriber per message\n", t, (b - a) / (m * 10000) }'
 done
+# 1 KiB of typical JSON per message, WebSocket plain against permessage-deflate
+# (compressed once per message for the 10,000).
+if [ "${DEFLATE:-1}" = 1 ]; then
+  for transport in ws ws-deflate; do
+    base=$(count "$transport" 0)
+    total=$(count "$transport" "$messages" json1k)
+    awk -v t="$transport" -v a="$base" -v b="$total" -v m="$messages" \
+      'BEGIN { printf "%-10s 1 KiB JSON: %.1f instructions per subscriber per message\n", t, (b - a) / (m * 10000) }'
+  done
+fi

@@ -173,6 +173,16 @@ pub struct ServeConfig {
     #[arg(long, env = "RINGCAST_SSE_RETRY_MS", default_value_t = 2000)]
     pub sse_retry_ms: u32,
 
+    /// permessage-deflate (RFC 7692) on /ws when the client offers it: each
+    /// message is compressed once per core for every client that agreed.
+    #[arg(long, env = "RINGCAST_WS_DEFLATE", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub ws_deflate: bool,
+
+    /// With --ws-deflate on, messages (JSON envelopes) shorter than this go
+    /// uncompressed.
+    #[arg(long, env = "RINGCAST_WS_DEFLATE_MIN_BYTES", default_value = "128", value_parser = parse_size)]
+    pub ws_deflate_min_bytes: usize,
+
     /// Enable GET /echo (WebSocket echo, for conformance testing only).
     #[arg(long, env = "RINGCAST_ECHO")]
     pub echo: bool,
@@ -264,6 +274,8 @@ impl ServeConfig {
             drain_timeout: self.drain_timeout,
             sse_retry_ms: self.sse_retry_ms,
             echo: self.echo,
+            ws_deflate: self.ws_deflate,
+            ws_deflate_min_bytes: self.ws_deflate_min_bytes,
             auth: AuthSettings {
                 // Both flags cannot be given together; an inline secret wins
                 // should both ever arrive.
@@ -428,6 +440,11 @@ pub struct SubscriberArgs {
     #[arg(long, env = "RINGCAST_BENCH_WS_SUBSCRIBE_BODY")]
     pub ws_subscribe_body: Option<String>,
 
+    /// WebSocket subscribers offer permessage-deflate (compressed messages are
+    /// inflated); the report gives the bytes read per delivery either way.
+    #[arg(long, env = "RINGCAST_BENCH_WS_DEFLATE")]
+    pub ws_deflate: bool,
+
     /// PID of the server: its RSS (per connection) and CPU time are reported.
     #[arg(long, env = "RINGCAST_BENCH_SERVER_PID")]
     pub server_pid: Option<u32>,
@@ -474,6 +491,11 @@ pub struct BenchPublishArgs {
     /// Pad each payload to at least this many bytes.
     #[arg(long, env = "RINGCAST_BENCH_PAYLOAD_SIZE", default_value = "0", value_parser = parse_size)]
     pub payload_size: usize,
+
+    /// Pad with rows of typical JSON (symbols, prices, volumes, timestamps that vary
+    /// per message) instead of `x`s: for compression figures (permessage-deflate).
+    #[arg(long, env = "RINGCAST_BENCH_PAYLOAD_JSON")]
+    pub payload_json: bool,
 
     /// Target publish rate in messages per second; 0 = as fast as the window allows.
     #[arg(long, env = "RINGCAST_BENCH_RATE", default_value_t = 0.0)]
@@ -572,6 +594,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Parses a byte size such as `8KiB`, `1MiB`, `4096`, `2MB` (decimal) or `2M` (binary).
+/// `on` or `off` (also `true`/`false`, `1`/`0`).
+pub fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("`{s}` is neither on nor off")),
+    }
+}
+
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -626,6 +657,18 @@ mod tests {
         assert_eq!(cfg.max_header_bytes, 8192);
         assert_eq!(cfg.history, 1000);
         assert_eq!(cfg.effective_idle_timeout(), Duration::from_secs(35));
+    }
+
+    #[test]
+    fn ws_deflate_is_on_by_default_and_takes_on_or_off() {
+        let on = settings_of(&[]);
+        assert!(on.ws_deflate);
+        assert_eq!(on.ws_deflate_min_bytes, 128);
+        let off = settings_of(&["--ws-deflate", "off", "--ws-deflate-min-bytes", "1KiB"]);
+        assert!(!off.ws_deflate);
+        assert_eq!(off.ws_deflate_min_bytes, 1024);
+        assert!(settings_of(&["--ws-deflate", "on"]).ws_deflate);
+        assert!(Cli::try_parse_from(["ringcast", "serve", "--ws-deflate", "maybe"]).is_err());
     }
 
     fn settings_of(args: &[&str]) -> Settings {

@@ -629,8 +629,9 @@ fn firefox_style_connection_keep_alive_upgrade_gets_a_101_with_the_accept_key() 
 }
 
 #[test]
-fn an_offered_permessage_deflate_is_not_echoed_and_frames_stay_uncompressed() {
-    let server = Server::start(&[]);
+fn with_ws_deflate_off_an_offered_permessage_deflate_is_not_echoed_and_frames_stay_uncompressed() {
+    // With it on (the default), tests/ws_deflate.rs.
+    let server = Server::start(&["--ws-deflate", "off"]);
     let req = upgrade_request(
         "/ws?topic=px",
         "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",

@@ -1,7 +1,8 @@
 //! WebSocket conformance in CI: the builtin suite of `scripts/conformance/conformance.py`
-//! (our Python 3 re-implementation of Autobahn|Testsuite cases from families 1-7, 9 and
-//! 10, about 15 s) against a real `ringcast serve --echo`, diffed against the committed
-//! `scripts/conformance/expected.json`. The full Autobahn run is
+//! (our Python 3 re-implementation of Autobahn|Testsuite cases from families 1-7, 9,
+//! 10, and 12-13 with permessage-deflate, plus deflate negotiation and violation cases
+//! of our own; about 15 s) against a real `ringcast serve --echo`, diffed against the
+//! committed `scripts/conformance/expected.json`. The full Autobahn run is
 //! `scripts/conformance/run.sh autobahn` (it needs Python 2.7).
 
 use std::net::{TcpListener, TcpStream};

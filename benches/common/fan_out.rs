@@ -12,8 +12,10 @@ use ringcast::metrics::CoreMetrics;
 use ringcast::proto::cursor::{Epoch, IdScheme};
 use ringcast::time::Tick;
 
-/// A core with 10,000 subscribers of one topic over `transport`.
-pub fn subscribed_core(transport: Transport) -> CoreState {
+/// A core with 10,000 subscribers of one topic over `transport`, each
+/// WebSocket client with the permessage-deflate agreement byte `ws_deflate`
+/// (0: none).
+pub fn subscribed_core(transport: Transport, ws_deflate: u8) -> CoreState {
     let limits = Limits {
         max_outbox_bytes: 1 << 30,
         max_topics_per_client: 64,
@@ -41,6 +43,7 @@ pub fn subscribed_core(transport: Transport) -> CoreState {
         if transport == Transport::Sse {
             core.set_stream_cursor(id, 1);
         }
+        core.set_ws_deflate(id, ws_deflate);
         let _ = core.subscribe(id, "news", Since::Live);
     }
     core.flush_dirty(sink);

@@ -4,10 +4,14 @@
 Two suites give results under the same Autobahn|Testsuite case ids:
 
   autobahn  the real Autobahn|Testsuite fuzzing client (`wstest -m fuzzingclient`,
-            Python 2.7), cases 1-7, 9 and 10; its report's index.json is read back.
+            Python 2.7), cases 1-7, 9, 10, and 12-13 (permessage-deflate); its
+            report's index.json is read back.
   builtin   our own raw-socket re-implementation (Python 3, std lib only) of a subset
             of those cases with Autobahn's expectations, for machines without
-            Python 2 (CI). Fast: about 15 s.
+            Python 2 (CI). Fast: about 15 s. Its 12.x and 13.1-13.7 cases follow
+            Autobahn's (compressed echoes; offers and the answer); 13.8.x (offers
+            that must be declined without failing the handshake) and 13.9.x (RSV1
+            misplaced, corrupt data, a deflate bomb, a final block) are ringcast's own.
 
 Each case ends OK, NON-STRICT, INFORMATIONAL, UNIMPLEMENTED or FAILED (Autobahn's
 words; a case's result is the worse of its message behaviour and its close
@@ -36,9 +40,10 @@ import sys
 import tempfile
 import time
 import urllib.parse
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FAMILIES = ["1", "2", "3", "4", "5", "6", "7", "9", "10"]
+FAMILIES = ["1", "2", "3", "4", "5", "6", "7", "9", "10", "12", "13"]
 RANK = {"OK": 4, "NON-STRICT": 3, "INFORMATIONAL": 2, "UNIMPLEMENTED": 1, "FAILED": 0}
 
 
@@ -111,8 +116,18 @@ def xor(data, key):
     return (int.from_bytes(data, "big") ^ k).to_bytes(len(data), "big")
 
 
+def deflate(payload, bits=15, finish=False):
+    """Raw DEFLATE as a permessage-deflate client sends it (RFC 7692 §7.2.1)."""
+    c = zlib.compressobj(6, zlib.DEFLATED, -bits)
+    if finish:
+        return c.compress(payload) + c.flush(zlib.Z_FINISH)
+    out = c.compress(payload) + c.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(b"\x00\x00\xff\xff")
+    return out[:-4]
+
+
 class Client:
-    def __init__(self, url, timeout=5.0):
+    def __init__(self, url, timeout=5.0, offer=None):
         u = urllib.parse.urlparse(url)
         self.sock = socket.create_connection((u.hostname, u.port or 80), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -120,7 +135,9 @@ class Client:
         self.sock.sendall((
             "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
             "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n" % (u.path or "/", u.netloc, key)
+            "Sec-WebSocket-Version: 13\r\n%s\r\n" % (
+                u.path or "/", u.netloc, key,
+                "Sec-WebSocket-Extensions: %s\r\n" % offer if offer else "")
         ).encode())
         self.buf = b""
         while b"\r\n\r\n" not in self.buf:
@@ -138,6 +155,15 @@ class Client:
         self.close_frame = None
         self.sent_close = False
         self.frag = None
+        # permessage-deflate: the answer, and server messages that came compressed.
+        self.extensions = None
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"sec-websocket-extensions":
+                self.extensions = value.strip().decode()
+        self.deflate = bool(self.extensions and self.extensions.startswith("permessage-deflate"))
+        self.compressed = 0
+        self.frag_rsv1 = False
 
     def send(self, data, chop=None, pause=0.0):
         try:
@@ -166,7 +192,9 @@ class Client:
             if len(b) < 2:
                 return
             fin, op, n, at = b[0] & 0x80, b[0] & 0x0F, b[1] & 0x7F, 2
-            if b[1] & 0x80 or b[0] & 0x70:
+            rsv1 = bool(b[0] & 0x40)
+            if b[1] & 0x80 or b[0] & 0x30 or (
+                    rsv1 and (not self.deflate or op not in (OP_TEXT, OP_BINARY))):
                 self.events.append(("bad-frame", b[:2]))
             if n == 126:
                 if len(b) < 4:
@@ -188,17 +216,29 @@ class Client:
             elif op == OP_PONG:
                 self.events.append(("pong", payload))
             elif op in (OP_TEXT, OP_BINARY) and self.frag is None:
+                self.frag_rsv1 = rsv1
                 if fin:
-                    self.events.append(("message", op, payload))
+                    self.events.append(("message", op, self._inflate(payload)))
                 else:
                     self.frag = (op, payload)
             elif op == OP_CONT and self.frag is not None:
                 self.frag = (self.frag[0], self.frag[1] + payload)
                 if fin:
-                    self.events.append(("message",) + self.frag)
+                    self.events.append(("message", self.frag[0], self._inflate(self.frag[1])))
                     self.frag = None
             else:
                 self.events.append(("bad-frame", b[:2]))
+
+    def _inflate(self, payload):
+        """A whole message's payload, inflated when its first frame had RSV1 (§7.2.2)."""
+        if not self.frag_rsv1:
+            return payload
+        self.compressed += 1
+        try:
+            return zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
+        except zlib.error as e:
+            self.events.append(("bad-frame", str(e).encode()))
+            return b""
 
     def wait(self, seconds, until=None):
         """Reads for up to `seconds`, or until `until(events)` holds or TCP closes."""
@@ -550,6 +590,131 @@ case("9.6.1")(lambda url: echo_case(url, OP_TEXT, b"*" * (1 << 20), chop=64))
 
 # 10.1.1: 65536 bytes of text, "auto-fragmented" by the client into 1300-byte frames.
 case("10.1.1")(lambda url: echo_case(url, OP_TEXT, b"*" * 65536, frag=1300))
+
+
+# 12.x: compressed messages echoed (Autobahn 12.1: text, 12.2: binary, by size;
+# each message compressed by the client; the echo may come compressed or plain).
+DEFLATE_OFFER = "permessage-deflate; client_no_context_takeover; client_max_window_bits"
+_SIZES = [16, 64, 256, 1024, 4096, 8192, 16384, 32768, 65536, 131072]
+
+
+def sample(op, n):
+    """Compressible data like Autobahn's test files: JSON-ish text, or bytes."""
+    text = b'{"id":%d,"name":"item","tags":["a","b"],"price":12.5,"ok":true},'
+    if op == OP_TEXT:
+        out = b"".join(text % i for i in range(n // 50 + 1))
+    else:
+        out = bytes(random.Random(n).getrandbits(8) & 0x3F for _ in range(n))
+    return out[:n]
+
+
+def deflate_echo_case(url, op, payload, offer=DEFLATE_OFFER, want_answer=None, frag=None,
+                      chop=None, bits=15, finish=False):
+    c = Client(url, offer=offer)
+    if not c.deflate:
+        c.finish(True, [1000])
+        return "FAILED", "not negotiated: %r" % c.extensions
+    if want_answer is not None and c.extensions != want_answer:
+        c.finish(True, [1000])
+        return "FAILED", "answer %r, expected %r" % (c.extensions, want_answer)
+    z = deflate(payload, bits, finish)
+    if frag:
+        parts = [z[i:i + frag] for i in range(0, len(z), frag)] or [b""]
+        wire = b"".join(
+            frame(op if i == 0 else OP_CONT, p, fin=(i == len(parts) - 1), rsv=4 if i == 0 else 0)
+            for i, p in enumerate(parts))
+    else:
+        wire = frame(op, z, rsv=4)
+    c.send(wire, chop=chop)
+    c.wait(10, until=lambda ev: any(e[0] in ("message", "bad-frame") for e in ev))
+    got = messages(c)
+    if c.count("bad-frame"):
+        behavior = ("FAILED", "a bad frame from the server")
+    elif got != [(op, payload)]:
+        behavior = ("FAILED", "echo mismatch: %d messages" % len(got))
+    else:
+        behavior = ("OK", "echo %s" % ("compressed" if c.compressed else "plain"))
+    return judge(behavior, c.finish(True, [1000]))
+
+
+for _op, _fam in ((OP_TEXT, "12.1"), (OP_BINARY, "12.2")):
+    for _i, _n in enumerate(_SIZES, 1):
+        case("%s.%d" % (_fam, _i))(
+            lambda url, op=_op, n=_n: deflate_echo_case(url, op, sample(op, n)))
+# 12.3: fragmented compressed messages (RSV1 on the first frame only), chopped writes.
+for _i, _n in enumerate([256, 4096, 65536], 1):
+    case("12.3.%d" % _i)(lambda url, n=_n: deflate_echo_case(
+        url, OP_TEXT, sample(OP_TEXT, n), frag=97, chop=1000))
+
+# 13.1-13.7: the offers of Autobahn 13.x and the answer each must get.
+_BASE = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+_OFFERS = [
+    ("permessage-deflate", _BASE),
+    ("permessage-deflate; client_no_context_takeover; client_max_window_bits", _BASE),
+    ("permessage-deflate; client_max_window_bits; server_max_window_bits=9",
+     _BASE + "; server_max_window_bits=9"),
+    ("permessage-deflate; client_max_window_bits; server_max_window_bits=15", _BASE),
+    ("permessage-deflate; client_no_context_takeover; client_max_window_bits=9; "
+     "server_max_window_bits=9",
+     _BASE + "; server_max_window_bits=9; client_max_window_bits=9"),
+    ("permessage-deflate; server_no_context_takeover; client_max_window_bits=15", _BASE),
+    ("permessage-deflate; client_no_context_takeover; server_max_window_bits=9, "
+     "permessage-deflate; client_no_context_takeover, permessage-deflate",
+     _BASE + "; server_max_window_bits=9"),
+]
+for _i, (_offer, _answer) in enumerate(_OFFERS, 1):
+    for _j, _n in enumerate([64, 1024, 16384], 1):
+        case("13.%d.%d" % (_i, _j))(lambda url, o=_offer, a=_answer, n=_n: deflate_echo_case(
+            url, OP_TEXT, sample(OP_TEXT, n), offer=o, want_answer=a,
+            bits=9 if "client_max_window_bits=9" in o else 15))
+
+
+# 13.8.x (ringcast's own): offers to decline without failing the handshake (§5);
+# the next acceptable offer, if any, is taken.
+def decline_case(url, offer, taken):
+    c = Client(url, offer=offer)
+    ok = c.deflate == taken
+    c.send_frame(OP_TEXT, b"Hello, world!")
+    c.wait(3, until=lambda ev: any(e[0] == "message" for e in ev))
+    behavior = ("OK", "") if ok and messages(c) == [(OP_TEXT, b"Hello, world!")] else (
+        "FAILED", "answer %r for %r" % (c.extensions, offer))
+    return judge(behavior, c.finish(True, [1000]))
+
+
+for _i, (_offer, _taken) in enumerate([
+        ("permessage-deflate; unknown_param", False),
+        ("permessage-deflate; server_max_window_bits=7", False),
+        ("permessage-deflate; server_max_window_bits", False),
+        ("permessage-deflate; client_max_window_bits=16", False),
+        ("permessage-deflate; server_no_context_takeover; server_no_context_takeover", False),
+        ("permessage-deflate; server_no_context_takeover=1", False),
+        ("x-webkit-deflate-frame", False),
+        ("permessage-deflate; foo=bar, permessage-deflate; client_max_window_bits", True),
+], 1):
+    case("13.8.%d" % _i)(lambda url, o=_offer, t=_taken: decline_case(url, o, t))
+
+
+# 13.9.x (ringcast's own): violations under permessage-deflate and their close codes.
+def deflate_fail_case(url, send, codes):
+    c = Client(url, offer=DEFLATE_OFFER)
+    send(c)
+    c.wait(5, until=lambda ev: any(e[0] == "close" for e in ev))
+    return judge(("OK", ""), c.finish(False, list(codes)))
+
+
+case("13.9.1")(lambda url: deflate_fail_case(  # RSV1 on a ping
+    url, lambda c: c.send_frame(OP_PING, b"", rsv=4), [1002]))
+case("13.9.2")(lambda url: deflate_fail_case(  # RSV1 on a continuation
+    url, lambda c: (c.send_frame(OP_TEXT, deflate(b"Hello")[:2], fin=False, rsv=4),
+                    c.send_frame(OP_CONT, deflate(b"Hello")[2:], rsv=4)), [1002]))
+case("13.9.3")(lambda url: deflate_fail_case(  # not DEFLATE
+    url, lambda c: c.send_frame(OP_TEXT, b"\xff\xff\xff\xff", rsv=4), [1007]))
+case("13.9.4")(lambda url: deflate_fail_case(  # invalid UTF-8 inside the compressed text
+    url, lambda c: c.send_frame(OP_TEXT, deflate(b"ok \xc3\x28 bad"), rsv=4), [1007]))
+case("13.9.5")(lambda url: deflate_fail_case(  # 64 MiB of zeros in ~64 KiB: over 16 MiB
+    url, lambda c: c.send_frame(OP_BINARY, deflate(b"\x00" * (64 << 20)), rsv=4), [1009]))
+# A final block (BFINAL=1, §7.2.3.4) instead of a sync flush.
+case("13.9.6")(lambda url: deflate_echo_case(url, OP_TEXT, sample(OP_TEXT, 3000), finish=True))
 
 
 def run_builtin(url, patterns):

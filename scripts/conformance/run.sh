@@ -6,8 +6,9 @@
 # Builds the release binary, starts it with --echo --max-message-bytes 16MiB on a free
 # port, runs the suite, stops the server; exits non-zero on any regression.
 #
-# Suites: `autobahn` is the real Autobahn|Testsuite fuzzing client (cases 1-7, 9, 10;
-# about 2 minutes). It needs Python 2.7: set AUTOBAHN_WSTEST to a `wstest`, or PYTHON2
+# Suites: `autobahn` is the real Autobahn|Testsuite fuzzing client (cases 1-7, 9, 10,
+# and 12-13 with permessage-deflate; about 5-10 minutes, 12-13 being most of it).
+# It needs Python 2.7: set AUTOBAHN_WSTEST to a `wstest`, or PYTHON2
 # to a python2.7 (else one is looked for on PATH and in pyenv), and a virtualenv with
 # `autobahntestsuite` from PyPI is made once in target/autobahn/venv. `builtin` is our
 # own Python 3 (std lib) re-implementation of a subset of the cases (about 15 s).
@@ -66,7 +67,7 @@ cd "$root"
 cargo build --release --quiet
 work=$(mktemp -d)
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-RINGCAST_CORES=${RINGCAST_CORES:-1} "$root/target/release/ringcast" serve --echo \
+RINGCAST_CORES=${RINGCAST_CORES:-1} "${CARGO_TARGET_DIR:-$root/target}/release/ringcast" serve --echo \
     --max-message-bytes 16MiB --listen "127.0.0.1:$port" \
     --publish-socket "$work/ringcast.sock" >"$work/server.log" 2>&1 &
 server=$!

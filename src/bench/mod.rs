@@ -122,6 +122,7 @@ fn setup(
         source_ips: s.source_ips,
         connect_concurrency: s.connect_concurrency.max(1),
         ws_subscribe_body: s.ws_subscribe_body.clone(),
+        ws_deflate: s.ws_deflate,
         payload,
         expected,
         warmup,
@@ -370,6 +371,7 @@ fn run_fanout(a: &FanoutArgs) -> Result<Report, String> {
     // Publish.
     let cpu0 = sys::self_cpu_seconds();
     let server_cpu0 = setup.server.and_then(|p| p.cpu_seconds().ok());
+    let rx0 = c.shared.rx_bytes.load(Ordering::Relaxed);
     let phase_start = Instant::now();
     let pub_progress = Arc::new(PubProgress::default());
     let pub_thread = start_publisher(publisher, &pub_progress, a.drain)?;
@@ -433,6 +435,9 @@ fn run_fanout(a: &FanoutArgs) -> Result<Report, String> {
 
     let mut r = base_report("fanout", s, &setup, &c);
     let (shared, counts) = c.stop();
+    // Read once the threads stopped, like the counts: bytes and deliveries cover
+    // the same messages even when subscribers were still catching up.
+    let rx_bytes = shared.rx_bytes.load(Ordering::Relaxed) - rx0;
     running.close();
     finish_report(&mut r, &shared);
     let hist = shared
@@ -449,6 +454,7 @@ fn run_fanout(a: &FanoutArgs) -> Result<Report, String> {
     r.phase_seconds = phase_seconds;
     r.bench_cpu_seconds = bench_cpu;
     r.server_cpu_seconds = server_cpu;
+    r.rx_bytes = Some(rx_bytes);
     Ok(r)
 }
 
@@ -467,6 +473,7 @@ fn pub_plan(
         rate: p.rate.max(0.0),
         window: p.window,
         payload_size: p.payload_size,
+        payload_json: p.payload_json,
         ws_body: p.publish_ws_body.clone(),
     })
 }

@@ -9,6 +9,40 @@ use std::io::Write as _;
 
 use crate::config::PayloadMode;
 
+/// Like [`encode`], padded with `json`: rows of typical JSON (quotes whose
+/// symbols, prices, volumes and times vary with `seq`), so that compression
+/// sees what real feeds look like rather than a run of `x`s.
+pub fn encode_with(out: &mut Vec<u8>, seq: u64, t_ns: u64, size: usize, json: bool) {
+    if !json {
+        return encode(out, seq, t_ns, size);
+    }
+    let start = out.len();
+    let _ = write!(out, "{{\"seq\":{seq},\"t\":{t_ns},\"quotes\":[");
+    let mut k = 0u64;
+    // Bounded: each row adds about 110 bytes.
+    while out.len() - start + 2 < size && k < 1 << 20 {
+        k += 1;
+        let x = seq
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(k.wrapping_mul(1_442_695_040_888_963_407));
+        if k > 1 {
+            out.push(b',');
+        }
+        let _ = write!(
+            out,
+            "{{\"sym\":\"S{:03}\",\"bid\":{}.{:02},\"ask\":{}.{:02},\"vol\":{},\"ts\":17{:08},\"venue\":\"XETR\",\"ok\":true}}",
+            x % 500,
+            (x >> 8) % 900,
+            (x >> 16) % 100,
+            (x >> 24) % 900,
+            (x >> 32) % 100,
+            (x >> 40) % 100_000,
+            (x >> 20) % 100_000_000
+        );
+    }
+    out.extend_from_slice(b"]}");
+}
+
 /// Appends the payload for (`seq`, `t_ns`) to `out`, padded to at least `size` bytes.
 pub fn encode(out: &mut Vec<u8>, seq: u64, t_ns: u64, size: usize) {
     let start = out.len();
@@ -111,6 +145,26 @@ mod tests {
             assert!(
                 scratch.is_valid(&p),
                 "size {size}: {:?}",
+                String::from_utf8_lossy(&p)
+            );
+            assert_eq!(parse(&p, PayloadMode::Raw), Some((7, 99)));
+        }
+    }
+
+    #[test]
+    fn a_json_padded_payload_is_valid_json_of_the_size_and_still_read() {
+        for size in [0, 100, 1024, 4096] {
+            let mut p = Vec::new();
+            encode_with(&mut p, 7, 99, size, true);
+            assert!(
+                p.len() >= size && p.len() < size + 128,
+                "{size}: {}",
+                p.len()
+            );
+            let mut copy = p.clone();
+            assert!(
+                simd_json::to_owned_value(&mut copy).is_ok(),
+                "{}",
                 String::from_utf8_lossy(&p)
             );
             assert_eq!(parse(&p, PayloadMode::Raw), Some((7, 99)));

@@ -35,6 +35,8 @@ pub struct PubPlan {
     pub rate: f64,
     pub window: u64,
     pub payload_size: usize,
+    /// Pad with typical JSON rows instead of `x`s.
+    pub payload_json: bool,
     /// The WebSocket message template ({topic}, {payload}).
     pub ws_body: String,
 }
@@ -271,6 +273,8 @@ struct Encoder {
     kind: Kind,
     topics: usize,
     size: usize,
+    /// Pad with typical JSON rows (`--payload-json`).
+    json: bool,
 }
 
 enum Kind {
@@ -323,6 +327,7 @@ impl Encoder {
             kind,
             topics: plan.topics.len().max(1),
             size: plan.payload_size,
+            json: plan.payload_json,
         }
     }
 
@@ -332,12 +337,12 @@ impl Encoder {
         match &self.kind {
             Kind::Unix(pre) => {
                 out.extend_from_slice(&pre[topic]);
-                payload::encode(out, seq, t_ns, self.size);
+                payload::encode_with(out, seq, t_ns, self.size, self.json);
                 out.extend_from_slice(crate::proto::publish::COMMAND_END);
             }
             Kind::Http(pre) => {
                 scratch.clear();
-                payload::encode(scratch, seq, t_ns, self.size);
+                payload::encode_with(scratch, seq, t_ns, self.size, self.json);
                 out.extend_from_slice(&pre[topic]);
                 let _ = write!(out, "{}\r\n\r\n", scratch.len());
                 out.extend_from_slice(scratch);
@@ -346,7 +351,7 @@ impl Encoder {
                 let (a, b) = &parts[topic];
                 scratch.clear();
                 scratch.extend_from_slice(a);
-                payload::encode(scratch, seq, t_ns, self.size);
+                payload::encode_with(scratch, seq, t_ns, self.size, self.json);
                 scratch.extend_from_slice(b);
                 let key = ((j as u32).wrapping_mul(0x9E37_79B1) | 1).to_ne_bytes();
                 wire::write_client_frame(out, OpCode::Text, scratch, key);
@@ -463,7 +468,7 @@ fn tcp_connect(t: &HttpTarget) -> Result<TcpStream, String> {
 
 fn ws_handshake(s: &mut TcpStream, t: &HttpTarget) -> Result<(), String> {
     let mut req = Vec::new();
-    wire::write_ws_upgrade(&mut req, &t.host, &t.path(""));
+    wire::write_ws_upgrade(&mut req, &t.host, &t.path(""), false);
     s.write_all(&req)
         .map_err(|e| format!("publish upgrade: {e}"))?;
     // Read byte by byte up to the end of the head, so that no frame byte is
@@ -513,6 +518,7 @@ mod tests {
             rate: 0.0,
             window: 4,
             payload_size: 0,
+            payload_json: false,
             ws_body: r#"{"op":"publish","topic":"{topic}","data":{payload}}"#.into(),
         }
     }

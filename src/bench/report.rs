@@ -91,6 +91,8 @@ pub struct Report {
     pub phase_seconds: f64,
     pub bench_cpu_seconds: f64,
     pub server_cpu_seconds: Option<f64>,
+    /// Bytes the subscribers read during the publish phase (all frames).
+    pub rx_bytes: Option<u64>,
     pub server_rss_bytes: Option<u64>,
     pub rss_per_conn_bytes: Option<f64>,
     /// What the second half of the connections added per connection: the cost of
@@ -297,6 +299,13 @@ impl Report {
                 }
             ),
         );
+        if let (Some(rx), Some(c)) = (self.rx_bytes, Some(&self.counts).filter(|c| c.distinct > 0))
+        {
+            row(
+                "bytes read",
+                format!("{rx} = {:.1} per delivery", rx as f64 / c.distinct as f64),
+            );
+        }
         if let Some(cpu) = self.server_cpu_seconds {
             row(
                 "server cpu",
@@ -392,6 +401,7 @@ impl Report {
         j.num("bench_cpu_seconds", self.bench_cpu_seconds);
         j.num("bench_cpu_cores", self.bench_cores());
         j.opt_num("server_cpu_seconds", self.server_cpu_seconds);
+        j.opt_num("rx_bytes", self.rx_bytes.map(|b| b as f64));
         j.opt_num("server_rss_bytes", self.server_rss_bytes.map(|b| b as f64));
         j.opt_num("rss_per_conn_bytes", self.rss_per_conn_bytes);
         j.opt_num(

@@ -68,6 +68,8 @@ pub struct SubPlan {
     pub source_ips: u8,
     pub connect_concurrency: usize,
     pub ws_subscribe_body: Option<String>,
+    /// Offer permessage-deflate, inflate what comes compressed.
+    pub ws_deflate: bool,
     pub payload: PayloadMode,
     /// Messages topic `k` carries in all (`expected[k]`), and how many of its first
     /// ones are warm-up (`warmup[k]`, not recorded in the histogram).
@@ -126,6 +128,8 @@ pub struct Shared {
     /// Latencies in ns, merged from the threads every tick.
     pub hist: Mutex<Histogram<u64>>,
     pub storm: StormSignals,
+    /// Bytes read from subscriber sockets after their response heads.
+    pub rx_bytes: AtomicU64,
 }
 
 impl Shared {
@@ -144,6 +148,7 @@ impl Shared {
             first_error: Mutex::new(None),
             hist: Mutex::new(latency_histogram()),
             storm: StormSignals::default(),
+            rx_bytes: AtomicU64::new(0),
         }
     }
 
@@ -497,7 +502,7 @@ async fn run_subscriber(
         _ => target.path(topic),
     };
     match target.transport {
-        Transport::Ws => wire::write_ws_upgrade(&mut buf, &target.host, &path),
+        Transport::Ws => wire::write_ws_upgrade(&mut buf, &target.host, &path, plan.ws_deflate),
         Transport::Sse => wire::write_sse_get(&mut buf, &target.host, &path, last_id.as_deref()),
     }
     if let Err(e) = netio::write_all(&stream, fd, &buf).await {
@@ -617,15 +622,18 @@ impl Local {
         for _ in 0..READS_PER_WAKE {
             match netio::recv(fd, &mut scratch) {
                 Ok(0) => return Ok(false),
-                Ok(n) => match self.feed(slot, transport, conn, &scratch[..n], out, i) {
-                    Ok(true) => {
-                        if n < scratch.len() {
-                            return Ok(true);
+                Ok(n) => {
+                    self.shared.rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    match self.feed(slot, transport, conn, &scratch[..n], out, i) {
+                        Ok(true) => {
+                            if n < scratch.len() {
+                                return Ok(true);
+                            }
                         }
+                        Ok(false) => return Ok(false),
+                        Err(e) => return Err(e.to_string()),
                     }
-                    Ok(false) => return Ok(false),
-                    Err(e) => return Err(e.to_string()),
-                },
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(format!("reading: {e}")),
@@ -680,6 +688,17 @@ impl Local {
                 while let Some((frame, n)) = wire::parse_server_frame(&input[at..])? {
                     let payload = &input[at + frame.payload.start..at + frame.payload.end];
                     at += n;
+                    let inflated;
+                    let payload = if frame.compressed {
+                        // ringcast sends compressed messages whole (one frame).
+                        if !frame.fin {
+                            return Err(WireError::BadFrameFromServer);
+                        }
+                        inflated = inflate(payload)?;
+                        &inflated[..]
+                    } else {
+                        payload
+                    };
                     match frame.opcode {
                         OpCode::Text | OpCode::Binary if frame.fin && conn.fragments.is_empty() => {
                             if self.plan.resume {
@@ -824,4 +843,24 @@ fn sockaddr_in(addr: SocketAddr) -> io::Result<libc::sockaddr_in> {
         },
         sin_zero: [0; 8],
     })
+}
+
+/// Inflates one compressed server message (permessage-deflate, RFC 7692 §7.2.2)
+/// with the thread's inflater, within the bench's message limit.
+fn inflate(payload: &[u8]) -> Result<Vec<u8>, WireError> {
+    use crate::proto::ws::deflate::Inflater;
+    thread_local! {
+        static INFLATER: RefCell<Inflater> = RefCell::new(Inflater::new(15));
+    }
+    let mut out = Vec::with_capacity(payload.len() * 4);
+    let limit = wire::MAX_MESSAGE as usize;
+    INFLATER
+        .with(|inf| {
+            let mut inf = inf.borrow_mut();
+            inf.reset();
+            inf.inflate(payload, &mut out, limit)
+                .and_then(|()| inf.finish(&mut out, limit))
+        })
+        .map_err(|_| WireError::BadFrameFromServer)?;
+    Ok(out)
 }

@@ -13,12 +13,17 @@ use crate::proto::ws::frame::{apply_mask, FrameHeader, OpCode};
 /// does not need it to be unpredictable).
 pub const WS_KEY: &str = "cmluZ2Nhc3QtYmVuY2gtMQ==";
 
-/// Appends a WebSocket upgrade request.
-pub fn write_ws_upgrade(out: &mut Vec<u8>, host: &str, path: &str) {
+/// Appends a WebSocket upgrade request, offering permessage-deflate when `deflate`.
+pub fn write_ws_upgrade(out: &mut Vec<u8>, host: &str, path: &str, deflate: bool) {
+    let offer = if deflate {
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+    } else {
+        ""
+    };
     let _ = write!(
         out,
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
     );
 }
 
@@ -150,6 +155,9 @@ pub struct ServerFrame {
     pub fin: bool,
     pub opcode: OpCode,
     pub payload: Range<usize>,
+    /// RSV1: a permessage-deflate message (the bench offers it only with
+    /// `--ws-deflate`, and the server sends it only when agreed).
+    pub compressed: bool,
 }
 
 /// Parses one complete server frame (header and payload) at the start of `buf`.
@@ -157,7 +165,7 @@ pub fn parse_server_frame(buf: &[u8]) -> Result<Option<(ServerFrame, usize)>, Wi
     let (Some(&b0), Some(&b1)) = (buf.first(), buf.get(1)) else {
         return Ok(None);
     };
-    if b0 & 0x70 != 0 {
+    if b0 & 0x30 != 0 {
         return Err(WireError::BadFrameFromServer);
     }
     let opcode = OpCode::from_nibble(b0 & 0x0F).map_err(|_| WireError::BadFrameFromServer)?;
@@ -191,6 +199,7 @@ pub fn parse_server_frame(buf: &[u8]) -> Result<Option<(ServerFrame, usize)>, Wi
         fin: b0 & 0x80 != 0,
         opcode,
         payload: head..end,
+        compressed: b0 & 0x40 != 0,
     };
     Ok(Some((frame, end)))
 }

@@ -213,6 +213,9 @@ pub struct Client {
     life: Lifecycle,
     /// SSE streams over several topics render their own `id:` lines.
     pub multi_topic: bool,
+    /// WebSocket permessage-deflate as agreed (`proto::ws::deflate::Agreed`, one
+    /// byte; 0: off): picks the compressed cut of each message.
+    pub ws_deflate: u8,
     /// No message or id line has been queued yet (SSE sends its starting cursor).
     pub fresh: bool,
     /// Listed in the core's dirty queue, for the next flush.
@@ -252,6 +255,7 @@ impl Client {
             cursor: None,
             life: Lifecycle::Open { blocked: false },
             multi_topic: false,
+            ws_deflate: 0,
             fresh: true,
             dirty: false,
             urgent: false,

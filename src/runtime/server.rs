@@ -52,6 +52,7 @@ pub fn run(cfg: Settings) -> Result<(), StartError> {
     let driver: &'static str = if uring { "uring" } else { "epoll" };
     os::raise_nofile_limit();
     os::disable_huge_pages();
+    crate::core::encodings::set_ws_deflate_min(cfg.ws_deflate_min_bytes);
 
     os::refuse_a_port_in_use(cfg.listen).map_err(|source| StartError::Listen {
         addr: cfg.listen.to_string(),

@@ -67,6 +67,10 @@ pub struct Settings {
     pub sse_retry_ms: u32,
     /// `GET /echo` is served (conformance testing only).
     pub echo: bool,
+    /// permessage-deflate is negotiated on `/ws` (and `/echo`).
+    pub ws_deflate: bool,
+    /// Envelopes shorter than this go uncompressed to deflate clients.
+    pub ws_deflate_min_bytes: usize,
     pub auth: AuthSettings,
     /// Topics are shared with other nodes through this broker.
     pub broker: Option<BrokerSettings>,

@@ -85,6 +85,7 @@ pub fn admit(w: &Rc<Worker>, fd: RawFd, req: &Request<'_>) -> Result<AdmittedSse
         expires_at: grants.as_ref().map(|g| expiry_tick(w, g.exp)),
         topics: &topics,
         sinces,
+        ws_deflate: 0,
     });
     w.metrics().http_response(200);
     Ok(AdmittedSse { id })

@@ -36,6 +36,7 @@ use crate::proto::http::{self, Method};
 use crate::proto::token::Grants;
 use crate::proto::topic::{topics_from_query, TopicListError};
 use crate::proto::ws::close::code;
+use crate::proto::ws::deflate::{self, Agreed};
 use crate::proto::ws::HandshakeError;
 use crate::proto::ws::{
     check_handshake, encode_frame, text_frame, write_101, Connection, Event, HandshakeRequest,
@@ -48,8 +49,8 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An admitted WebSocket: its handshake answer and what it may do.
 pub enum AdmittedWs {
-    /// `/echo`: the 101 to send.
-    Echo(Vec<u8>),
+    /// `/echo`: the 101 to send, and the permessage-deflate agreement.
+    Echo(Vec<u8>, Agreed),
     /// `/ws`: registered and subscribed, the 101 queued.
     Subscriber {
         id: ClientId,
@@ -107,11 +108,15 @@ pub fn admit(w: &Rc<Worker>, fd: RawFd, req: &Request<'_>) -> Result<AdmittedWs,
         version: head.ws_version,
     };
     let accept = check_handshake(&handshake).map_err(UpgradeRefused::Handshake)?;
-    let mut hello = Vec::with_capacity(160);
-    write_101(&mut hello, &accept);
+    let agreed = match head.ws_extensions {
+        Some(offers) if w.cfg.ws_deflate => deflate::negotiate(offers).unwrap_or(Agreed::NONE),
+        _ => Agreed::NONE,
+    };
+    let mut hello = Vec::with_capacity(256);
+    write_101(&mut hello, &accept, agreed);
     if req.route == Route::Echo {
         w.metrics().http_response(101);
-        return Ok(AdmittedWs::Echo(hello));
+        return Ok(AdmittedWs::Echo(hello, agreed));
     }
     let topics = match topics_from_query(head.query, w.cfg.limits.max_topics_per_client) {
         Ok(t) => t,
@@ -135,6 +140,7 @@ pub fn admit(w: &Rc<Worker>, fd: RawFd, req: &Request<'_>) -> Result<AdmittedWs,
         expires_at: grants.as_ref().map(|g| expiry_tick(w, g.exp)),
         topics: &topics,
         sinces,
+        ws_deflate: agreed.to_byte(),
     });
     w.metrics().http_response(101);
     Ok(AdmittedWs::Subscriber {
@@ -152,10 +158,10 @@ pub fn spawn(
     open: OpenConn,
 ) {
     match admitted {
-        AdmittedWs::Echo(hello) => {
+        AdmittedWs::Echo(hello, agreed) => {
             monoio::spawn(async move {
                 let fd = stream.as_raw_fd();
-                echo(&w, &stream, fd, &hello, leftover).await;
+                echo(&w, &stream, fd, &hello, agreed, leftover).await;
                 drop(open);
             });
         }
@@ -221,11 +227,15 @@ struct Protocol {
 
 impl Protocol {
     /// The state of a connection at rest: what a session starts with, and what
-    /// it makes again when bytes arrive after it dropped its state.
-    fn new(w: &Worker, grants: Option<&Grants>) -> Self {
+    /// it makes again when bytes arrive after it dropped its state. The
+    /// permessage-deflate agreement lives in the core's client record (one
+    /// byte), not in the session.
+    fn new(w: &Worker, id: ClientId, grants: Option<&Grants>) -> Self {
+        let agreed = Agreed::from_byte(w.state.borrow().ws_deflate(id));
         Protocol {
             conn: Connection::new(inbound_limit(w, grants), Tick::span(CLOSE_TIMEOUT))
-                .with_message_timeout(Tick::span(w.cfg.body_timeout)),
+                .with_message_timeout(Tick::span(w.cfg.body_timeout))
+                .with_deflate(agreed),
             charge: Charge::new(&w.inbound),
         }
     }
@@ -349,7 +359,7 @@ fn begin_close(
         CloseReason::IdleTimeout => (code::GOING_AWAY, "idle timeout"),
         _ => (code::GOING_AWAY, "server shutting down"),
     };
-    let p = kept.get_or_insert_with(|| Box::new(Protocol::new(w, grants(extras))));
+    let p = kept.get_or_insert_with(|| Box::new(Protocol::new(w, s.id, grants(extras))));
     p.conn.close(w.now_tick(), code, text);
     transmit(w, &mut p.conn, s.id);
     true
@@ -383,7 +393,9 @@ async fn take_input(
 ) {
     let w = s.w();
     let grants = grants(extras);
-    let mut p = kept.take().map_or_else(|| Protocol::new(w, grants), |p| *p);
+    let mut p = kept
+        .take()
+        .map_or_else(|| Protocol::new(w, s.id, grants), |p| *p);
     match leftover {
         Some(bytes) => feed(w, &mut p.conn, s.id, grants, bytes).await,
         None => read_available(w, &mut p.conn, s.id, grants, s.fd()).await,
@@ -588,11 +600,33 @@ async fn answer_control(w: &Rc<Worker>, id: ClientId, grants: Option<&Grants>, t
 }
 
 /// `GET /echo`: every data message comes back with its opcode.
-async fn echo(w: &Rc<Worker>, stream: &TcpStream, fd: RawFd, hello: &[u8], leftover: Vec<u8>) {
+///
+/// With permessage-deflate, each message goes back compressed on its own (as
+/// the fan-out compresses: once, without context), or plain when that is
+/// smaller or the client's window is too small for it.
+async fn echo(
+    w: &Rc<Worker>,
+    stream: &TcpStream,
+    fd: RawFd,
+    hello: &[u8],
+    agreed: Agreed,
+    leftover: Vec<u8>,
+) {
     if netio::write_all(stream, fd, hello).await.is_err() {
         return;
     }
-    let mut conn = Connection::new(w.cfg.max_message_bytes, Tick::span(CLOSE_TIMEOUT));
+    let mut conn =
+        Connection::new(w.cfg.max_message_bytes, Tick::span(CLOSE_TIMEOUT)).with_deflate(agreed);
+    let echo_frame = |out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]| {
+        let compressed = agreed
+            .takes_compressed(payload.len())
+            .then(|| deflate::compressed_frame(opcode, payload))
+            .flatten();
+        match compressed {
+            Some(frame) => out.extend_from_slice(&frame),
+            None => encode_frame(out, opcode, true, payload),
+        }
+    };
     let mut input = leftover;
     let mut out = Vec::new();
     let mut write_shut = false;
@@ -603,10 +637,10 @@ async fn echo(w: &Rc<Worker>, stream: &TcpStream, fd: RawFd, hello: &[u8], lefto
             pos += used;
             match result {
                 Ok(Some(Event::Text(t))) if conn.can_send_data() => {
-                    encode_frame(&mut out, OpCode::Text, true, &t)
+                    echo_frame(&mut out, OpCode::Text, &t)
                 }
                 Ok(Some(Event::Binary(b))) if conn.can_send_data() => {
-                    encode_frame(&mut out, OpCode::Binary, true, &b)
+                    echo_frame(&mut out, OpCode::Binary, &b)
                 }
                 Ok(None) if used == 0 => break,
                 Ok(_) => {}

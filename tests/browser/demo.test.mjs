@@ -386,3 +386,47 @@ test('with --auth-secret: no token is refused, a valid token receives, a topic i
     await kill(server);
   }
 });
+
+test('the demo page WebSocket negotiates permessage-deflate: compressed messages both ways, and none with --ws-deflate off', async () => {
+  for (const [args, want] of [[[], /permessage-deflate; server_no_context_takeover; client_no_context_takeover/], [['--ws-deflate', 'off'], null]]) {
+    const server = await startServer({ args });
+    const page = await openPage(server);
+    const cdp = await page.createCDPSession();
+    await cdp.send('Network.enable');
+    const handshakes = [];
+    cdp.on('Network.webSocketHandshakeResponseReceived', (e) => {
+      const lower = Object.fromEntries(Object.entries(e.response.headers).map(([k, v]) => [k.toLowerCase(), v]));
+      handshakes.push(lower);
+    });
+    const wsErrors = [];
+    cdp.on('Network.webSocketFrameError', (e) => wsErrors.push(e.errorMessage));
+    cdp.on('Network.webSocketClosed', () => wsErrors.push('closed'));
+    try {
+      await subscribeBoth(page, 'zipped');
+      await waitState(page, 'sse', 'open');
+      await waitState(page, 'ws', 'open');
+      await warmUp(page, server, 'zipped');
+      assert.ok(handshakes.length >= 1, 'no WebSocket handshake seen');
+      const ext = handshakes.at(-1)['sec-websocket-extensions'];
+      if (want) assert.match(ext ?? '', want);
+      else assert.equal(ext, undefined);
+      // Well over --ws-deflate-min-bytes (128), and compressible: a compressed frame.
+      const rows = Array.from({ length: 40 }, (_, i) => ({ sym: `S${i % 7}`, bid: 100 + i, ok: true }));
+      await publish(server, 'zipped', JSON.stringify({ big: 'marker-big', rows }));
+      await waitLog(page, 'ws', 'message', 'marker-big');
+      // And from the page to the server: Chromium compresses what it sends once agreed.
+      await fill(page, '#pub-topic', 'zipped');
+      await fill(page, '#pub-data', JSON.stringify({ from: 'form-zipped', pad: 'x'.repeat(600) }));
+      await page.click('#pub-send');
+      await page.waitForFunction(() => document.getElementById('pub-result').dataset.op === 'ack', { timeout: WAIT })
+        .catch(async (e) => { throw new Error(`${e.message}; pub-result ${await page.$eval('#pub-result', (el) => el.textContent)}; ws errors ${JSON.stringify(wsErrors)}`); });
+      assert.deepEqual(wsErrors, [], 'the WebSocket saw no frame error and was not closed');
+      await waitLog(page, 'ws', 'message', 'form-zipped');
+      await waitLog(page, 'sse', 'message', 'form-zipped');
+      assert.deepEqual(page.errors, []);
+    } finally {
+      await page.close();
+      await kill(server);
+    }
+  }
+});

@@ -90,6 +90,8 @@ pub struct Admission<'a> {
     pub topics: &'a [String],
     /// Where each topic starts (a resume, or live).
     pub sinces: Vec<Since>,
+    /// WebSocket permessage-deflate as agreed (`Agreed::to_byte`; 0: off).
+    pub ws_deflate: u8,
 }
 
 /// The outcome of a publish started on this core.
@@ -251,6 +253,7 @@ impl CoreState {
             // Exactly as many as the request names: a first push would round
             // the list up to four (128 bytes kept by every one-topic stream).
             c.subs.reserve_exact(a.topics.len());
+            c.ws_deflate = a.ws_deflate;
         }
         if a.transport == Transport::Sse {
             self.set_stream_cursor(id, a.topics.len());
@@ -267,6 +270,19 @@ impl CoreState {
         }
         self.open_when_ready(id);
         id
+    }
+
+    /// The client's permessage-deflate agreement byte (0: off or unknown client).
+    pub fn ws_deflate(&self, id: ClientId) -> u8 {
+        self.clients.get(id).map_or(0, |c| c.ws_deflate)
+    }
+
+    /// Sets a WebSocket client's permessage-deflate agreement byte (clients
+    /// registered outside an admission: benches, tests).
+    pub fn set_ws_deflate(&mut self, id: ClientId, agreed: u8) {
+        if let Some(c) = self.clients.get_mut(id) {
+            c.ws_deflate = agreed;
+        }
     }
 
     /// Makes an SSE client's stream carry a cursor over `topics` topics.

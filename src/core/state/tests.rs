@@ -681,6 +681,7 @@ fn a_resume_longer_than_the_outbox_bound_is_paced_by_the_socket_not_cut() {
         expires_at: None,
         topics: &["t".to_string()],
         sinces: vec![Since::After(0)],
+        ws_deflate: 0,
     });
     // 400 KiB of backlog, 25 times the bound: the socket takes 8 KiB a turn.
     let mut socks = Sockets::default();

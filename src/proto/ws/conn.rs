@@ -2,6 +2,7 @@
 
 use super::close::code;
 use super::decoder::{ControlPayload, Decoded, Decoder, Event};
+use super::deflate::Agreed;
 use super::frame::{encode_close, encode_pong};
 
 /// Time in ticks of the server's one time base; this module never reads a clock.
@@ -94,6 +95,14 @@ impl Connection {
             && self.pending_close.is_none()
             && self.message_deadline == Tick::MAX
             && self.decoder.at_rest()
+    }
+
+    /// Takes compressed messages as permessage-deflate `deflate` agreed (see
+    /// [`Decoder::set_deflate`]).
+    #[must_use]
+    pub fn with_deflate(mut self, deflate: Agreed) -> Self {
+        self.decoder.set_deflate(deflate);
+        self
     }
 
     /// Heap bytes held for a partial message (for the inbound memory budget).

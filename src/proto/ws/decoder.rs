@@ -3,8 +3,9 @@
 use std::fmt;
 
 use super::close::parse_close_body;
+use super::deflate::{Agreed, InflateError, Inflater};
 use super::error::ProtocolError;
-use super::frame::{apply_mask, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
+use super::frame::{apply_mask, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, RSV1};
 use super::utf8::Utf8Validator;
 
 /// The payload of a control frame (at most 125 bytes), held inline.
@@ -129,6 +130,12 @@ pub struct Decoder {
     /// Unmasked payload of the control frame being read: boxed, and only once a
     /// payload byte arrives, so that an idle connection's decoder stays small.
     control: Option<Box<ControlPayload>>,
+    /// permessage-deflate, if negotiated (one byte: the window sizes).
+    deflate: Agreed,
+    /// The inflate state of the compressed message being read: made by its
+    /// first frame, dropped with its last (no context takeover), so an idle
+    /// connection holds none.
+    inflate: Option<Box<Inflater>>,
 }
 
 /// The outcome of one [`Decoder::handle_bytes`] call: bytes consumed, then the event
@@ -145,7 +152,15 @@ impl Decoder {
             buf: Vec::new(),
             utf8: Utf8Validator::default(),
             control: None,
+            deflate: Agreed::NONE,
+            inflate: None,
         }
+    }
+
+    /// Takes compressed messages (RSV1) as `deflate` agreed; with
+    /// [`Agreed::NONE`], RSV1 is a protocol error (1002).
+    pub fn set_deflate(&mut self, deflate: Agreed) {
+        self.deflate = deflate;
     }
 
     /// Heap bytes held for a message or control frame not complete yet (what
@@ -156,6 +171,7 @@ impl Decoder {
                 .control
                 .as_ref()
                 .map_or(0, |_| std::mem::size_of::<ControlPayload>())
+            + self.inflate.as_ref().map_or(0, |i| i.held_bytes())
     }
 
     /// A frame or a fragmented message has started and is not complete.
@@ -174,6 +190,7 @@ impl Decoder {
     pub fn at_rest(&self) -> bool {
         matches!(self.read, Read::Header { len: 0, .. })
             && self.message.is_none()
+            && self.inflate.is_none()
             && self.control.is_none()
             && self.buf.is_empty()
             && self.utf8 == Utf8Validator::default()
@@ -184,6 +201,7 @@ impl Decoder {
     pub fn discard(&mut self) {
         self.buf = Vec::new();
         self.control = None;
+        self.inflate = None;
         self.message = None;
         self.read = NEW_HEADER;
     }
@@ -221,7 +239,7 @@ impl Decoder {
                         Err(e) => return self.fail(pos, e),
                         Ok(None) => {}
                         Ok(Some((header, _))) => {
-                            if let Err(e) = self.start_frame(&header) {
+                            if let Err(e) = self.start_frame(&header, b0 & RSV1 != 0) {
                                 return self.fail(pos, e);
                             }
                             self.read = Read::Payload { header, done: 0 };
@@ -260,13 +278,27 @@ impl Decoder {
         self.read = Read::Failed(e);
         // Drop the partial message now: a failed connection keeps no buffer.
         self.buf = Vec::new();
+        self.inflate = None;
         (pos, Err(e))
     }
 
     /// Stateful rules revealed by the first header byte (the opcode).
     fn check_sequence(&self, b0: u8) -> Result<(), ProtocolError> {
         // The reserved opcodes were already rejected by `FrameHeader::parse`.
-        match (OpCode::from_nibble(b0 & 0x0F)?, self.message) {
+        let opcode = OpCode::from_nibble(b0 & 0x0F)?;
+        if b0 & RSV1 != 0 {
+            // RFC 6455 §5.2: RSV1 "MUST be 0 unless an extension is negotiated that
+            // defines meanings for non-zero values".
+            if !self.deflate.is_on() {
+                return Err(ProtocolError::ReservedBitsSet);
+            }
+            // RFC 7692 §6.1: "An endpoint MUST NOT set the "Per-Message Compressed"
+            // bit of control frames and non-first fragments of a data message."
+            if !matches!(opcode, OpCode::Text | OpCode::Binary) {
+                return Err(ProtocolError::CompressedBitMisplaced);
+            }
+        }
+        match (opcode, self.message) {
             // §5.4: a fragmented message is "a single frame with the FIN bit clear and
             // an opcode other than 0, followed by zero or more frames with the FIN bit
             // clear and the opcode set to 0": a continuation needs an open message.
@@ -281,7 +313,7 @@ impl Decoder {
     }
 
     /// Rules revealed by the complete header, checked before any payload is buffered.
-    fn start_frame(&mut self, header: &FrameHeader) -> Result<(), ProtocolError> {
+    fn start_frame(&mut self, header: &FrameHeader, rsv1: bool) -> Result<(), ProtocolError> {
         match header.opcode {
             OpCode::Text => self.message = Some(MessageKind::Text),
             OpCode::Binary => self.message = Some(MessageKind::Binary),
@@ -292,9 +324,15 @@ impl Decoder {
             }
         }
         // Enforce the message size limit at the header, before buffering the payload.
+        // (A compressed payload is counted as it is sent: larger than the limit, it
+        // is refused too; its inflated size is checked as it is inflated.)
         let total = (self.buf.len() as u64).saturating_add(header.payload_len);
         if total > self.max_message_bytes as u64 {
             return Err(ProtocolError::MessageTooBig);
+        }
+        if rsv1 {
+            // The first frame of a compressed message (check_sequence allowed RSV1).
+            self.inflate = Some(Box::new(Inflater::new(self.deflate.client_bits())));
         }
         Ok(())
     }
@@ -317,6 +355,9 @@ impl Decoder {
             c.len = (start + chunk.len()) as u8;
             return Ok(());
         }
+        if self.inflate.is_some() {
+            return self.inflate_payload(chunk, key, start);
+        }
         let old = self.buf.len();
         self.buf.extend_from_slice(chunk);
         let new = &mut self.buf[old..];
@@ -325,6 +366,47 @@ impl Decoder {
             // §8.1: fail as soon as the invalid byte arrives (Autobahn 6.4.x fail-fast).
             self.utf8
                 .feed(new)
+                .map_err(|_| ProtocolError::InvalidUtf8InText)?;
+        }
+        Ok(())
+    }
+
+    /// Unmasks `chunk` of a compressed message (a piece at a time, on the stack)
+    /// and inflates it onto the message, within the message limit.
+    #[cold]
+    fn inflate_payload(
+        &mut self,
+        chunk: &[u8],
+        key: [u8; 4],
+        start: usize,
+    ) -> Result<(), ProtocolError> {
+        let mut piece = [0u8; 2048];
+        for (i, part) in chunk.chunks(piece.len()).enumerate() {
+            let piece = &mut piece[..part.len()];
+            piece.copy_from_slice(part);
+            apply_mask(piece, key, start + i * 2048);
+            self.inflate_unmasked(|inf, buf, limit| inf.inflate(piece, buf, limit))?;
+        }
+        Ok(())
+    }
+
+    /// Runs one inflate step onto the message buffer and checks the new bytes.
+    fn inflate_unmasked(
+        &mut self,
+        step: impl FnOnce(&mut Inflater, &mut Vec<u8>, usize) -> Result<(), InflateError>,
+    ) -> Result<(), ProtocolError> {
+        let Some(inf) = self.inflate.as_mut() else {
+            return Ok(());
+        };
+        let old = self.buf.len();
+        // §7.4.1 (1009) on the inflated size: inflating stops at the limit.
+        step(inf, &mut self.buf, self.max_message_bytes).map_err(|e| match e {
+            InflateError::TooBig => ProtocolError::MessageTooBig,
+            InflateError::Corrupt => ProtocolError::InvalidCompressedData,
+        })?;
+        if self.message == Some(MessageKind::Text) {
+            self.utf8
+                .feed(&self.buf[old..])
                 .map_err(|_| ProtocolError::InvalidUtf8InText)?;
         }
         Ok(())
@@ -349,6 +431,11 @@ impl Decoder {
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
                 if !header.fin {
                     return Ok(None);
+                }
+                if self.inflate.is_some() {
+                    // RFC 7692 §7.2.2: append 0x00 0x00 0xff 0xff and inflate.
+                    self.inflate_unmasked(|inf, buf, limit| inf.finish(buf, limit))?;
+                    self.inflate = None;
                 }
                 let payload = std::mem::take(&mut self.buf);
                 match self.message.take() {

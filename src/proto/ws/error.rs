@@ -14,9 +14,18 @@ pub enum ProtocolError {
     /// §5.1: a client MUST mask every frame it sends to the server.
     #[error("unmasked frame from client")]
     UnmaskedFrameFromClient,
-    /// §5.2: RSV1-3 MUST be 0 unless an extension defining them was negotiated (none is).
+    /// §5.2: RSV1-3 MUST be 0 unless an extension defining them was negotiated
+    /// (RSV1 with permessage-deflate; RSV2 and RSV3 never).
     #[error("reserved bits set without a negotiated extension")]
     ReservedBitsSet,
+    /// RFC 7692 §6.1: "An endpoint MUST NOT set the "Per-Message Compressed" bit of
+    /// control frames and non-first fragments of a data message."
+    #[error("compressed bit on a control frame or a continuation")]
+    CompressedBitMisplaced,
+    /// RFC 7692 §6.2: the compressed payload is not valid DEFLATE (the data is
+    /// not consistent with the message's type: 1007).
+    #[error("invalid compressed data")]
+    InvalidCompressedData,
     /// §5.2: opcodes 0x3-0x7 and 0xB-0xF are reserved.
     #[error("reserved opcode")]
     ReservedOpcode,
@@ -57,7 +66,9 @@ impl ProtocolError {
     pub const fn close_code(self) -> u16 {
         match self {
             Self::MessageTooBig => code::MESSAGE_TOO_BIG,
-            Self::InvalidUtf8InText | Self::InvalidUtf8InCloseReason => code::INVALID_PAYLOAD,
+            Self::InvalidUtf8InText
+            | Self::InvalidUtf8InCloseReason
+            | Self::InvalidCompressedData => code::INVALID_PAYLOAD,
             _ => code::PROTOCOL_ERROR,
         }
     }
@@ -68,6 +79,8 @@ impl ProtocolError {
             Self::UnmaskedFrameFromClient => "unmasked frame from client",
             Self::ReservedBitsSet => "reserved bits set",
             Self::ReservedOpcode => "reserved opcode",
+            Self::CompressedBitMisplaced => "compressed bit on a control frame or continuation",
+            Self::InvalidCompressedData => "invalid compressed data",
             Self::ControlFrameTooBig => "control frame too big",
             Self::FragmentedControlFrame => "fragmented control frame",
             Self::ContinuationWithoutMessage => "continuation without message",

@@ -58,7 +58,10 @@ impl OpCode {
     }
 }
 
-/// A parsed frame header.
+/// RSV1: "Per-Message Compressed" under permessage-deflate (RFC 7692 §6).
+pub const RSV1: u8 = 0x40;
+
+/// A parsed frame header (RSV1 is read from the first byte by the decoder).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
     pub fin: bool,
@@ -113,8 +116,10 @@ impl FrameHeader {
             return Ok(None);
         };
         // §5.2: "RSV1, RSV2, RSV3: 1 bit each. MUST be 0 unless an extension is
-        // negotiated that defines meanings for non-zero values."
-        if b0 & 0x70 != 0 {
+        // negotiated that defines meanings for non-zero values." RSV1 is
+        // permessage-deflate's (RFC 7692 §6): the decoder, which knows whether it
+        // was negotiated, checks it.
+        if b0 & 0x30 != 0 {
             return Err(ProtocolError::ReservedBitsSet);
         }
         let opcode = OpCode::from_nibble(b0 & 0x0F)?;

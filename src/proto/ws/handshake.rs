@@ -2,12 +2,14 @@
 //!
 //! Independent of the HTTP parser: the caller extracts the header values and
 //! folds the token lists into booleans (`Connection` is a token list: Firefox sends
-//! `keep-alive, Upgrade`). No extension and no subprotocol is negotiated, so an
-//! offered `permessage-deflate` is simply not echoed.
+//! `keep-alive, Upgrade`). The one extension, permessage-deflate, is negotiated by
+//! [`super::deflate::negotiate`]; no subprotocol is.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
+
+use super::deflate::{self, Agreed};
 
 /// §1.3: the GUID appended to the key before hashing.
 const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -139,13 +141,18 @@ pub fn accept_key(key: &[u8]) -> [u8; 28] {
     out
 }
 
-/// Appends the `101 Switching Protocols` response head.
-pub fn write_101(out: &mut Vec<u8>, accept: &AcceptKey) {
+/// Appends the `101 Switching Protocols` response head, with the
+/// permessage-deflate answer when `deflate` is on.
+pub fn write_101(out: &mut Vec<u8>, accept: &AcceptKey, deflate: Agreed) {
     out.extend_from_slice(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
     );
     out.extend_from_slice(accept.as_bytes());
-    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(b"\r\n");
+    if deflate.is_on() {
+        deflate::write_answer(out, deflate);
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
@@ -174,7 +181,7 @@ mod tests {
     fn good_request_gets_a_101_with_the_accept_key() {
         let accept = check_handshake(&GOOD).unwrap();
         let mut out = Vec::new();
-        write_101(&mut out, &accept);
+        write_101(&mut out, &accept, Agreed::NONE);
         assert_eq!(
             out,
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
