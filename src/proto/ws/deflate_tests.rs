@@ -6,7 +6,7 @@ use flate2::{Compress, Compression, FlushCompress};
 use proptest::prelude::*;
 
 use super::deflate::Agreed;
-use super::frame::{apply_mask, FrameHeader, OpCode};
+use super::frame::OpCode;
 use super::*;
 
 const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
@@ -40,20 +40,7 @@ fn client_deflate(payload: &[u8], bits: u8, finish: bool) -> Vec<u8> {
 
 /// A masked client frame with the raw first byte `b0` (FIN, RSV1, opcode).
 fn frame(b0: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![0u8; 14];
-    let h = FrameHeader {
-        fin: true,
-        opcode: OpCode::Binary,
-        mask: Some(KEY),
-        payload_len: payload.len() as u64,
-    };
-    let n = h.encode(&mut out).unwrap();
-    out.truncate(n);
-    out[0] = b0;
-    let mut body = payload.to_vec();
-    apply_mask(&mut body, KEY, 0);
-    out.extend_from_slice(&body);
-    out
+    super::tests::client_frame_raw(b0, payload, KEY)
 }
 
 fn deflating(limit: usize) -> Decoder {

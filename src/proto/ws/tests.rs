@@ -12,7 +12,7 @@ const LIMIT: usize = 1 << 16;
 
 /// A client frame (masked), with the opcode given as a raw nibble so that reserved
 /// opcodes can be written too.
-fn client_frame_raw(b0: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+pub(super) fn client_frame_raw(b0: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
     let mut out = vec![0u8; 14];
     let h = FrameHeader {
         fin: true,
