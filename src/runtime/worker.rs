@@ -68,8 +68,8 @@ pub struct Worker {
     pub inbound: Rc<InboundShare>,
     /// Connections per address (`--max-connections-per-ip`), when capped.
     pub peers: Option<Arc<PeerCounts>>,
-    /// A socket that is always readable, for [`Worker::yield_to_io`] (made on
-    /// first use, inside the runtime).
+    /// A socket that is always readable, for [`Worker::yield_to_io`] (made when
+    /// the effects task starts, inside the runtime).
     always_readable: OnceCell<Option<AlwaysReadable>>,
 }
 
@@ -201,6 +201,11 @@ impl Worker {
     /// writes back, the task sleeps until the hold ends (anything else queued
     /// meanwhile is carried out at once).
     pub async fn run_effects(self: Rc<Self>) {
+        // The yield's socket pair is made now, with the core's other
+        // descriptors, not at the first long flush.
+        if self.driver == "uring" {
+            self.always_readable.get_or_init(AlwaysReadable::new);
+        }
         let mut hold = std::pin::pin!(monoio::time::sleep(Duration::ZERO));
         let mut holding = None;
         loop {
