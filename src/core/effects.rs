@@ -3,27 +3,27 @@
 //!
 //! The core never touches the bus, a socket's readiness or the executor itself:
 //! every change to [`CoreState`](super::state::CoreState) that has an effect
-//! beyond it leaves that effect here. There are three kinds:
+//! beyond it leaves that effect here. There are five kinds:
 //!
 //! | effect | queued by | carried out by the runtime |
 //! |---|---|---|
 //! | a message for another core | publish, subscribe, release, a home's answers | handed to the bus, then each core sent to is woken once |
 //! | a task to wake | a close request, a full socket, a publish answered, a deadline | [`Waker::wake`] |
-//! | a message to queue to this core's subscribers | a publish stamped here, a message from its home core | queued to each subscriber before the writes (so answers go first) |
+//! | a message to queue to this core's subscribers | a publish stamped here, a message from its home core | queued to each subscriber after the publish was answered, a bounded amount per run |
 //! | a client to flush (a *dirty* client) | anything queued to a client | one vectored write per client, in slices, paced by [`WritePacing`](super::pacing::WritePacing) |
 //! | a client with an answer to flush (an *urgent* client) | an acknowledgement or control answer | written first, never held |
 //!
 //! The runtime parks one task on [`Effects::poll_ready`]; the first effect
 //! queued wakes it, so it runs after the tasks already woken in the same turn
 //! and sees everything they queued: cross-core messages leave in one batch per
-//! turn and each client gets one write for all the messages of the turn. Every
-//! effect is carried out in the turn that queued it, but for the writes of a
-//! busy core, which its write pacing may hold back for a bounded time.
+//! turn and each client gets one write for all the messages of the turn. The
+//! work is done in bounded runs (so that reads and answers are never held up
+//! for long); the writes of a busy core may also be held back for a bounded
+//! time by its write pacing.
 
 use std::collections::VecDeque;
-use std::task::{Context, Poll, Waker};
-
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use super::bus_msg::CoreMsg;
 use super::message::Message;

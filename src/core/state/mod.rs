@@ -428,15 +428,16 @@ impl CoreState {
             self.pacing.begin(now);
             in_pass = self.flush_dirty_upto(max, &mut write);
         }
-        if !in_pass {
+        if !in_pass && self.pacing.in_pass() {
             self.pacing.end(clock());
         }
         self.effects.wake_tasks();
         in_pass || deliveries_left || answers_left
     }
 
-    /// The fan-out is behind its publishes (see [`MAX_PENDING_VISITS`](super::effects::MAX_PENDING_VISITS)): a
-    /// publish answer waits, and the bus is not read, until it catches up.
+    /// The fan-out is behind its publishes (see
+    /// [`MAX_PENDING_VISITS`](super::effects::MAX_PENDING_VISITS)): a publish
+    /// answer waits, and the bus is not read, until it catches up.
     pub fn fan_out_behind(&self) -> bool {
         self.effects.behind()
     }
