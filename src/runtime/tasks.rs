@@ -135,30 +135,29 @@ async fn drain(w: Rc<Worker>) {
 /// core's doorbell (see `bus`), so it runs within a round of the core's tasks
 /// after a sender rang, however busy the core is.
 async fn run_bus(w: Rc<Worker>) {
-    let Some(bell) = w.bus.borrow_mut().take_doorbell() else {
-        warn!(
-            "core={} msg=\"no doorbell: the bus task is not running\"",
-            w.core
+    // Without a doorbell (the runtime refused it), the bus task waits through
+    // its waker: correct, but woken only when the core idles.
+    let bell =
+        w.bus.borrow_mut().take_doorbell().and_then(
+            |bell| match monoio::net::UnixStream::from_std(bell) {
+                Ok(bell) => Some(bell),
+                Err(e) => {
+                    warn!(
+                        "core={} msg=\"doorbell refused by the runtime\" error=\"{e}\"",
+                        w.core
+                    );
+                    None
+                }
+            },
         );
-        return;
-    };
-    let bell = match monoio::net::UnixStream::from_std(bell) {
-        Ok(bell) => bell,
-        Err(e) => {
-            warn!(
-                "core={} msg=\"doorbell refused by the runtime\" error=\"{e}\"",
-                w.core
-            );
-            return;
-        }
-    };
+    let bell = bell.as_ref();
     loop {
         let congested = w.bus.borrow().congested();
         if congested {
             // A ring to some core is full: retry soon, and meanwhile take input.
             let sleep = monoio::time::sleep(Duration::from_millis(1));
             let mut sleep = std::pin::pin!(sleep);
-            let mut inbound = std::pin::pin!(wait_inbound(&w, &bell));
+            let mut inbound = std::pin::pin!(wait_inbound(&w, bell));
             std::future::poll_fn(|cx| {
                 if sleep.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(());
@@ -168,7 +167,7 @@ async fn run_bus(w: Rc<Worker>) {
             .await;
             w.bus.borrow_mut().retry_overflow();
         } else {
-            wait_inbound(&w, &bell).await;
+            wait_inbound(&w, bell).await;
         }
         // A fan-out behind its publishes takes nothing more from the other
         // cores: their rings fill, and their publishers slow down.
@@ -192,8 +191,12 @@ async fn run_bus(w: Rc<Worker>) {
     }
 }
 
-/// Until messages from other cores wait: arms the doorbell and waits for it.
-async fn wait_inbound(w: &Worker, bell: &monoio::net::UnixStream) {
+/// Until messages from other cores wait: arms the doorbell and waits for it
+/// (or, without one, for the bus's waker).
+async fn wait_inbound(w: &Worker, bell: Option<&monoio::net::UnixStream>) {
+    let Some(bell) = bell else {
+        return std::future::poll_fn(|cx| w.bus.borrow().poll_inbound(cx)).await;
+    };
     while !w.bus.borrow().arm() {
         let _ = bell.readable(false).await;
         bus::silence(bell.as_raw_fd());
