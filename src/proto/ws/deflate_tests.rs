@@ -7,6 +7,7 @@ use proptest::prelude::*;
 
 use super::deflate::Agreed;
 use super::frame::OpCode;
+use super::tests::feed;
 use super::*;
 
 const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
@@ -47,27 +48,6 @@ fn deflating(limit: usize) -> Decoder {
     let mut d = Decoder::new(limit);
     d.set_deflate(Agreed::new(15, 15));
     d
-}
-
-/// Feeds `input` cut at `cuts`; the events and the error that ended decoding.
-fn feed(dec: &mut Decoder, input: &[u8], cuts: &[usize]) -> (Vec<Event>, Option<ProtocolError>) {
-    let mut events = Vec::new();
-    let mut at = 0;
-    for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
-        let mut piece = &input[at..cut.max(at)];
-        at = cut.max(at);
-        loop {
-            let (n, result) = dec.handle_bytes(piece);
-            assert!(n <= piece.len());
-            piece = &piece[n..];
-            match result {
-                Ok(Some(event)) => events.push(event),
-                Ok(None) => break,
-                Err(e) => return (events, Some(e)),
-            }
-        }
-    }
-    (events, None)
 }
 
 const JSON: &[u8] = br#"{"op":"publish","topic":"prices","data":{"rows":[{"s":"A","p":1.5},{"s":"B","p":2.5},{"s":"A","p":1.5},{"s":"B","p":2.5}]},"ref":7}"#;

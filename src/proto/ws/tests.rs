@@ -35,7 +35,11 @@ fn client_frame(opcode: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
 
 /// Feeds `input` in pieces cut at `cuts`, as a server loop would: each piece is fed
 /// until consumed. Returns the events and the error that ended decoding, if any.
-fn feed(dec: &mut Decoder, input: &[u8], cuts: &[usize]) -> (Vec<Event>, Option<ProtocolError>) {
+pub(super) fn feed(
+    dec: &mut Decoder,
+    input: &[u8],
+    cuts: &[usize],
+) -> (Vec<Event>, Option<ProtocolError>) {
     let mut events = Vec::new();
     let mut at = 0;
     for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
