@@ -181,6 +181,35 @@ pub(super) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// Appends what `stream` gives to `buf`, waiting until `deadline` at most for
+/// at least one byte; returns the count (0: end of stream), or `TimedOut`
+/// saying `what` timed out.
+pub(super) fn read_before(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: std::time::Instant,
+    what: &str,
+) -> std::io::Result<usize> {
+    let timed_out = || std::io::Error::new(ErrorKind::TimedOut, format!("{what} deadline"));
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut chunk) {
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                return Ok(n);
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Err(timed_out()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Takes a whole response head (without its blank line) off the front of
 /// `buf`, once it is there; the bytes after it stay.
 pub(super) fn take_head(buf: &mut Vec<u8>) -> Option<String> {

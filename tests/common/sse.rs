@@ -1,10 +1,10 @@
 //! A raw SSE client that parses the event stream as a browser does.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use super::{reset_close, take_head, Server, READ_TIMEOUT};
+use super::{read_before, reset_close, take_head, Server, READ_TIMEOUT};
 
 /// One event-stream block, as parsed per WHATWG HTML §9.2.6 (fields of one block up
 /// to its blank line; comments ignored).
@@ -99,31 +99,7 @@ impl SseClient {
     }
 
     fn fill(&mut self, deadline: Instant) -> std::io::Result<usize> {
-        let mut chunk = [0u8; 16 * 1024];
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(std::io::Error::new(
-                    ErrorKind::TimedOut,
-                    "SSE read deadline",
-                ));
-            }
-            self.stream.set_read_timeout(Some(left)).unwrap();
-            match self.stream.read(&mut chunk) {
-                Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    return Err(std::io::Error::new(
-                        ErrorKind::TimedOut,
-                        "SSE read deadline",
-                    ))
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        read_before(&mut self.stream, &mut self.buf, deadline, "SSE read")
     }
 
     /// Takes one complete line off the buffer (CRLF, LF or CR ends it). A CR at the

@@ -1,11 +1,11 @@
 //! WebSocket clients: tungstenite (an independent implementation), and [`Raw`],
 //! spoken by hand for the frames no library sends; a parser for raw server frames.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use super::{envelope, reset_close, take_head, Block, Envelope, Server, READ_TIMEOUT};
+use super::{envelope, read_before, reset_close, take_head, Block, Envelope, Server, READ_TIMEOUT};
 
 /// A WebSocket client (tungstenite) over a blocking TcpStream.
 pub struct WsClient {
@@ -276,25 +276,7 @@ impl Raw {
     }
 
     pub fn fill(&mut self, deadline: Instant) -> std::io::Result<usize> {
-        let mut chunk = [0u8; 64 * 1024];
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(std::io::Error::new(ErrorKind::TimedOut, "read deadline"));
-            }
-            self.stream.set_read_timeout(Some(left)).unwrap();
-            match self.stream.read(&mut chunk) {
-                Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    return Err(std::io::Error::new(ErrorKind::TimedOut, "read deadline"))
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        read_before(&mut self.stream, &mut self.buf, deadline, "read")
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
