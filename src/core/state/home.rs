@@ -192,14 +192,15 @@ impl CoreState {
         for core in remote {
             self.send(core, CoreMsg::Deliver(msg.clone()));
         }
+        let seq = msg.seq;
         if local {
             // Queued to the subscribers by the effects task, after this
             // publish is answered.
-            self.defer_delivery(msg.clone());
+            self.defer_delivery(msg);
         }
         self.metrics.published.inc();
         self.update_gauges();
-        msg.seq
+        seq
     }
 
     /// A core no longer listens to `topic`; with a broker, the last one stops

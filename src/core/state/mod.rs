@@ -938,12 +938,7 @@ impl CoreState {
         if let Some(client) = self.clients.get_mut(id) {
             client.outbox.push(bytes);
             self.check_outbox(id);
-        }
-        if let Some(client) = self.clients.get_mut(id) {
-            if !client.urgent {
-                client.urgent = true;
-                self.effects.mark_urgent(id);
-            }
+            self.mark_urgent(id);
         }
     }
 
@@ -958,29 +953,27 @@ impl CoreState {
             let Some(id) = self.effects.urgent.pop_front() else {
                 return false;
             };
-            let Some(client) = self.clients.get_mut(id) else {
-                continue;
-            };
-            client.urgent = false;
-            let life = client.lifecycle();
-            if life.held() {
-                // Its head is not out yet: the answer goes with the head, when
-                // the admission ends (which marks the client dirty).
-            } else if life.may_write() {
-                flush_one(
+            if let Some(client) = self.clients.get_mut(id) {
+                client.urgent = false;
+                flush_taken(
                     client,
                     self.now,
                     &mut self.scratch,
                     &mut self.effects,
                     write,
                 );
-            } else if !life.blocked() {
-                // Closing: its task has to see why. A blocked client's task
-                // waits for writability, and the answer goes with that write.
-                wake(client, &mut self.effects);
             }
         }
         !self.effects.urgent.is_empty()
+    }
+
+    fn mark_urgent(&mut self, id: ClientId) {
+        if let Some(client) = self.clients.get_mut(id) {
+            if !client.urgent {
+                client.urgent = true;
+                self.effects.mark_urgent(id);
+            }
+        }
     }
 
     fn mark_dirty(&mut self, id: ClientId) {
@@ -1013,23 +1006,13 @@ impl CoreState {
             };
             if let Some(client) = self.clients.get_mut(id) {
                 client.dirty = false;
-                let life = client.lifecycle();
-                if life.held() {
-                    continue;
-                }
-                if life.may_write() {
-                    flush_one(
-                        client,
-                        self.now,
-                        &mut self.scratch,
-                        &mut self.effects,
-                        &mut write,
-                    );
-                } else if !life.blocked() {
-                    // Closing: its task has to see why. A blocked client's task
-                    // waits for writability already.
-                    wake(client, &mut self.effects);
-                }
+                flush_taken(
+                    client,
+                    self.now,
+                    &mut self.scratch,
+                    &mut self.effects,
+                    &mut write,
+                );
             }
         }
         !self.effects.dirty.is_empty()
@@ -1283,6 +1266,26 @@ fn cut_slow(client: &mut Client, metrics: &CoreMetrics, effects: &mut Effects) {
         Transport::Ws => metrics.slow_consumers_ws.inc(),
     }
     wake(client, effects);
+}
+
+/// Writes a client taken off the urgent or the dirty queue, if it may be
+/// written: a held client's output waits for its admission to end (which marks
+/// it dirty again), a blocked one's task waits for writability and flushes it
+/// then, and a closing one's task is woken to see why.
+#[inline(always)]
+fn flush_taken(
+    client: &mut Client,
+    now: Tick,
+    scratch: &mut FlushScratch,
+    effects: &mut Effects,
+    write: &mut impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>,
+) {
+    let life = client.lifecycle();
+    if life.may_write() {
+        flush_one(client, now, scratch, effects, write);
+    } else if !life.held() && !life.blocked() {
+        wake(client, effects);
+    }
 }
 
 fn flush_one(
