@@ -217,6 +217,16 @@ pub struct ServeConfig {
     #[arg(long, env = "RINGCAST_BROKER")]
     pub broker: Option<String>,
 
+    /// PEM certificate chain (leaf first): with --tls-key, `--listen` serves
+    /// https and wss only. SIGHUP reloads the pair (open connections go on; a
+    /// broken pair is logged and the previous one keeps serving).
+    #[arg(long, env = "RINGCAST_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    #[arg(long, env = "RINGCAST_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Mode of the publish socket file (octal).
     #[arg(long, env = "RINGCAST_PUBLISH_SOCKET_MODE", default_value = "660", value_parser = parse_mode)]
     pub publish_socket_mode: u32,
@@ -293,6 +303,13 @@ impl ServeConfig {
                 history: self.history,
                 ttl: self.history_ttl,
             }),
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(crate::runtime::tls::TlsSettings {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
         }
     }
 }

@@ -118,6 +118,11 @@ pub struct CoreMetrics {
     pub heartbeats: Cell,
     pub idle_timeouts: Cell,
     pub header_timeouts: Cell,
+    /// TLS handshakes completed (https listener only).
+    pub tls_handshakes: Cell,
+    /// TLS handshakes that failed: an alert, bytes that are not TLS (plain
+    /// HTTP on the https port), a peer gone, or --header-timeout.
+    pub tls_handshake_failures: Cell,
     pub timer_entries: Cell,
     pub outbox_bytes: Cell,
     pub outbox_max: Cell,
@@ -147,6 +152,17 @@ impl CoreMetrics {
 pub struct ProcessInfo<'a> {
     pub driver: &'a str,
     pub epoch: &'a str,
+    /// The certificate in force, when `--listen` serves https.
+    pub tls: Option<TlsInfo>,
+}
+
+/// What `/metrics` shows of the certificate in force.
+pub struct TlsInfo {
+    /// The leaf's `notAfter`, Unix seconds.
+    pub not_after: u64,
+    /// Reloads that put a pair in force, and reloads refused.
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -337,6 +353,45 @@ pub fn render(cores: &[Arc<CoreMetrics>], info: &ProcessInfo<'_>) -> String {
     );
     per_core(
         &mut out,
+        "ringcast_tls_handshakes_total",
+        "counter",
+        "TLS handshakes completed on the https listener.",
+        &|m| m.tls_handshakes.get(),
+    );
+    per_core(
+        &mut out,
+        "ringcast_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes that failed (alert, not TLS such as plain HTTP, peer gone, or --header-timeout); the connection was closed.",
+        &|m| m.tls_handshake_failures.get(),
+    );
+    if let Some(tls) = &info.tls {
+        family(
+            &mut out,
+            "ringcast_tls_cert_not_after_seconds",
+            "gauge",
+            "notAfter of the certificate in force (leaf), Unix seconds.",
+        );
+        let _ = writeln!(out, "ringcast_tls_cert_not_after_seconds {}", tls.not_after);
+        family(
+            &mut out,
+            "ringcast_tls_reloads_total",
+            "counter",
+            "SIGHUP reloads of the TLS pair: put in force (ok) or refused, the previous pair serving on (error).",
+        );
+        let _ = writeln!(
+            out,
+            "ringcast_tls_reloads_total{{result=\"ok\"}} {}",
+            tls.reloads_ok
+        );
+        let _ = writeln!(
+            out,
+            "ringcast_tls_reloads_total{{result=\"error\"}} {}",
+            tls.reloads_failed
+        );
+    }
+    per_core(
+        &mut out,
         "ringcast_timer_entries",
         "gauge",
         "Entries in the core's timer wheel.",
@@ -471,6 +526,7 @@ mod tests {
             &ProcessInfo {
                 driver: "uring",
                 epoch: "e",
+                tls: None,
             },
         );
         assert!(text.contains("ringcast_connections{transport=\"sse\",core=\"1\"} 3\n"));

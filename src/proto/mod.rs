@@ -12,3 +12,4 @@ pub mod sse;
 pub mod token;
 pub mod topic;
 pub mod ws;
+pub mod x509;

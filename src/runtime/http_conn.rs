@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use monoio::net::TcpStream;
 
+use super::conn_io;
 use super::publish_wait::publish_result;
 use super::request::{Request, Route};
 use super::respond::{linger_close, send_last, Reply};
@@ -27,8 +28,8 @@ use super::worker::{OpenConn, Worker};
 use super::ws_session;
 use crate::admission::inbound::Charge;
 use crate::core::state::PublishStart;
+use crate::debug;
 use crate::metrics::InboundRefusal;
-use crate::netio;
 use crate::proto::http::{Close, Config, Connection, Event, HttpError, RequestId};
 use crate::time::Tick;
 
@@ -72,7 +73,15 @@ struct Started {
 /// stream holds only the stream's small state, not the request reader's).
 pub async fn serve(w: Rc<Worker>, stream: TcpStream, open: OpenConn) {
     let fd = stream.as_raw_fd();
-    let mut conn = Connection::new(config(&w, w.cfg.header_timeout), w.now_tick());
+    let accepted = w.now_tick();
+    // The handshake and the first head share one deadline: --header-timeout
+    // from the accept.
+    if w.tls.is_some()
+        && !Box::pin(handshake(&w, &stream, fd, accepted, w.cfg.header_timeout)).await
+    {
+        return;
+    }
+    let mut conn = Connection::new(config(&w, w.cfg.header_timeout), accepted);
     let mut publishes = Publishes::default();
     let mut charge = Charge::new(&w.inbound);
     loop {
@@ -90,7 +99,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, open: OpenConn) {
         let room = conn.read_room();
         if !publishes.started.is_empty()
             && room > 0
-            && netio::recv_appending(fd, conn.read_buf(), room).unwrap_or(0) > 0
+            && conn_io::recv_appending(&w, fd, conn.read_buf(), room).unwrap_or(0) > 0
         {
             continue;
         }
@@ -113,6 +122,35 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, open: OpenConn) {
 
 /// The socket broke while writing.
 struct Broken;
+
+/// The TLS handshake of a new connection within `limit` of `accepted`; false
+/// (counted) when it failed or took too long, and the connection is to close.
+async fn handshake(
+    w: &Worker,
+    stream: &TcpStream,
+    fd: RawFd,
+    accepted: Tick,
+    limit: Duration,
+) -> bool {
+    let deadline = accepted + Tick::span(limit);
+    match timer::timeout_at(w, deadline, conn_io::handshake(w, stream, fd)).await {
+        Ok(Ok(())) => {
+            w.metrics().tls_handshakes.inc();
+            true
+        }
+        Ok(Err(e)) => {
+            w.metrics().tls_handshake_failures.inc();
+            debug!("core={} msg=\"TLS handshake failed\" error=\"{e}\"", w.core);
+            false
+        }
+        Err(timer::Elapsed) => {
+            w.metrics().tls_handshake_failures.inc();
+            w.metrics().header_timeouts.inc();
+            debug!("core={} msg=\"TLS handshake timed out\"", w.core);
+            false
+        }
+    }
+}
 
 /// Sizes the connection's charge on `--max-inbound-memory` to the publish body
 /// it is collecting (the machine's buffer and the runs gathered so far); over
@@ -290,7 +328,9 @@ async fn answer_and_write(
         answer(w, conn, p.id, &routes::publish_answer(w, result, p.cors));
     }
     match conn.poll_transmit() {
-        Some(out) => netio::write_all(stream, fd, &out).await.map_err(|_| Broken),
+        Some(out) => conn_io::write_all(w, stream, fd, &out)
+            .await
+            .map_err(|_| Broken),
         None => Ok(()),
     }
 }
@@ -312,7 +352,7 @@ async fn read(w: &Worker, stream: &TcpStream, fd: RawFd, conn: &mut Connection) 
         if idle {
             return read_idle(w, stream, fd, conn).await;
         }
-        let n = netio::read_some(stream, fd, conn.read_buf(), room).await?;
+        let n = conn_io::read_some(w, stream, fd, conn.read_buf(), room).await?;
         Ok(if n == 0 { Got::End } else { Got::Bytes })
     };
     let got = match deadline {
@@ -341,13 +381,16 @@ async fn read_idle(
     conn: &mut Connection,
 ) -> io::Result<Got> {
     loop {
-        let readable = pin!(stream.readable(false));
-        match w.drain.unless_draining(readable).await {
-            None => return Ok(Got::End),
-            Some(ready) => ready?,
+        // Input TLS opened already is there without waiting.
+        if !conn_io::has_input(w, fd) {
+            let readable = pin!(stream.readable(false));
+            match w.drain.unless_draining(readable).await {
+                None => return Ok(Got::End),
+                Some(ready) => ready?,
+            }
         }
         let mut scratch = w.scratch.borrow_mut();
-        match netio::recv(fd, &mut scratch) {
+        match conn_io::recv(w, fd, &mut scratch) {
             Ok(0) => return Ok(Got::End),
             Ok(n) => {
                 conn.feed(&scratch[..n]);
@@ -359,6 +402,18 @@ async fn read_idle(
                     io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                 ) => {}
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The TLS table entry of a connection that has no [`OpenConn`] (refused at
+/// accept), removed when it drops.
+struct TlsEntry<'a>(&'a Worker, RawFd);
+
+impl Drop for TlsEntry<'_> {
+    fn drop(&mut self) {
+        if let Some(tls) = &self.0.tls {
+            tls.end(self.1);
         }
     }
 }
@@ -402,6 +457,11 @@ impl Busy {
 /// `Retry-After`.
 pub async fn refuse_busy(w: &Rc<Worker>, stream: TcpStream, why: Busy) {
     let fd = stream.as_raw_fd();
+    // On https the refusal is answered over TLS too; its entry goes with it.
+    let _entry = w.tls.as_ref().map(|_| TlsEntry(w, fd));
+    if w.tls.is_some() && !handshake(w, &stream, fd, w.now_tick(), BUSY_HEAD_TIMEOUT).await {
+        return;
+    }
     let mut conn = Connection::new(config(w, BUSY_HEAD_TIMEOUT), w.now_tick());
     loop {
         let closing = conn.closing().is_some();

@@ -19,9 +19,11 @@
 //! sse_session        ws_session        the two stream transports
 //! session                              what both streams share
 //! respond   publish_wait   request     answers; waiting for a publish; the borrowed request
+//! conn_io                              reads and writes of a client connection, plain or TLS
 //! timer                                wheel deadlines, the tick task, wall-clock seconds
 //! worker                               the per-core context: state, bus end, clocks, flush, OpenConn
 //! broker                               the Redis bridge
+//! tls                                  the certificate pair, its reload; each core's TLS connections
 //! bus   settings   shutdown   os       rings between cores; plain settings; signals; OS chores
 //! ```
 //!
@@ -30,6 +32,7 @@
 
 pub mod broker;
 pub mod bus;
+pub mod conn_io;
 pub mod http_conn;
 pub mod ingress;
 pub mod os;
@@ -44,5 +47,6 @@ pub mod shutdown;
 pub mod sse_session;
 pub mod tasks;
 pub mod timer;
+pub mod tls;
 pub mod worker;
 pub mod ws_session;

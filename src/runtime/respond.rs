@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use monoio::net::TcpStream;
 
+use super::conn_io;
 use super::timer;
 use super::worker::Worker;
 use crate::debug;
@@ -130,7 +131,7 @@ pub async fn refuse_access(w: &Worker, stream: &TcpStream, fd: RawFd, refusal: &
 
 /// Writes a last answer, then closes lingering (see [`linger_close`]).
 pub async fn finish(w: &Worker, stream: &TcpStream, fd: RawFd, out: &[u8]) {
-    if netio::write_all(stream, fd, out).await.is_err() {
+    if conn_io::write_all(w, stream, fd, out).await.is_err() {
         return;
     }
     linger_close(w, stream, fd).await;
@@ -140,7 +141,9 @@ pub async fn finish(w: &Worker, stream: &TcpStream, fd: RawFd, out: &[u8]) {
 /// read (and drop) what the peer still sends for a moment, so the answer is not
 /// lost to an RST caused by unread request bytes.
 pub async fn linger_close(w: &Worker, stream: &TcpStream, fd: RawFd) {
+    conn_io::close_notify(w, fd);
     let _ = netio::shutdown_write(fd);
+    // What the peer still sends is dropped unread: on TLS, unopened.
     let drain = async {
         let mut sink = Vec::with_capacity(DRAIN_CHUNK);
         let mut total = 0usize;

@@ -87,6 +87,14 @@ pub fn route(w: &Rc<Worker>, fd: RawFd, req: &Request<'_>) -> Action {
                 &ProcessInfo {
                     driver: w.driver,
                     epoch: &w.epoch_text,
+                    tls: w.tls.as_ref().map(|t| {
+                        let (reloads_ok, reloads_failed) = t.shared.reloads();
+                        metrics::TlsInfo {
+                            not_after: t.shared.not_after(),
+                            reloads_ok,
+                            reloads_failed,
+                        }
+                    }),
                 },
             );
             if let Some(b) = &w.broker {

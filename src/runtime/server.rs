@@ -20,6 +20,7 @@ use super::os;
 use super::settings::{AuthSettings, Driver, Secret, Settings};
 use super::shutdown::{self, Lifecycle};
 use super::tasks;
+use super::tls::{self, Tls};
 use super::worker::{ProcessShared, Worker};
 use crate::admission::inbound::InboundBudget;
 use crate::admission::peers::PeerCounts;
@@ -42,6 +43,8 @@ pub enum StartError {
     Broker { reason: String },
     #[error("access control: {reason}")]
     Access { reason: String },
+    #[error("{0}")]
+    Tls(#[from] super::tls::TlsError),
 }
 
 /// Runs the server until the process is stopped.
@@ -59,6 +62,19 @@ pub fn run(cfg: Settings) -> Result<(), StartError> {
         source,
     })?;
     let access = Arc::new(access_policy(&cfg.auth)?);
+    let tls = match &cfg.tls {
+        Some(settings) => {
+            let tls = Tls::load(settings)?;
+            tls::log_ktls();
+            info!(
+                "msg=\"https and wss on --listen\" cert={} not_after={}",
+                tls.cert_path().display(),
+                tls.not_after()
+            );
+            Some(tls)
+        }
+        None => None,
+    };
     let epoch = os::new_epoch();
     let epoch_text = format!("{:012x}", epoch.get());
     let publish_listener = os::bind_publish_socket(&cfg.publish_socket, cfg.publish_socket_mode)
@@ -72,6 +88,9 @@ pub fn run(cfg: Settings) -> Result<(), StartError> {
 
     let life = Arc::new(Lifecycle::new(cores));
     shutdown::block_stop_signals();
+    if let Some(tls) = &tls {
+        spawn_reloader(tls.clone());
+    }
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
     let (done_tx, done_rx) = mpsc::channel::<usize>();
     let mut publish_listener = Some(publish_listener);
@@ -106,6 +125,7 @@ pub fn run(cfg: Settings) -> Result<(), StartError> {
         broker: broker_status,
         inbound: InboundBudget::new(cfg.max_inbound_memory),
         peers: cfg.max_connections_per_ip.map(PeerCounts::new),
+        tls,
     };
     for (core, bus) in buses.into_iter().enumerate() {
         // The publish socket is served by core 0.
@@ -182,6 +202,22 @@ pub fn run(cfg: Settings) -> Result<(), StartError> {
     os::remove_publish_socket(&cfg.publish_socket);
     info!("msg=\"stopped\" cores_stopped={stopped}");
     Ok(())
+}
+
+/// Reloads the TLS pair on every SIGHUP, on a thread of its own (blocked in
+/// every other thread, so none is killed by it): new handshakes get the new
+/// pair; a broken pair is logged and the previous one serves on.
+fn spawn_reloader(tls: Arc<Tls>) {
+    shutdown::block_signal(libc::SIGHUP);
+    let spawned = std::thread::Builder::new()
+        .name("ringcast-tls-reload".into())
+        .spawn(move || loop {
+            shutdown::wait_signal(libc::SIGHUP);
+            let _ = tls.reload();
+        });
+    if let Err(e) = spawned {
+        warn!("msg=\"cannot start the TLS reload thread: SIGHUP ignored\" error=\"{e}\"");
+    }
 }
 
 /// Whether the workers run on io_uring (else epoll), as `--driver` asks and the

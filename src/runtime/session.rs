@@ -11,6 +11,7 @@ use std::task::Poll;
 
 use monoio::net::TcpStream;
 
+use super::conn_io;
 use super::respond::{refuse_access, respond_error};
 use super::timer;
 use super::worker::{OpenConn, Worker};
@@ -56,6 +57,9 @@ pub struct Session {
 
 impl Session {
     pub fn new(open: OpenConn, stream: TcpStream, id: ClientId) -> Self {
+        if let Some(tls) = &open.worker().tls {
+            tls.bind(stream.as_raw_fd(), id);
+        }
         Self {
             open,
             stream,
@@ -128,8 +132,11 @@ pub async fn linger(
     limit: std::time::Duration,
 ) {
     if !rest.is_empty() {
-        let _ = timer::timeout(w, limit, netio::write_all(stream, fd, rest)).await;
+        let _ = timer::timeout(w, limit, conn_io::write_all(w, stream, fd, rest)).await;
+    } else if conn_io::pending(w, fd) {
+        let _ = timer::timeout(w, limit, conn_io::flush_all(w, stream, fd)).await;
     }
+    conn_io::close_notify(w, fd);
     let _ = netio::shutdown_both(fd);
 }
 
@@ -143,14 +150,25 @@ pub async fn await_writable(
     stream: &TcpStream,
     id: ClientId,
 ) -> Option<CloseReason> {
-    let mut writable = std::pin::pin!(stream.writable(false));
-    let outcome = std::future::poll_fn(|cx| {
-        if let Poll::Ready(r) = writable.as_mut().poll(cx) {
-            return Poll::Ready(r.map_err(|_| CloseReason::PeerGone));
+    let fd = stream.as_raw_fd();
+    let outcome = loop {
+        let mut writable = std::pin::pin!(stream.writable(false));
+        let outcome = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = writable.as_mut().poll(cx) {
+                return Poll::Ready(r.map_err(|_| CloseReason::PeerGone));
+            }
+            w.state.borrow_mut().poll_close_request(id, cx).map(Err)
+        })
+        .await;
+        // Sealed TLS records that waited for the socket go before the core
+        // writes again; until they are all out the client stays blocked.
+        match outcome.map(|()| conn_io::flush(w, fd)) {
+            Ok(Ok(false)) => continue,
+            Ok(Err(_)) => break Err(CloseReason::PeerGone),
+            Ok(Ok(true)) => break Ok(()),
+            Err(reason) => break Err(reason),
         }
-        w.state.borrow_mut().poll_close_request(id, cx).map(Err)
-    })
-    .await;
+    };
     match outcome {
         Ok(()) => {
             w.state.borrow_mut().socket_writable(id);

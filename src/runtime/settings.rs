@@ -74,6 +74,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// Topics are shared with other nodes through this broker.
     pub broker: Option<BrokerSettings>,
+    /// `--listen` serves https and wss with this pair.
+    pub tls: Option<super::tls::TlsSettings>,
 }
 
 /// The inputs of access control; the policy is built from them at start. Its

@@ -206,6 +206,31 @@ pub fn block_stop_signals() {
     }
 }
 
+/// Blocks `signal` in the calling thread and the threads it spawns afterwards.
+pub fn block_signal(signal: i32) {
+    // SAFETY: sigemptyset/sigaddset fill a local sigset_t; a null old-set
+    // pointer is allowed.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signal);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Waits for `signal`, which must be blocked (see [`block_signal`]).
+pub fn wait_signal(signal: i32) {
+    // SAFETY: `set` and `sig` are valid for the calls; the signal is blocked,
+    // as sigwait requires.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signal);
+        let mut sig: libc::c_int = 0;
+        libc::sigwait(&set, &mut sig);
+    }
+}
+
 /// Waits for SIGTERM or SIGINT; returns the signal number.
 pub fn wait_stop_signal() -> i32 {
     let set = stop_signals();

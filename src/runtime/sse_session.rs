@@ -16,6 +16,7 @@ use std::task::Poll;
 
 use monoio::net::TcpStream;
 
+use super::conn_io;
 use super::request::Request;
 use super::respond::finish;
 use super::session::{
@@ -27,7 +28,6 @@ use crate::core::bus_msg::Since;
 use crate::core::client::{CloseReason, Transport};
 use crate::core::registry::ClientId;
 use crate::core::state::{Admission, ClientTask};
-use crate::netio;
 use crate::proto::sse;
 use crate::proto::topic::topics_from_query;
 
@@ -108,6 +108,9 @@ pub fn serve(stream: TcpStream, admitted: AdmittedSse, open: OpenConn) -> impl F
                 // not kept in the task across the wait for writability below.
                 let writable = {
                     let wake = std::future::poll_fn(|cx| {
+                        if conn_io::has_input(s.w(), s.fd()) {
+                            return Poll::Ready(Wake::Readable(Ok(())));
+                        }
                         if let Poll::Ready(r) = readable.as_mut().poll(cx) {
                             return Poll::Ready(Wake::Readable(r));
                         }
@@ -198,7 +201,7 @@ fn peer_gone(w: &Worker, fd: RawFd) -> bool {
     let mut scratch = w.scratch.borrow_mut();
     // Bounded, so a peer that streams junk cannot hold the core.
     for _ in 0..16 {
-        match netio::recv(fd, &mut scratch) {
+        match conn_io::recv(w, fd, &mut scratch) {
             Ok(0) => return true,
             Ok(_) => continue,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

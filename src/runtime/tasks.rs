@@ -71,7 +71,10 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
                     refuse(&w, stream, Busy::Capacity);
                     continue;
                 }
-                let open = OpenConn::new(&w).with_peer(slot);
+                let mut open = OpenConn::new(&w).with_peer(slot);
+                if w.tls.is_some() {
+                    open = open.with_tls(stream.as_raw_fd());
+                }
                 monoio::spawn(http_conn::serve(w.clone(), stream, open));
             }
             Err(e)

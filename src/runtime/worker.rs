@@ -23,8 +23,11 @@ use super::broker::BrokerStatus;
 use super::bus::Bus;
 use super::settings::Settings;
 use super::shutdown::{DrainSignal, Lifecycle};
+use super::tls::conns::TlsConns;
+use super::tls::Tls;
 use crate::admission::inbound::{InboundBudget, InboundShare};
 use crate::admission::peers::{PeerCounts, PeerSlot};
+use crate::core::registry::ClientId;
 use crate::core::state::CoreState;
 use crate::metrics::CoreMetrics;
 use crate::netio;
@@ -71,6 +74,8 @@ pub struct Worker {
     /// A socket that is always readable, for [`Worker::yield_to_io`] (made when
     /// the effects task starts, inside the runtime).
     always_readable: OnceCell<Option<AlwaysReadable>>,
+    /// The core's TLS connections, when `--listen` serves https.
+    pub tls: Option<TlsConns>,
 }
 
 /// One end of a socket pair with a byte waiting in it, and the other end.
@@ -108,6 +113,8 @@ pub struct ProcessShared {
     /// The budget for partial input (`--max-inbound-memory`).
     pub inbound: Arc<InboundBudget>,
     pub peers: Option<Arc<PeerCounts>>,
+    /// The certificate pair and config, when `--listen` serves https.
+    pub tls: Option<Arc<Tls>>,
 }
 
 /// Clients written per slice of a flush (see [`Worker::run_effects`]).
@@ -145,6 +152,7 @@ impl Worker {
             broker,
             inbound,
             peers,
+            tls,
         } = shared;
         let mut state = CoreState::new(
             core,
@@ -182,6 +190,7 @@ impl Worker {
             inbound: share,
             peers,
             always_readable: OnceCell::new(),
+            tls: tls.map(TlsConns::new),
         })
     }
 
@@ -241,9 +250,13 @@ impl Worker {
                         },
                         |fd, iov| {
                             writes += 1;
-                            netio::writev(fd, iov)
+                            match &self.tls {
+                                None => netio::writev(fd, iov),
+                                Some(tls) => tls.writev(fd, iov),
+                            }
                         },
                     );
+                    self.tls_backlog(&mut st);
                     bus.wake_peers();
                     st.metrics().stream_writes.add(writes);
                     st.metrics().bus_overflow.add(overflowed);
@@ -256,6 +269,27 @@ impl Worker {
                     break;
                 }
                 self.yield_to_io().await;
+            }
+        }
+    }
+
+    /// Flushes one client after its socket became writable (see
+    /// [`CoreState::flush_client`]), through TLS when the listener serves it.
+    pub fn flush_client(&self, id: ClientId) {
+        let mut st = self.state.borrow_mut();
+        match &self.tls {
+            None => st.flush_client(id, netio::writev),
+            Some(tls) => st.flush_client(id, |fd, iov| tls.writev(fd, iov)),
+        }
+        self.tls_backlog(&mut st);
+    }
+
+    /// Tells the core which TLS clients took a whole write that their socket
+    /// did not: they wait for writability like any client after a short write.
+    fn tls_backlog(&self, st: &mut CoreState) {
+        if let Some(tls) = &self.tls {
+            for id in tls.take_backlog() {
+                st.socket_full(id);
             }
         }
     }
@@ -344,13 +378,23 @@ impl Worker {
 /// Counts a connection as open on its core (and toward its address's cap)
 /// while alive; moves with the connection from the request reader into the
 /// session task that takes it over. The drain waits until none is left.
-pub struct OpenConn(Rc<Worker>, Option<PeerSlot>);
+///
+/// On an https listener it also owns the connection's place in the core's TLS
+/// table ([`OpenConn::with_tls`]), freed when it drops, before the socket closes.
+pub struct OpenConn(Rc<Worker>, Option<PeerSlot>, Option<std::os::fd::RawFd>);
 
 impl OpenConn {
     pub fn new(w: &Rc<Worker>) -> Self {
         w.open.set(w.open.get() + 1);
         w.life.count_open(true);
-        OpenConn(w.clone(), None)
+        OpenConn(w.clone(), None, None)
+    }
+
+    /// The connection on `fd` has an entry in the core's TLS table, removed
+    /// with this.
+    pub fn with_tls(mut self, fd: std::os::fd::RawFd) -> Self {
+        self.2 = Some(fd);
+        self
     }
 
     /// The worker the connection is counted on.
@@ -368,6 +412,9 @@ impl OpenConn {
 impl Drop for OpenConn {
     fn drop(&mut self) {
         let w = &self.0;
+        if let (Some(fd), Some(tls)) = (self.2, &w.tls) {
+            tls.end(fd);
+        }
         w.open.set(w.open.get() - 1);
         w.life.count_open(false);
         if w.open.get() == 0 {

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use monoio::net::TcpStream;
 
+use super::conn_io;
 use super::publish_wait::publish_and_wait;
 use super::request::{Request, Route};
 use super::respond::finish;
@@ -265,6 +266,10 @@ async fn run(s: &Session, extras: Option<&Extras>) -> CloseReason {
             return reason;
         }
         let wait = std::future::poll_fn(|cx| {
+            // Input TLS opened already (more than one read took) is read first.
+            if conn_io::has_input(s.w(), s.fd()) {
+                return Poll::Ready(Wake::Readable(Ok(())));
+            }
             if let Poll::Ready(r) = readable.as_mut().poll(cx) {
                 return Poll::Ready(Wake::Readable(r));
             }
@@ -447,7 +452,7 @@ async fn read_available(
     for _ in 0..16 {
         let chunk = {
             let mut scratch = w.scratch.borrow_mut();
-            match netio::recv(fd, &mut scratch) {
+            match conn_io::recv(w, fd, &mut scratch) {
                 Ok(0) => None,
                 Ok(n) => Some(scratch[..n].to_vec()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -517,14 +522,17 @@ fn transmit(w: &Rc<Worker>, conn: &mut Connection, id: ClientId) {
 /// Waits (bounded) until what is queued to the client is written.
 async fn drain_outbox(w: &Rc<Worker>, stream: &TcpStream, id: ClientId) {
     let deadline = w.now_tick() + Tick::span(CLOSE_TIMEOUT);
-    while w.state.borrow().queued(id) > 0 && w.now_tick() < deadline {
+    let fd = stream.as_raw_fd();
+    while (w.state.borrow().queued(id) > 0 || conn_io::pending(w, fd)) && w.now_tick() < deadline {
         if !matches!(
             timer::timeout_at(w, deadline, stream.writable(false)).await,
             Ok(Ok(()))
         ) {
             return;
         }
-        w.state.borrow_mut().flush_client(id, netio::writev);
+        if conn_io::flush(w, fd).unwrap_or(true) {
+            w.flush_client(id);
+        }
     }
 }
 
@@ -612,7 +620,7 @@ async fn echo(
     agreed: Agreed,
     leftover: Vec<u8>,
 ) {
-    if netio::write_all(stream, fd, hello).await.is_err() {
+    if conn_io::write_all(w, stream, fd, hello).await.is_err() {
         return;
     }
     let mut conn =
@@ -651,7 +659,7 @@ async fn echo(
         let _ = conn.poll_transmit(&mut out);
         input.clear();
         if !out.is_empty() {
-            if netio::write_all(stream, fd, &out).await.is_err() {
+            if conn_io::write_all(w, stream, fd, &out).await.is_err() {
                 return;
             }
             out.clear();
@@ -661,10 +669,11 @@ async fn echo(
         }
         if conn.wants_shutdown_write() && !write_shut {
             // Our Close is written: FIN now, then read until the peer's FIN.
+            conn_io::close_notify(w, fd);
             let _ = netio::shutdown_write(fd);
             write_shut = true;
         }
-        let read = netio::read_some(stream, fd, &mut input, 64 * 1024);
+        let read = conn_io::read_some(w, stream, fd, &mut input, 64 * 1024);
         let read = match conn.poll_timeout() {
             None => read.await,
             Some(at) => {

@@ -43,9 +43,20 @@ pub fn try_request(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Response> {
     c.try_read_response()
 }
 
-/// A keep-alive HTTP/1.1 connection.
-pub struct HttpConn {
-    pub stream: TcpStream,
+/// A stream whose reads can be given a timeout: a TCP socket, or TLS over one.
+pub trait Timed: Read {
+    fn set_timeout(&mut self, d: std::time::Duration) -> std::io::Result<()>;
+}
+
+impl Timed for TcpStream {
+    fn set_timeout(&mut self, d: std::time::Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(d))
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection (over TCP unless said otherwise).
+pub struct HttpConn<S = TcpStream> {
+    pub stream: S,
     buf: Vec<u8>,
 }
 
@@ -62,6 +73,16 @@ impl HttpConn {
             stream,
             buf: Vec::new(),
         })
+    }
+}
+
+impl<S: Read + Write> HttpConn<S> {
+    /// A connection over a stream opened already (a TLS one).
+    pub fn over(stream: S) -> HttpConn<S> {
+        HttpConn {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     pub fn send(&mut self, raw: &[u8]) {
@@ -184,8 +205,8 @@ pub(super) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// Appends what `stream` gives to `buf`, waiting until `deadline` at most for
 /// at least one byte; returns the count (0: end of stream), or `TimedOut`
 /// saying `what` timed out.
-pub(super) fn read_before(
-    stream: &mut TcpStream,
+pub(super) fn read_before<S: Timed>(
+    stream: &mut S,
     buf: &mut Vec<u8>,
     deadline: std::time::Instant,
     what: &str,
@@ -197,7 +218,7 @@ pub(super) fn read_before(
         if left.is_zero() {
             return Err(timed_out());
         }
-        stream.set_read_timeout(Some(left)).unwrap();
+        stream.set_timeout(left)?;
         match stream.read(&mut chunk) {
             Ok(n) => {
                 buf.extend_from_slice(&chunk[..n]);

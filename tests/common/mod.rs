@@ -22,6 +22,7 @@ mod publish;
 mod redis;
 mod server;
 mod sse;
+mod tls;
 mod ws;
 
 pub use envelope::*;
@@ -32,6 +33,7 @@ pub use publish::*;
 pub use redis::*;
 pub use server::*;
 pub use sse::*;
+pub use tls::*;
 pub use ws::*;
 
 use std::time::{Duration, Instant};

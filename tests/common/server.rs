@@ -36,15 +36,26 @@ pub struct Server {
     args: Vec<String>,
     /// The shell prefix it was started through, if any.
     shell_prefix: Option<String>,
+    /// The TLS client its readiness is probed with, when it serves https.
+    probe: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Server {
     /// Starts `ringcast serve --listen 127.0.0.1:<free> --publish-socket <tmp>/rc.sock
     /// --cores 2 <args>` (`--cores` in `args` replaces the 2) and waits until `/healthz` answers 200.
     pub fn start(args: &[&str]) -> Server {
+        Self::start_probing(args, None)
+    }
+
+    /// Like [`Server::start`]; with `probe`, `/healthz` is asked over TLS
+    /// with that client.
+    pub fn start_probing(
+        args: &[&str],
+        probe: Option<std::sync::Arc<rustls::ClientConfig>>,
+    ) -> Server {
         let mut last_err = String::new();
         for _attempt in 0..5 {
-            match Self::try_start(args) {
+            match Self::try_start_cmd(args, None, probe.clone()) {
                 Ok(s) => return s,
                 Err((err, retry)) => {
                     if !retry {
@@ -63,7 +74,7 @@ impl Server {
     pub fn start_via_shell(prefix: &str, args: &[&str]) -> Server {
         let mut last_err = String::new();
         for _attempt in 0..5 {
-            match Self::try_start_cmd(args, Some(prefix)) {
+            match Self::try_start_cmd(args, Some(prefix), None) {
                 Ok(s) => return s,
                 Err((err, retry)) => {
                     if !retry {
@@ -79,11 +90,11 @@ impl Server {
     }
 
     /// `Err((why, worth retrying on another port))`.
-    fn try_start(args: &[&str]) -> Result<Server, (String, bool)> {
-        Self::try_start_cmd(args, None)
-    }
-
-    fn try_start_cmd(args: &[&str], shell_prefix: Option<&str>) -> Result<Server, (String, bool)> {
+    fn try_start_cmd(
+        args: &[&str],
+        shell_prefix: Option<&str>,
+        probe: Option<std::sync::Arc<rustls::ClientConfig>>,
+    ) -> Result<Server, (String, bool)> {
         let dir = TempDir::new();
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -98,6 +109,7 @@ impl Server {
             _dir: dir,
             args: args.iter().map(|a| a.to_string()).collect(),
             shell_prefix: shell_prefix.map(str::to_owned),
+            probe,
         };
         server.wait_ready()?;
         Ok(server)
@@ -205,10 +217,12 @@ impl Server {
                 let retry = err.contains("in use");
                 return Err((err, retry));
             }
-            if let Ok(r) = try_request(
-                addr,
-                b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-            ) {
+            let healthz = b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+            let answer = match &server.probe {
+                None => try_request(addr, healthz),
+                Some(cfg) => super::https_request(addr, cfg, healthz),
+            };
+            if let Ok(r) = answer {
                 if r.status == 200 && server.socket.exists() {
                     return Ok(());
                 }

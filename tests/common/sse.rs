@@ -4,7 +4,7 @@ use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use super::{read_before, reset_close, take_head, Server, READ_TIMEOUT};
+use super::{read_before, reset_close, take_head, Server, Timed, READ_TIMEOUT};
 
 /// One event-stream block, as parsed per WHATWG HTML §9.2.6 (fields of one block up
 /// to its blank line; comments ignored).
@@ -35,8 +35,8 @@ impl Block {
 }
 
 /// A raw SSE client: `GET /sse?...` over a TcpStream, head checked, blocks parsed.
-pub struct SseClient {
-    pub stream: TcpStream,
+pub struct SseClient<S = TcpStream> {
+    pub stream: S,
     buf: Vec<u8>,
     /// The last event id as a browser would hold it.
     pub last_event_id: String,
@@ -58,6 +58,24 @@ impl SseClient {
     pub fn connect_with(addr: SocketAddr, query: &str, extra: &str) -> SseClient {
         let stream = TcpStream::connect(addr).expect("connect SSE");
         stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        SseClient::open(stream, query, extra)
+    }
+
+    /// The socket and the bytes read past the last block taken.
+    pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
+        (self.stream, self.buf)
+    }
+
+    /// Closes with a reset (SO_LINGER 0) instead of a FIN.
+    pub fn reset(self) {
+        reset_close(self.stream);
+    }
+}
+
+impl<S: Timed + Write> SseClient<S> {
+    /// Sends `GET /sse?<query>` with `extra` header lines on a stream opened
+    /// already (plain or TLS) and checks the `200 text/event-stream` head.
+    pub fn open(stream: S, query: &str, extra: &str) -> SseClient<S> {
         let req = format!(
             "GET /sse?{query} HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n{extra}\r\n"
         );
@@ -241,16 +259,6 @@ impl SseClient {
                 ));
             }
         }
-    }
-
-    /// The socket and the bytes read past the last block taken.
-    pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
-        (self.stream, self.buf)
-    }
-
-    /// Closes with a reset (SO_LINGER 0) instead of a FIN.
-    pub fn reset(self) {
-        reset_close(self.stream);
     }
 }
 

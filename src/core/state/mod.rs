@@ -1018,6 +1018,19 @@ impl CoreState {
         !self.effects.dirty.is_empty()
     }
 
+    /// The transport took every byte of a write but holds some back for a full
+    /// socket (a sealed TLS record not written whole): the client waits for
+    /// writability as after a short write. A no-op for a client that may not
+    /// write now (held, blocked or gone).
+    pub fn socket_full(&mut self, id: ClientId) {
+        if let Some(client) = self.clients.get_mut(id) {
+            if client.lifecycle().may_write() {
+                client.step(Transition::SocketFull);
+                wake(client, &mut self.effects);
+            }
+        }
+    }
+
     /// A full socket takes more again: the client is written with the next
     /// slice of the flush.
     pub fn socket_writable(&mut self, id: ClientId) {
