@@ -9,11 +9,18 @@
 //! npm ci --prefix tests/browser
 //! ```
 //!
+//! The https test (`tls.test.mjs`) gets its certificate pair, made here with
+//! a test CA, in `RINGCAST_TEST_TLS_*`.
+//!
 //! Missing either is a failure, not a silent pass; `RINGCAST_SKIP_BROWSER=1`
 //! skips the test on purpose (and says so).
 
+pub mod common;
+
 use std::path::Path;
 use std::process::Command;
+
+use common::{KeyKind, TestCa};
 
 #[test]
 fn the_demo_page_works_in_headless_chromium() {
@@ -49,12 +56,20 @@ fn the_demo_page_works_in_headless_chromium() {
          install them, or set RINGCAST_SKIP_BROWSER=1 to skip these tests on purpose",
         missing.join("\n  - ")
     );
+    // tests/browser/tls.test.mjs serves the page over https with a pair of a
+    // CA made now; Chromium trusts that CA's key by its SPKI hash.
+    let ca = TestCa::new();
+    let leaf = ca.leaf(KeyKind::EcdsaP256, "browser");
     let out = Command::new("node")
         .arg("--test")
         .arg("tests/browser/")
         .current_dir(root)
         .env("RINGCAST_BIN", env!("CARGO_BIN_EXE_ringcast"))
         .env("CHROMIUM", &chromium)
+        .env("RINGCAST_TEST_TLS_CERT", &leaf.cert)
+        .env("RINGCAST_TEST_TLS_KEY", &leaf.key)
+        .env("RINGCAST_TEST_TLS_CA", ca.ca_file())
+        .env("RINGCAST_TEST_TLS_SPKI", &ca.ca_spki_sha256)
         .output()
         .expect("run node --test");
     let stdout = String::from_utf8_lossy(&out.stdout);

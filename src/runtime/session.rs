@@ -86,6 +86,7 @@ impl Session {
             let transport = st.client(self.id).map(|c| c.transport.label());
             if shutdown {
                 if let Some(fd) = st.fd(self.id) {
+                    conn_io::close_notify(w, fd);
                     let _ = netio::shutdown_both(fd);
                 }
             }

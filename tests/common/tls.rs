@@ -48,7 +48,16 @@ pub struct TestCa {
     issuer: CertifiedIssuer<'static, KeyPair>,
     pub dir: TempDir,
     pub ca_pem: String,
+    /// base64 of the SHA-256 of the CA key's SubjectPublicKeyInfo (see [`Leaf`]).
+    pub ca_spki_sha256: String,
     n: std::cell::Cell<usize>,
+}
+
+/// base64 of the SHA-256 of `spki`.
+fn spki_hash(spki: &[u8]) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(spki))
 }
 
 impl TestCa {
@@ -60,6 +69,7 @@ impl TestCa {
             .distinguished_name
             .push(DnType::CommonName, "ringcast test CA");
         let key = KeyPair::generate().unwrap();
+        let ca_spki_sha256 = spki_hash(&key.subject_public_key_info());
         let issuer = CertifiedIssuer::self_signed(params, key).unwrap();
         let ca_pem = issuer.pem();
         let dir = TempDir::new();
@@ -68,6 +78,7 @@ impl TestCa {
             issuer,
             dir,
             ca_pem,
+            ca_spki_sha256,
             n: std::cell::Cell::new(0),
         }
     }
@@ -127,8 +138,7 @@ pub fn tls_connect(addr: SocketAddr, cfg: &Arc<ClientConfig>) -> std::io::Result
     sock.set_read_timeout(Some(READ_TIMEOUT))?;
     sock.set_nodelay(true)?;
     let name = ServerName::IpAddress(addr.ip().into());
-    let conn = ClientConnection::new(cfg.clone(), name)
-        .map_err(std::io::Error::other)?;
+    let conn = ClientConnection::new(cfg.clone(), name).map_err(std::io::Error::other)?;
     let mut stream = StreamOwned::new(conn, sock);
     while stream.conn.is_handshaking() {
         stream.conn.complete_io(&mut stream.sock)?;

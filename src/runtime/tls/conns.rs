@@ -127,15 +127,14 @@ impl TlsConns {
         Ok(())
     }
 
-    /// Forgets the connection of `fd`, sending `close_notify` if the socket
-    /// takes it now (the descriptor is about to close).
+    /// Forgets the connection of `fd` (it is closing). Writes nothing: the
+    /// descriptor may be closed already, and its number taken by a connection
+    /// of another core; `close_notify` goes out on the graceful paths first
+    /// ([`TlsConns::close_notify`]).
     pub fn end(&self, fd: RawFd) {
         let Ok(idx) = usize::try_from(fd) else { return };
         let conn = self.conns.borrow_mut().get_mut(idx).and_then(Option::take);
-        if let Some(mut conn) = conn {
-            conn.tls.send_close_notify();
-            let _ = conn.tls.write_tls(&mut Fd(fd));
-        }
+        drop(conn);
     }
 
     /// Sends `close_notify` (the connection is about to end its writing side).
