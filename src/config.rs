@@ -462,6 +462,15 @@ pub struct SubscriberArgs {
     #[arg(long, env = "RINGCAST_BENCH_WS_DEFLATE")]
     pub ws_deflate: bool,
 
+    /// For https/wss URLs: trust the server certificate's CA from this PEM file.
+    #[arg(long, env = "RINGCAST_BENCH_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// For https/wss URLs: accept any server certificate (127.0.0.1 runs with
+    /// a throwaway pair only).
+    #[arg(long, env = "RINGCAST_BENCH_TLS_INSECURE")]
+    pub tls_insecure: bool,
+
     /// PID of the server: its RSS (per connection) and CPU time are reported.
     #[arg(long, env = "RINGCAST_BENCH_SERVER_PID")]
     pub server_pid: Option<u32>,

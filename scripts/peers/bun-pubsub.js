@@ -10,6 +10,9 @@
 //
 // Environment: PORT [8090], HOST [127.0.0.1], REUSE_PORT [0] (1: SO_REUSEPORT, for
 // running several processes; each process has its own topics, see README.md).
+// TLS_CERT and TLS_KEY (PEM files): PORT serves https/wss only (`tls: {cert, key}`),
+// and PUBLISH_PORT (if set) serves plain POST /publish into the same topics, for a
+// load generator whose publisher speaks plain HTTP (scripts/tls-bench.sh).
 //
 // Bun runs JavaScript on one thread, and its pub/sub lives inside one process: a
 // publish reaches only the subscribers of the process that received it.
@@ -17,6 +20,9 @@
 const port = Number(process.env.PORT || 8090);
 const hostname = process.env.HOST || "127.0.0.1";
 const reusePort = process.env.REUSE_PORT === "1";
+const tls = process.env.TLS_CERT && process.env.TLS_KEY
+  ? { cert: Bun.file(process.env.TLS_CERT), key: Bun.file(process.env.TLS_KEY) }
+  : undefined;
 
 function publishMessage(server, text) {
   let msg;
@@ -35,6 +41,7 @@ const server = Bun.serve({
   hostname,
   port,
   reusePort,
+  tls,
   // No HTTP idle cut-off for the benchmark's keep-alive publishers.
   idleTimeout: 0,
   async fetch(req, server) {
@@ -68,6 +75,25 @@ const server = Bun.serve({
     },
   },
 });
+
+if (process.env.PUBLISH_PORT) {
+  // Plain HTTP publishing into the TLS server's topics.
+  Bun.serve({
+    hostname,
+    port: Number(process.env.PUBLISH_PORT),
+    idleTimeout: 0,
+    async fetch(req) {
+      const url = new URL(req.url);
+      const topic = url.searchParams.get("topic");
+      if (url.pathname === "/publish" && req.method === "POST" && topic) {
+        server.publish(topic, await req.text());
+        return new Response("{}\n", { status: 202, headers: { "content-type": "application/json" } });
+      }
+      if (url.pathname === "/healthz") return new Response("ok\n");
+      return new Response("not found\n", { status: 404 });
+    },
+  });
+}
 
 console.error(`bun-pubsub: pid ${process.pid} on ${server.hostname}:${server.port}`);
 

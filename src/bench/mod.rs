@@ -32,6 +32,7 @@ pub mod stats;
 pub mod sub;
 pub mod sys;
 pub mod target;
+pub mod tls;
 pub mod wire;
 
 use std::io::{IsTerminal, Write as _};
@@ -101,13 +102,21 @@ fn setup(
             s.connections
         ));
     }
+    let tls = if targets.iter().any(|t| t.tls) {
+        Some(tls::client_config(s.tls_ca.as_deref(), s.tls_insecure)?)
+    } else {
+        None
+    };
     let mut kinds: Vec<&str> = targets.iter().map(|t| t.transport.label()).collect();
     kinds.dedup();
-    let transport = if kinds.len() == 1 {
+    let mut transport = if kinds.len() == 1 {
         kinds[0].to_string()
     } else {
         "mixed".into()
     };
+    if tls.is_some() {
+        transport.push_str("+tls");
+    }
     let threads = s
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -127,6 +136,7 @@ fn setup(
         expected,
         warmup,
         uring: monoio::utils::detect_uring(),
+        tls,
         resume,
     };
     Ok(Setup {

@@ -39,6 +39,7 @@ use super::payload;
 use super::stats::{latency_histogram, Counts, Seen, SeqTracker};
 use super::sys::now_ns;
 use super::target::{HttpTarget, Transport};
+use super::tls::Conn;
 use super::wire::{self, SseLine, WireError};
 use crate::config::PayloadMode;
 use crate::netio;
@@ -76,6 +77,8 @@ pub struct SubPlan {
     pub expected: Vec<u64>,
     pub warmup: Vec<u64>,
     pub uring: bool,
+    /// The TLS client config, when a target is https or wss.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Storm mode: keep each stream's last id, obey [`StormSignals`], record no
     /// latencies (a missed message's wait says how long the clients were away).
     pub resume: bool,
@@ -496,6 +499,13 @@ async fn run_subscriber(
         }
     };
     let fd = stream.as_raw_fd();
+    let mut conn_io = match (&plan.tls, target.tls) {
+        (Some(cfg), true) => match Conn::handshake(&stream, fd, cfg, &target.host).await {
+            Ok(c) => c,
+            Err(e) => return End::Failed(format!("TLS handshake with {}: {e}", target.addr)),
+        },
+        _ => Conn::plain(fd),
+    };
     let mut buf = Vec::with_capacity(512);
     let path = match (target.transport, &last_id) {
         (Transport::Ws, Some(id)) => wire::with_last_event_id(&target.path(topic), id),
@@ -505,7 +515,7 @@ async fn run_subscriber(
         Transport::Ws => wire::write_ws_upgrade(&mut buf, &target.host, &path, plan.ws_deflate),
         Transport::Sse => wire::write_sse_get(&mut buf, &target.host, &path, last_id.as_deref()),
     }
-    if let Err(e) = netio::write_all(&stream, fd, &buf).await {
+    if let Err(e) = conn_io.write_all(&stream, &buf).await {
         return End::Failed(format!("sending the request: {e}"));
     }
     buf.clear();
@@ -515,7 +525,7 @@ async fn run_subscriber(
             Ok(None) => {}
             Err(e) => return End::Failed(format!("{} {path}: {e}", target.addr)),
         }
-        match netio::read_some(&stream, fd, &mut buf, 4096).await {
+        match conn_io.read_some(&stream, &mut buf, 4096).await {
             Ok(0) => {
                 return End::Failed(format!("{} {path}: closed before answering", target.addr))
             }
@@ -583,15 +593,17 @@ async fn run_subscriber(
     }
     loop {
         if !out.is_empty() {
-            if let Err(e) = netio::write_all(&stream, fd, &out).await {
+            if let Err(e) = conn_io.write_all(&stream, &out).await {
                 return End::Closed(format!("writing: {e}"));
             }
             out.clear();
         }
-        if let Err(e) = stream.readable(false).await {
-            return End::Closed(format!("waiting to read: {e}"));
+        if !conn_io.has_input() {
+            if let Err(e) = stream.readable(false).await {
+                return End::Closed(format!("waiting to read: {e}"));
+            }
         }
-        match l.read_and_feed(slot, target.transport, fd, &mut conn, &mut out, i) {
+        match l.read_and_feed(slot, target.transport, &mut conn_io, &mut conn, &mut out, i) {
             Ok(true) => {}
             Ok(false) => return End::Closed("end of stream".into()),
             Err(e) => return End::Closed(e),
@@ -613,14 +625,14 @@ impl Local {
         &self,
         slot: usize,
         transport: Transport,
-        fd: RawFd,
+        io: &mut Conn,
         conn: &mut ConnBuf,
         out: &mut Vec<u8>,
         i: usize,
     ) -> Result<bool, String> {
         let mut scratch = self.scratch.borrow_mut();
         for _ in 0..READS_PER_WAKE {
-            match netio::recv(fd, &mut scratch) {
+            match io.recv(&mut scratch) {
                 Ok(0) => return Ok(false),
                 Ok(n) => {
                     self.shared.rx_bytes.fetch_add(n as u64, Ordering::Relaxed);

@@ -17,23 +17,24 @@ pub struct HttpTarget {
     pub host: String,
     /// Path and query, with `{topic}` still in it.
     pub path_template: String,
+    /// `https://` or `wss://`: TLS on the connection.
+    pub tls: bool,
 }
 
 impl HttpTarget {
-    /// Parses `ws://…` or `http://…`; `https`/`wss` are refused (the bench speaks
-    /// plain TCP to keep its own cost out of the numbers).
+    /// Parses `ws://…`, `http://…`, `wss://…` or `https://…`.
     pub fn parse(url: &str) -> Result<Self, String> {
-        let (transport, rest) = if let Some(r) = url.strip_prefix("ws://") {
-            (Transport::Ws, r)
+        let (transport, tls, rest) = if let Some(r) = url.strip_prefix("ws://") {
+            (Transport::Ws, false, r)
         } else if let Some(r) = url.strip_prefix("http://") {
-            (Transport::Sse, r)
-        } else if url.starts_with("wss://") || url.starts_with("https://") {
-            return Err(format!(
-                "`{url}`: TLS is not supported; use ws:// or http://"
-            ));
+            (Transport::Sse, false, r)
+        } else if let Some(r) = url.strip_prefix("wss://") {
+            (Transport::Ws, true, r)
+        } else if let Some(r) = url.strip_prefix("https://") {
+            (Transport::Sse, true, r)
         } else {
             return Err(format!(
-                "`{url}`: expected ws://HOST:PORT/PATH or http://HOST:PORT/PATH"
+                "`{url}`: expected ws[s]://HOST:PORT/PATH or http[s]://HOST:PORT/PATH"
             ));
         };
         let (authority, path) = match rest.find('/') {
@@ -49,7 +50,7 @@ impl HttpTarget {
         {
             authority.to_string()
         } else {
-            format!("{authority}:80")
+            format!("{authority}:{}", if tls { 443 } else { 80 })
         };
         let addr = with_port
             .to_socket_addrs()
@@ -61,6 +62,7 @@ impl HttpTarget {
             addr,
             host: authority.to_string(),
             path_template: path.to_string(),
+            tls,
         })
     }
 
@@ -90,6 +92,11 @@ impl PublishTarget {
             return Ok(PublishTarget::Unix(PathBuf::from(path)));
         }
         let t = HttpTarget::parse(spec)?;
+        if t.tls {
+            return Err(format!(
+                "--publish {spec}: the publisher speaks plain TCP or the unix socket; subscribers may use https/wss"
+            ));
+        }
         Ok(match t.transport {
             Transport::Sse => PublishTarget::Http(t),
             Transport::Ws => PublishTarget::Ws(t),
@@ -125,7 +132,19 @@ mod tests {
 
     #[test]
     fn unsupported_urls_are_refused_with_the_reason() {
-        assert!(HttpTarget::parse("wss://x/ws").unwrap_err().contains("TLS"));
+        let t = HttpTarget::parse("wss://127.0.0.1/ws").unwrap();
+        assert_eq!(
+            (t.transport, t.tls, t.addr.port()),
+            (Transport::Ws, true, 443)
+        );
+        let t = HttpTarget::parse("https://127.0.0.1:8443/sse").unwrap();
+        assert_eq!(
+            (t.transport, t.tls, t.addr.port()),
+            (Transport::Sse, true, 8443)
+        );
+        assert!(PublishTarget::parse("https://127.0.0.1/publish")
+            .unwrap_err()
+            .contains("plain"));
         assert!(HttpTarget::parse("ftp://x")
             .unwrap_err()
             .contains("expected"));
