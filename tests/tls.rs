@@ -428,3 +428,86 @@ fn a_client_that_does_not_trust_the_certificate_fails_and_the_server_goes_on() {
     }));
     assert_eq!(https_get(server.addr, &client, "/healthz").status, 200);
 }
+
+#[test]
+fn a_key_update_from_the_client_is_answered_and_the_stream_goes_on() {
+    let ca = TestCa::new();
+    let leaf = ca.leaf(KeyKind::EcdsaP256, "keyupdate");
+    let server = Server::start_tls(&ca, &leaf, &[]);
+    let client = ca.client();
+    for (n, transport) in [(1u64, "sse"), (2, "ws")] {
+        let mut stream = tls_connect(server.addr, &client).unwrap();
+        assert_eq!(
+            stream.conn.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+        let topic = format!("k{n}");
+        let head = match transport {
+            "sse" => format!("GET /sse?topic={topic} HTTP/1.1\r\nHost: t\r\n\r\n"),
+            _ => format!(
+                "GET /ws?topic={topic} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ),
+        };
+        stream.write_all(head.as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+            let k = stream.read(&mut chunk).unwrap();
+            assert!(k > 0, "closed before the head");
+            got.extend_from_slice(&chunk[..k]);
+        }
+        // A KeyUpdate asking the server to update its keys too.
+        stream.conn.refresh_traffic_keys().unwrap();
+        while stream.conn.wants_write() {
+            stream.conn.write_tls(&mut stream.sock).unwrap();
+        }
+        // Published until one arrives (the subscription goes live shortly
+        // after the head).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        got.clear();
+        let marker = format!("\"n\":{n}");
+        while !String::from_utf8_lossy(&got).contains(&marker) {
+            assert!(
+                Instant::now() < deadline,
+                "{transport}: nothing after the key update"
+            );
+            server.publish_ns(&topic, [n]);
+            stream
+                .sock
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            match stream.read(&mut chunk) {
+                Ok(0) => panic!("{transport}: closed after the key update"),
+                Ok(k) => got.extend_from_slice(&chunk[..k]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("{transport}: {e}"),
+            }
+        }
+    }
+    let metrics = server.metrics_tls(&client);
+    assert_eq!(
+        metric_sum(&metrics, "ringcast_tls_handshake_failures_total"),
+        0.0
+    );
+}
+
+#[test]
+fn over_capacity_refusals_are_answered_over_tls() {
+    let ca = TestCa::new();
+    let leaf = ca.leaf(KeyKind::EcdsaP256, "busy");
+    let server = Server::start_tls(&ca, &leaf, &["--max-connections", "1"]);
+    let client = ca.client();
+    let mut held = server.sse_tls(&client, "topic=busy", None);
+    held.wait_cursor();
+    let r = https_get(server.addr, &client, "/healthz");
+    assert_eq!(r.status, 503, "{}", r.text());
+    let mut refused = server.sse_tls(&client, "topic=busy", None);
+    let b = refused.next_event();
+    assert_eq!(b.kind(), "ringcast.busy", "{b:?}");
+    drop(held);
+}
