@@ -707,6 +707,23 @@ mod tests {
     }
 
     #[test]
+    fn the_tls_pair_is_both_flags_or_neither() {
+        let s = settings_of(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]);
+        let tls = s.tls.expect("a TLS pair");
+        assert_eq!(
+            (tls.cert.to_str(), tls.key.to_str()),
+            (Some("c.pem"), Some("k.pem"))
+        );
+        assert!(settings_of(&[]).tls.is_none());
+        for alone in [["--tls-cert", "c.pem"], ["--tls-key", "k.pem"]] {
+            let err = Cli::try_parse_from(["ringcast", "serve"].iter().chain(&alone))
+                .err()
+                .expect("one flag alone is refused");
+            assert!(err.to_string().contains("--tls-"), "{err}");
+        }
+    }
+
+    #[test]
     fn settings_carry_the_derived_values_in_ticks_and_per_core_shares() {
         let s = settings_of(&[
             "--cores",
