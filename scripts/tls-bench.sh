@@ -9,18 +9,24 @@
 # Figures:
 #   handshakes   full TLS 1.3 handshakes (ECDSA P-256, no resumption) + WS upgrade:
 #                connects/s, and per second of server CPU (the per-core figure)
-#   fan-out      wss subscribers on one topic: deliveries/s, server CPU µs per delivery
+#   fan-out      wss subscribers on one topic, published as fast as the bench can
+#                (messages coalesce: many per record): deliveries/s, server CPU µs
+#                per delivery
+#   paced        the same at RATE messages/s (one message per write and record):
+#                server CPU µs per delivery
 #   idle         RSS per idle wss (and, ringcast only, https SSE) connection
 #
 # Environment: RUNS [3], HS [2000] (handshake connections), IDLE [5000] (idle
-# connections), SUBS [500], MSGS [2000], SERVER_CPU [0], BENCH_CPU [1], BUILD [1].
+# connections), SUBS [500], MSGS [2000], RATE [1000] (paced: 3 s of it),
+# SERVER_CPU [0], BENCH_CPU [1], BUILD [1], PLAIN [0] (1: ringcast without TLS too,
+# as `ringcast-plain`, for the TLS overhead).
 # ringcast's bench publishes through the unix socket; Bun's through a plain HTTP
 # port of the same process (scripts/peers/bun-pubsub.js, PUBLISH_PORT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-: "${RUNS:=3}" "${HS:=2000}" "${IDLE:=5000}" "${SUBS:=500}" "${MSGS:=2000}"
+: "${RUNS:=3}" "${HS:=2000}" "${IDLE:=5000}" "${SUBS:=500}" "${MSGS:=2000}" "${RATE:=1000}"
 : "${SERVER_CPU:=0}" "${BENCH_CPU:=1}" "${SERVERS:=ringcast bun}"
 bun="$root/scripts/peers/node_modules/@oven/bun-linux-x64/bin/bun"
 
@@ -47,10 +53,12 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 up() {
   PORT=$(free_port)
   case $1 in
-  ringcast)
+  ringcast*)
     rm -f "$dir/rc.sock"
+    local tls=(--tls-cert "$dir/chain.pem" --tls-key "$dir/key.pem")
+    [ "$1" = ringcast-plain ] && tls=()
     taskset -c "$SERVER_CPU" "$bin" serve --cores 1 --listen "127.0.0.1:$PORT" \
-      --publish-socket "$dir/rc.sock" --tls-cert "$dir/chain.pem" --tls-key "$dir/key.pem" \
+      --publish-socket "$dir/rc.sock" "${tls[@]}" \
       --max-outbox-bytes 64MiB 2>"$dir/server.log" &
     server=$!
     PUB="unix:$dir/rc.sock"
@@ -74,34 +82,43 @@ up() {
 
 bench() { taskset -c "$BENCH_CPU" "$bin" bench "$@" --tls-ca "$dir/ca.pem" --threads 1 --server-pid "$server" --json -q; }
 
+[ "${PLAIN:-0}" = 1 ] && SERVERS="$SERVERS ringcast-plain"
 results="$dir/results.tsv"
 : >"$results"
 for sv in $SERVERS; do
   if [ "$sv" = bun ] && [ ! -x "$bun" ]; then
     echo "bun missing: npm ci --prefix scripts/peers (or scripts/peers/install.sh)" >&2; continue
   fi
+  ws=wss; http=https
+  [ "$sv" = ringcast-plain ] && { ws=ws; http=http; }
   for run in $(seq "$RUNS"); do
     up "$sv"
-    j=$(bench idle --url "wss://127.0.0.1:$PORT/ws?topic=hs" -c "$HS" --hold 0s --connect-concurrency 64)
+    j=$(bench idle --url "$ws://127.0.0.1:$PORT/ws?topic=hs" -c "$HS" --hold 0s --connect-concurrency 64)
     echo -e "$sv\thandshake\t$j" >>"$results"
     stop
 
     up "$sv"
-    j=$(bench idle --url "wss://127.0.0.1:$PORT/ws?topic=idle" -c "$IDLE" --hold 2s)
+    j=$(bench idle --url "$ws://127.0.0.1:$PORT/ws?topic=idle" -c "$IDLE" --hold 2s)
     echo -e "$sv\tidle-wss\t$j" >>"$results"
     stop
-    if [ "$sv" = ringcast ]; then
+    if [ "$sv" != bun ]; then
       up "$sv"
-      j=$(bench idle --url "https://127.0.0.1:$PORT/sse?topic=idle" -c "$IDLE" --hold 2s)
-      echo -e "$sv\tidle-https-sse\t$j" >>"$results"
+      j=$(bench idle --url "$http://127.0.0.1:$PORT/sse?topic=idle" -c "$IDLE" --hold 2s)
+      echo -e "$sv\tidle-$http-sse\t$j" >>"$results"
       stop
     fi
 
     up "$sv"
     payload=envelope; [ "$sv" = bun ] && payload=raw
-    j=$(bench --url "wss://127.0.0.1:$PORT/ws?topic={topic}" -c "$SUBS" -m "$MSGS" \
+    j=$(bench --url "$ws://127.0.0.1:$PORT/ws?topic={topic}" -c "$SUBS" -m "$MSGS" \
       --publish "$PUB" --payload "$payload" --drain 10s)
-    echo -e "$sv\tfanout-wss\t$j" >>"$results"
+    echo -e "$sv\tfanout-$ws\t$j" >>"$results"
+    stop
+
+    up "$sv"
+    j=$(bench --url "$ws://127.0.0.1:$PORT/ws?topic={topic}" -c "$SUBS" -m $((RATE * 3)) \
+      --rate "$RATE" --publish "$PUB" --payload "$payload" --drain 10s)
+    echo -e "$sv\tpaced-$ws\t$j" >>"$results"
     stop
   done
 done
@@ -118,7 +135,10 @@ def med(xs):
 print("| server | figure | median | runs |")
 print("|---|---|---|---|")
 for (sv, kind), rs in rows.items():
-    if kind == "handshake":
+    if kind == "handshake" and sv == "ringcast-plain":
+        rate = med([r["connect_rate"] for r in rs])
+        print(f"| {sv} | TCP connects + upgrade / s (no TLS) | {rate:,.0f} | {len(rs)} |")
+    elif kind == "handshake":
         rate = med([r["connect_rate"] for r in rs])
         per_cpu = med([r["connected"] / r["server_cpu_seconds"] for r in rs if r.get("server_cpu_seconds")])
         fails = sum(r["connect_failed"] for r in rs)
