@@ -20,7 +20,8 @@
 //!   writability and writes the rest ([`TlsConns::flush`]) before the core
 //!   writes to it again.
 //! * **Memory**: after the handshake a connection holds rustls's state and its
-//!   4 KiB read buffer; sealed records stay only while the socket is full.
+//!   4 KiB read buffer (given back down to 4 KiB before every wait, see
+//!   [`TlsConns::has_input`]); sealed records stay only while the socket is full.
 
 use std::cell::RefCell;
 use std::io::{self, IoSlice, Read, Write};
@@ -51,6 +52,15 @@ impl Write for Fd {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// A source with nothing to read yet (see [`TlsConns::has_input`]).
+struct NothingYet;
+
+impl Read for NothingYet {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
     }
 }
 
@@ -192,9 +202,15 @@ impl TlsConns {
     }
 
     /// Whether opened plaintext (or the peer's `close_notify`) waits to be
-    /// read, so a reader must not wait for the socket first.
+    /// read, so a reader must not wait for the socket first. Called before
+    /// every wait for readability: it also lets rustls shrink its read buffer
+    /// back to 4 KiB (it grows to hold a whole record, up to 16 KiB and more,
+    /// and shrinks only at its next read), so a client that sent one large
+    /// message and went quiet does not keep that room while it waits.
     pub fn has_input(&self, fd: RawFd) -> bool {
         self.with(fd, |c| {
+            // A read that gets nothing: rustls resizes its empty buffer first.
+            let _ = c.tls.read_tls(&mut NothingYet);
             Ok(match c.tls.process_new_packets() {
                 Ok(state) => state.plaintext_bytes_to_read() > 0 || state.peer_has_closed(),
                 Err(_) => true,
@@ -322,6 +338,137 @@ fn write_out(tls: &mut ServerConnection, fd: RawFd) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    /// The system allocator, counting the bytes live per thread, so a test
+    /// can see what one connection holds while other tests run beside it.
+    struct Counting;
+
+    thread_local! {
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+    }
+
+    // SAFETY: every call is forwarded to `System` unchanged; the counter is a
+    // const-initialised thread-local that never allocates.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let _ = LIVE.try_with(|l| l.set(l.get() + layout.size() as isize));
+            // SAFETY: the caller's layout is passed on as is.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            let _ = LIVE.try_with(|l| l.set(l.get() - layout.size() as isize));
+            // SAFETY: `ptr` came from `System.alloc` with this layout.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
+            let _ = LIVE.try_with(|l| l.set(l.get() + new as isize - layout.size() as isize));
+            // SAFETY: as for `dealloc`, and `new` is the caller's.
+            unsafe { System.realloc(ptr, layout, new) }
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    fn live() -> isize {
+        LIVE.with(Cell::get)
+    }
+
+    /// A server table with one connection on a socket pair, handshaken with a
+    /// rustls client trusting a CA made now.
+    fn connected() -> (TlsConns, UnixStream, UnixStream, rustls::ClientConnection) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "ringcast-conns-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let settings = super::super::TlsSettings {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        };
+        std::fs::write(&settings.cert, leaf.pem()).unwrap();
+        std::fs::write(&settings.key, key.serialize_pem()).unwrap();
+        let conns = TlsConns::new(Tls::load(&settings).unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca_cert.der().clone()).unwrap();
+        let cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+        let (mut wire, server_end) = UnixStream::pair().unwrap();
+        wire.set_nonblocking(true).unwrap();
+        server_end.set_nonblocking(true).unwrap();
+        let fd = server_end.as_raw_fd();
+        conns.begin(fd).unwrap();
+        for _ in 0..16 {
+            while client.wants_write() {
+                client.write_tls(&mut wire).unwrap();
+            }
+            let step = conns.handshake(fd).unwrap();
+            if let Ok(n) = client.read_tls(&mut wire) {
+                assert!(n > 0);
+                client.process_new_packets().unwrap();
+            }
+            if step == Handshake::Done && !client.is_handshaking() {
+                break;
+            }
+        }
+        assert!(!client.is_handshaking());
+        (conns, wire, server_end, client)
+    }
+
+    #[test]
+    fn a_connection_that_read_a_large_record_gives_its_room_back_before_it_waits() {
+        let (conns, mut wire, server_end, mut client) = connected();
+        let fd = server_end.as_raw_fd();
+        let message = vec![b'm'; 40_000];
+        let mut got = vec![0u8; 64 * 1024];
+        let mut n = 0;
+        let before = live();
+        client.writer().write_all(&message).unwrap();
+        while client.wants_write() {
+            client.write_tls(&mut wire).unwrap();
+        }
+        while n < message.len() {
+            match conns.recv(fd, &mut got[n..]) {
+                Ok(k) => n += k,
+                Err(e) => panic!("{e} after {n} bytes"),
+            }
+        }
+        assert_eq!(&got[..n], &message[..]);
+        let after_read = live();
+        assert!(!conns.has_input(fd));
+        let after_wait = live();
+        assert!(
+            after_read - before >= 8 * 1024,
+            "the read buffer grew for the 16 KiB records ({} bytes)",
+            after_read - before
+        );
+        assert!(
+            after_wait - before <= 1024,
+            "{} bytes still held once the connection waits",
+            after_wait - before
+        );
+        conns.end(fd);
+    }
 
     #[test]
     fn a_tls_connection_s_own_state_stays_under_1280_bytes() {
