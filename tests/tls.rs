@@ -511,3 +511,45 @@ fn over_capacity_refusals_are_answered_over_tls() {
     assert_eq!(b.kind(), "ringcast.busy", "{b:?}");
     drop(held);
 }
+
+#[test]
+fn sigterm_drains_tls_clients_with_their_goodbyes() {
+    let ca = TestCa::new();
+    let leaf = ca.leaf(KeyKind::EcdsaP256, "drain");
+    let mut server = Server::start_tls(&ca, &leaf, &["--drain-timeout", "5s"]);
+    let client = ca.client();
+    let mut sse = server.sse_tls(&client, "topic=d", None);
+    sse.wait_cursor();
+    let stream = tls_connect(server.addr, &client).unwrap();
+    let url = format!("wss://127.0.0.1:{}/ws?topic=d", server.addr.port());
+    let (mut ws, _) = tungstenite::client::client(url.as_str(), stream).unwrap();
+    ws.send(tungstenite::Message::text(
+        r#"{"op":"subscribe","topics":["d2"],"ref":1}"#,
+    ))
+    .unwrap();
+    while !matches!(ws.read().unwrap(), tungstenite::Message::Text(_)) {}
+
+    server.signal(libc::SIGTERM);
+    let goodbye = loop {
+        let b = sse.next_block();
+        if b.event.is_some() {
+            break b;
+        }
+    };
+    assert_eq!(goodbye.kind(), "ringcast.shutdown", "{goodbye:?}");
+    let code = loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Close(Some(frame))) => break u16::from(frame.code),
+            Ok(tungstenite::Message::Close(None)) => panic!("a close without a code"),
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame over TLS: {e}"),
+        }
+    };
+    assert_eq!(code, 1001, "going away");
+    drop(ws);
+    drop(sse);
+    let status = server
+        .wait_exit(Duration::from_secs(9))
+        .unwrap_or_else(|| panic!("still running after SIGTERM:\n{}", server.stderr_tail()));
+    assert!(status.success(), "{status}");
+}
