@@ -502,8 +502,23 @@ fn over_capacity_refusals_are_answered_over_tls() {
     let leaf = ca.leaf(KeyKind::EcdsaP256, "busy");
     let server = Server::start_tls(&ca, &leaf, &["--max-connections", "1"]);
     let client = ca.client();
-    let mut held = server.sse_tls(&client, "topic=busy", None);
-    held.wait_cursor();
+    // The one connection allowed (the readiness probe's may still be closing).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let held = loop {
+        let mut c = server.sse_tls(&client, "topic=busy", None);
+        // The starting cursor (an id, no data) says admitted; an event, refused.
+        let first = loop {
+            let b = c.next_block();
+            if b.id.is_some() || b.event.is_some() {
+                break b;
+            }
+        };
+        if first.event.is_none() {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "never admitted: {first:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let r = https_get(server.addr, &client, "/healthz");
     assert_eq!(r.status, 503, "{}", r.text());
     let mut refused = server.sse_tls(&client, "topic=busy", None);
