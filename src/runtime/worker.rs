@@ -43,6 +43,9 @@ pub struct Worker {
     pub json: RefCell<JsonScratch>,
     /// Read scratch for sockets whose input is discarded or parsed at once.
     pub scratch: RefCell<Vec<u8>>,
+    /// Where a stream's response head (`101`, `200`) is written before the
+    /// core copies it into the client's outbox.
+    pub head_scratch: RefCell<Vec<u8>>,
     pub driver: &'static str,
     pub epoch_text: String,
     pub started: std::time::Instant,
@@ -167,6 +170,7 @@ impl Worker {
             all_metrics,
             json: RefCell::new(JsonScratch::new()),
             scratch: RefCell::new(vec![0; 16 * 1024]),
+            head_scratch: RefCell::new(Vec::with_capacity(512)),
             driver,
             epoch_text,
             started,

@@ -425,7 +425,12 @@ fn a_subscribe_ack_waits_until_every_home_confirmed_and_precedes_the_last_backlo
     let topics = vec![here.clone(), there.clone()];
     let ack = Bytes::from_static(b"ACK\n");
     cs[0]
-        .subscribe_acked(c, &topics, vec![Since::Live, Since::After(0)], ack)
+        .subscribe_acked(
+            c,
+            &topics,
+            Sinces::Each(vec![Since::Live, Since::After(0)]),
+            ack,
+        )
         .unwrap();
     let mut socks = Sockets::default();
     socks.flush_all(&mut cs);
@@ -680,7 +685,7 @@ fn a_resume_longer_than_the_outbox_bound_is_paced_by_the_socket_not_cut() {
         head: b"HEAD\n",
         expires_at: None,
         topics: &["t".to_string()],
-        sinces: vec![Since::After(0)],
+        sinces: Sinces::All(Since::After(0)),
         ws_deflate: 0,
     });
     // 400 KiB of backlog, 25 times the bound: the socket takes 8 KiB a turn.
