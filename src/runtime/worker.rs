@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use super::broker::BrokerStatus;
 use super::bus::Bus;
+use super::send_batch::SendBatch;
 use super::settings::Settings;
 use super::shutdown::{DrainSignal, Lifecycle};
 use crate::admission::inbound::{InboundBudget, InboundShare};
@@ -46,6 +47,8 @@ pub struct Worker {
     /// Where a stream's response head (`101`, `200`) is written before the
     /// core copies it into the client's outbox.
     pub head_scratch: RefCell<Vec<u8>>,
+    /// Writes each timer pass's heartbeats as one batch.
+    pub heartbeat_writes: RefCell<SendBatch>,
     pub driver: &'static str,
     pub epoch_text: String,
     pub started: std::time::Instant,
@@ -171,6 +174,7 @@ impl Worker {
             json: RefCell::new(JsonScratch::new()),
             scratch: RefCell::new(vec![0; 16 * 1024]),
             head_scratch: RefCell::new(Vec::with_capacity(512)),
+            heartbeat_writes: RefCell::new(SendBatch::new(driver == "uring")),
             driver,
             epoch_text,
             started,

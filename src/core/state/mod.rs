@@ -986,9 +986,22 @@ impl CoreState {
         }
     }
 
-    /// Writes every client touched since it was last written, one vectored
-    /// write each. `write(fd, iov)` must not block.
-    pub fn flush_dirty(&mut self, write: impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>) {
+    /// Writes the heartbeats due (one write each), then every client touched
+    /// since it was last written, one vectored write each. `write(fd, iov)`
+    /// must not block. (The runtime writes in slices, and the heartbeats as a
+    /// batch of its own.)
+    pub fn flush_dirty(
+        &mut self,
+        mut write: impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>,
+    ) {
+        self.write_heartbeats(|sends, results| {
+            for (&(fd, bytes), result) in sends.iter().zip(results) {
+                *result = match write(fd, &[IoSlice::new(bytes)]) {
+                    Ok(n) => n as i32,
+                    Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+                };
+            }
+        });
         self.queue_deliveries();
         self.flush_dirty_upto(usize::MAX, write);
     }
