@@ -23,7 +23,8 @@
 # idle`, the same offer as the mode). Payloads: `--payload-size 1KiB --payload-json`
 # (quotes with varying symbols, prices, volumes and times).
 #
-# Environment: SUBS, MESSAGES, RUNS, IDLE [10000], MODES, DRAIN [60s: a server that
+# Environment: SUBS, MESSAGES, RUNS, IDLE [10000], MODES, PHASES ["fanout idle"; one of
+# them alone runs only that part], DRAIN [60s: a server that
 # lags is waited for, so its CPU covers all its work], RINGCAST_BIN (skip the build),
 # OUT_DIR. RATE [10] (messages/s) keeps the bench, which inflates every message on one
 # core, from falling behind (check that the p50 latency stays in milliseconds). Bun:
@@ -31,7 +32,8 @@
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 : "${SUBS:=10000}" "${MESSAGES:=300}" "${RATE:=10}" "${RUNS:=3}" "${IDLE:=10000}"
-: "${MODES:=rc-off rc-on bun-off bun-on}" "${DRAIN:=60s}"
+: "${MODES:=rc-off rc-on bun-off bun-on}" "${DRAIN:=60s}" "${PHASES:=fanout idle}"
+export PHASES IDLE
 if [ -z "${RINGCAST_BIN:-}" ]; then
     (cd "$ROOT" && cargo build --release --quiet)
     RINGCAST_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/ringcast
@@ -71,6 +73,7 @@ up() {
 }
 
 for run in $(seq "$RUNS"); do
+    [[ " $PHASES " == *" fanout "* ]] || break
     for mode in $MODES; do
         up "$mode"
         taskset -c 1 "$RINGCAST_BIN" bench --url "$URL" -c "$SUBS" -m "$MESSAGES" --rate "$RATE" \
@@ -81,6 +84,7 @@ for run in $(seq "$RUNS"); do
     done
 done
 for run in $(seq "$RUNS"); do
+    [[ " $PHASES " == *" idle "* ]] || break
     for mode in $MODES; do
         up "$mode"
         taskset -c 1 "$RINGCAST_BIN" bench idle --url "$URL" -c "$IDLE" --source-ips 4 \
@@ -90,24 +94,34 @@ for run in $(seq "$RUNS"); do
 done
 
 python3 - "$out" "$RUNS" $MODES <<'PY'
-import json, statistics, sys
+import json, os, statistics, sys
 out, runs, modes = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+phases = os.environ["PHASES"].split()
 med = statistics.median
 res = {}
+def load(kind, mode):
+    if kind not in phases:
+        return None
+    return [json.load(open("%s/%s.%s.%d.json" % (out, kind, mode, r))) for r in range(1, runs + 1)]
 for mode in modes:
-    rs = [json.load(open("%s/fanout.%s.%d.json" % (out, mode, r))) for r in range(1, runs + 1)]
-    idles = [json.load(open("%s/idle.%s.%d.json" % (out, mode, r))) for r in range(1, runs + 1)]
-    res[mode] = {
-        "bytes": med([r["rx_bytes"] / r["delivered"] for r in rs]),
-        "cpu_ns": med([r["server_cpu_seconds"] / r["delivered"] * 1e9 for r in rs]),
-        "cpu_all": [round(r["server_cpu_seconds"] / r["delivered"] * 1e9) for r in rs],
-        "rate": med([r["delivered_per_sec"] for r in rs]),
-        "p50": med([r["latency_p50_us"] for r in rs]),
-        "delivered": med([r["delivered"] / r["expected"] for r in rs]),
-        "n": med([r["expected"] for r in rs]),
-        "idle": med([i["rss_per_conn_bytes"] for i in idles]),
-        "idle_all": [round(i["rss_per_conn_bytes"]) for i in idles],
-    }
+    res[mode] = {}
+    rs = load("fanout", mode)
+    if rs:
+        res[mode].update({
+            "bytes": med([r["rx_bytes"] / r["delivered"] for r in rs]),
+            "cpu_ns": med([r["server_cpu_seconds"] / r["delivered"] * 1e9 for r in rs]),
+            "cpu_all": [round(r["server_cpu_seconds"] / r["delivered"] * 1e9) for r in rs],
+            "rate": med([r["delivered_per_sec"] for r in rs]),
+            "p50": med([r["latency_p50_us"] for r in rs]),
+            "delivered": med([r["delivered"] / r["expected"] for r in rs]),
+            "n": med([r["expected"] for r in rs]),
+        })
+    idles = load("idle", mode)
+    if idles:
+        res[mode].update({
+            "idle": med([i["rss_per_conn_bytes"] for i in idles]),
+            "idle_all": [round(i["rss_per_conn_bytes"]) for i in idles],
+        })
 names = {"rc-off": "ringcast off", "rc-on": "ringcast on", "bun-off": "Bun off", "bun-on": "Bun on"}
 cols = []
 for m in modes:
@@ -126,6 +140,8 @@ rows = [
 print("| | " + " | ".join(c[0] for c in cols) + " |")
 print("|---|" + "---|" * len(cols))
 for label, key, fmt in rows:
+    if key not in res[modes[0]]:
+        continue
     cells = []
     for _, m, base in cols:
         if base is None:
@@ -137,8 +153,9 @@ for label, key, fmt in rows:
     print("| %s | %s |" % (label, " | ".join(cells)))
 print()
 for m in modes:
-    print("%s: CPU per delivery per run %s ns; idle RSS per run %s B" % (names[m], res[m]["cpu_all"], res[m]["idle_all"]))
-if "rc-on" in res and "bun-on" in res:
+    print("%s: CPU per delivery per run %s ns; idle RSS per run %s B" % (names[m], res[m].get("cpu_all"), res[m].get("idle_all")))
+if "rc-on" in res and "bun-on" in res and "cpu_ns" in res["rc-on"]:
     print("server CPU per delivery, ringcast on ÷ Bun on: %.2f" % (res["rc-on"]["cpu_ns"] / res["bun-on"]["cpu_ns"]))
-print("(medians of %d runs, %d deliveries each; server on CPU 0, bench on CPU 1)" % (runs, res[modes[0]]["n"]))
+print("(medians of %d runs, %s deliveries each, %s idle connections; server on CPU 0, bench on CPU 1)"
+      % (runs, res[modes[0]].get("n", "no"), os.environ.get("IDLE", "?") if "idle" in phases else "no"))
 PY
