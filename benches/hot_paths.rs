@@ -2,8 +2,10 @@
 //!
 //! HTTP head parse, WebSocket frame encode/decode (small and 64 KiB), SSE
 //! encoding, envelope building from a publish command (simd-json), timer-wheel
-//! insert/cancel/advance, and the fan-out of one message to 10,000 outboxes on
-//! one core (queue and flush, with a socket that takes everything).
+//! insert/cancel/advance, the fan-out of one message to 10,000 outboxes on
+//! one core (queue and flush, with a socket that takes everything), and the
+//! permessage-deflate compression of one 1 KiB JSON envelope (paid once per
+//! message and core, whatever the number of subscribers).
 
 use std::sync::Arc;
 
@@ -12,13 +14,16 @@ mod fan_out_core;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use fan_out_core::{sink, subscribed_core, FAN_OUT_SUBS};
+use ringcast::bench::payload::encode_with;
 use ringcast::core::client::Transport;
 use ringcast::core::message::Message;
 use ringcast::core::wheel::TimerWheel;
 use ringcast::proto::cursor::{Epoch, IdScheme};
+use ringcast::proto::envelope::write_envelope;
 use ringcast::proto::http::{parse_request, HeadLimits};
 use ringcast::proto::json::JsonScratch;
 use ringcast::proto::publish::parse_command;
+use ringcast::proto::ws::deflate::compressed_frame;
 use ringcast::proto::ws::{encode_frame, text_frame, Decoder, OpCode};
 
 const HEAD: &[u8] = b"GET /sse?topic=news&topic=chat.room-1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\
@@ -160,5 +165,37 @@ fn fan_out(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, http, ws, sse_and_envelope, wheel, fan_out);
+/// Compressing one envelope of `ringcast bench --payload-size 1KiB --payload-json`
+/// (about 1.1 KB of quotes), cycling over 64 of them: the work a core does once
+/// per message for all of its subscribers with permessage-deflate.
+fn deflate(c: &mut Criterion) {
+    let envelopes: Vec<Vec<u8>> = (0..64u64)
+        .map(|seq| {
+            let mut data = Vec::new();
+            encode_with(
+                &mut data,
+                seq,
+                1_700_000_000_000 + seq * 100_000_000,
+                1024,
+                true,
+            );
+            let mut e = Vec::new();
+            let id = format!("0000019a2b3c-{}", seq + 1);
+            write_envelope(&mut e, "topic-0", id.as_bytes(), None, &data);
+            e
+        })
+        .collect();
+    let mut g = c.benchmark_group("deflate");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0;
+    g.bench_function("one_1KiB_json_envelope", |b| {
+        b.iter(|| {
+            i = (i + 1) % envelopes.len();
+            compressed_frame(OpCode::Text, std::hint::black_box(&envelopes[i])).map(|f| f.len())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, http, ws, sse_and_envelope, wheel, fan_out, deflate);
 criterion_main!(benches);

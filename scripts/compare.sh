@@ -15,6 +15,10 @@
 # topic): ws-seq / sse-seq, one request in flight as fast as it goes (HTTP; ws-seq-unix
 # is ringcast's socket, n/a for peers); ws-rate100 / ws-rate500 / sse-rate100 /
 # sse-rate500, paced at 100 or 500 messages/s for PACED_SECONDS, with p50/p99.
+# Connection cost: connect-ws / connect-sse open CONNECT_CONNS (10,000) subscribers, each
+# on its own topic, hold them CONNECT_HOLD and close them; the server's CPU per
+# connection. heartbeat-sse: HEARTBEAT_CONNS (15,000) idle SSE streams at --heartbeat 1s,
+# the server's CPU per heartbeat (ringcast only).
 # PINNED=1 pins every server to CPU 0 (SERVER_CPUS) and the load generator to CPU 1
 # (BENCH_CPUS, one subscriber thread); its default SERVERS are ringcast-c1 bun nchan.
 #
@@ -42,7 +46,7 @@ fi
 : "${SERVERS:=ringcast-c1 ringcast-c2 bun nchan node}"
 : "${IDLE_TRANSPORTS:=sse ws}"
 PUBLISHER_SCENARIOS="ws-seq ws-seq-unix ws-rate100 ws-rate500 sse-seq sse-rate100 sse-rate500"
-: "${SCENARIOS:=ws-fanout ws-topics sse-fanout publish-wrk idle $PUBLISHER_SCENARIOS}"
+: "${SCENARIOS:=ws-fanout ws-topics sse-fanout publish-wrk idle connect-ws connect-sse heartbeat-sse $PUBLISHER_SCENARIOS}"
 IDLE_PER_SERVER=$IDLE_CONNS
 
 RUN_DIR=$(mktemp -d /tmp/ringcast-compare.XXXXXX)
@@ -64,16 +68,17 @@ REC_DIR="$OUT_DIR/compare"
 mkdir -p "$REC_DIR"
 rm -f "$REC_DIR"/*.json "$REC_DIR"/*.stdout
 
-# up SERVER: starts it fresh on a free port; sets HP PID PUB PAYLOAD.
+# up SERVER [ringcast flags...]: starts it fresh on a free port; sets HP PID PUB PAYLOAD.
 up() {
     local sv=$1 port
+    shift
     port=$(free_port)
     HP="127.0.0.1:$port"
     case $sv in
     ringcast-c*)
         local sock="$RUN_DIR/rc-$port.sock"
         SOCK_PUB="unix:$sock"
-        PID=$(start_ringcast "$RINGCAST_BIN" "${sv#ringcast-c}" "$port" "$sock" "$RUN_DIR/$sv-$port.log")
+        PID=$(start_ringcast "$RINGCAST_BIN" "${sv#ringcast-c}" "$port" "$sock" "$RUN_DIR/$sv-$port.log" "$@")
         PAYLOAD=envelope
         if [[ $COMPARE_PUBLISH == unix ]]; then PUB="unix:$sock"; else PUB="http://$HP/publish?topic={topic}"; fi
         ;;
@@ -89,12 +94,22 @@ na=()
 for sc in $SCENARIOS; do
     for ((run = 1; run <= RUNS; run++)); do
         for sv in $SERVERS; do
-            if [[ $sc == sse-* && $sv == bun* ]]; then
+            if [[ ($sc == sse-* || $sc == *-sse) && $sv == bun* ]]; then
                 ((run == 1)) && na+=("$sc/$sv (Bun has no SSE pub/sub)")
                 continue
             fi
             if [[ $sc == *-unix && $sv != ringcast* ]]; then
                 ((run == 1)) && na+=("$sc/$sv (no publish socket)")
+                continue
+            fi
+            if [[ $sc == heartbeat-sse ]]; then
+                if [[ $sv != ringcast* ]]; then
+                    ((run == 1)) && na+=("$sc/$sv (ringcast's heartbeat counter)")
+                    continue
+                fi
+                up "$sv" --heartbeat 1s
+                sc_heartbeat "$sv" "$HP" "$PID" "$run"
+                stop_all
                 continue
             fi
             if [[ $sc == idle ]]; then
@@ -114,6 +129,7 @@ for sc in $SCENARIOS; do
             ws-fanout) sc_ws_fanout "$sv" "$HP" "$PID" "$PUB" "$PAYLOAD" "$run" ;;
             ws-topics) sc_ws_topics "$sv" "$HP" "$PID" "$PUB" "$PAYLOAD" "$run" ;;
             sse-fanout) sc_sse_fanout "$sv" "$HP" "$PID" "$PUB" "$PAYLOAD" "$run" ;;
+            connect-ws | connect-sse) sc_connect "$sc" "$sv" "$HP" "$PID" "$run" "${sc#connect-}" ;;
             publish-wrk) sc_publish_wrk "$sv" "$HP" "$PID" "" "" "$run" ;;
             ws-seq | sse-seq) sc_publisher "$sc" "$sv" "$HP" "$PID" "$PUB" "$PAYLOAD" "$run" \
                 "${sc%%-*}" "$SEQ_SUBS" "$SEQ_MESSAGES" 0 ;;
@@ -142,6 +158,8 @@ pre="$RUN_DIR/preamble.md"
     echo "Scale: ws-fanout $FANOUT_SUBS subs x $FANOUT_MESSAGES msgs; ws-topics $TOPICS_SUBS subs /"
     echo "$TOPICS_TOPICS topics x $TOPICS_MESSAGES msgs; sse-fanout $SSE_SUBS subs x $SSE_MESSAGES msgs;"
     echo "wrk -t$WRK_THREADS -c$WRK_CONNS ${WRK_DURATION}s POST /publish (no subscribers); idle $IDLE_CONNS connections ($IDLE_TRANSPORTS);"
+    echo "connect-*: $CONNECT_CONNS subscribers on a topic each, opened, held $CONNECT_HOLD, closed;"
+    echo "heartbeat-sse: $HEARTBEAT_CONNS idle SSE streams at --heartbeat 1s, ${HEARTBEAT_SECONDS}s measured."
     echo "publishers: *-seq $SEQ_SUBS subs x $SEQ_MESSAGES msgs, one request in flight; *-rateN $PACED_SUBS subs, N msgs/s for ${PACED_SECONDS}s."
     if [[ -n "${SERVER_CPUS:-}" ]]; then
         echo

@@ -369,6 +369,67 @@ fn an_idle_sse_stream_gets_a_comment_heartbeat_at_the_configured_interval() {
     server.assert_no_panic();
 }
 
+/// Lines on `c` until it has been quiet for `quiet`: (comment lines, `data:` lines).
+fn pending_lines(c: &mut SseClient, quiet: Duration) -> (usize, usize) {
+    let (mut comments, mut data) = (0, 0);
+    loop {
+        match c.try_next_line(quiet) {
+            Ok(line) if line.starts_with(':') => comments += 1,
+            Ok(line) if line.starts_with("data:") => data += 1,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::TimedOut => return (comments, data),
+            Err(e) => panic!("the stream ended: {e}"),
+        }
+    }
+}
+
+#[test]
+fn heartbeats_reach_every_idle_stream_and_none_reaches_a_stream_just_written() {
+    let _serial = serial();
+    let server = Server::start(&["--heartbeat", "500ms"]);
+    // Idle streams, each on its own topic (the per-user pattern), and one on a
+    // topic that gets a message every 100 ms.
+    let mut idle: Vec<(SseClient, Instant)> = (0..200)
+        .map(|i| {
+            let mut c = server.sse(&format!("topic=user-{i}"));
+            c.wait_cursor();
+            (c, Instant::now())
+        })
+        .collect();
+    let mut busy = server.sse("topic=busy");
+    busy.wait_cursor();
+    let start = Instant::now();
+    let mut sent = 0;
+    while start.elapsed() < Duration::from_millis(2300) {
+        server.publish_ns("busy", [sent]);
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (busy_beats, busy_data) = pending_lines(&mut busy, Duration::from_millis(100));
+    assert_eq!(
+        busy_data, sent as usize,
+        "every message reached the busy stream"
+    );
+    assert_eq!(
+        busy_beats, 0,
+        "a stream written every 100 ms never goes 500 ms silent, yet got heartbeats"
+    );
+    // Each idle stream has had one heartbeat per 500 ms since it opened, up to
+    // the moment its reading went quiet.
+    let quiet = Duration::from_millis(40);
+    for (i, (c, opened)) in idle.iter_mut().enumerate() {
+        let (beats, data) = pending_lines(c, quiet);
+        let silent_ms = (opened.elapsed() - quiet).as_millis() as f64;
+        let expected = silent_ms / 500.0;
+        assert_eq!(data, 0, "idle stream {i} got a message");
+        assert!(
+            beats >= 3 && (beats as f64 - expected).abs() <= 1.5,
+            "idle stream {i}: {beats} heartbeats in {silent_ms} ms at 500 ms (about {expected:.1} expected)"
+        );
+    }
+    server.assert_no_panic();
+}
+
 // ---- 4. slow consumers ------------------------------------------------------------
 
 const MSG_BYTES: usize = 4096;

@@ -568,3 +568,46 @@ fn sigterm_drains_tls_clients_with_their_goodbyes() {
         .unwrap_or_else(|| panic!("still running after SIGTERM:\n{}", server.stderr_tail()));
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn heartbeats_of_idle_tls_streams_are_sealed_like_any_write() {
+    // An idle stream's heartbeat skips its outbox (one batch per timer pass):
+    // on TLS it must still be a record, or the client sees garbage.
+    let ca = TestCa::new();
+    let leaf = ca.leaf(KeyKind::EcdsaP256, "beat");
+    let server = Server::start_tls(&ca, &leaf, &["--heartbeat", "1s"]);
+    let client = ca.client();
+    let mut sse = server.sse_tls(&client, "topic=hb", None);
+    sse.wait_cursor();
+    let stream = tls_connect(server.addr, &client).unwrap();
+    let url = format!("wss://127.0.0.1:{}/ws?topic=hb", server.addr.port());
+    let (mut ws, _) = tungstenite::client::client(url.as_str(), stream).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut beats = 0;
+    while beats < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no heartbeats on the TLS SSE stream"
+        );
+        match sse.try_next_line(Duration::from_secs(3)) {
+            Ok(line) if line.starts_with(':') => beats += 1,
+            Ok(_) => {}
+            Err(e) => panic!("the TLS SSE stream broke: {e}"),
+        }
+    }
+    let mut pings = 0;
+    ws.get_mut()
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    while pings < 2 {
+        assert!(Instant::now() < deadline, "no pings on the wss stream");
+        match ws.read() {
+            Ok(tungstenite::Message::Ping(_)) => pings += 1,
+            Ok(_) => {}
+            Err(e) => panic!("the wss stream broke: {e}"),
+        }
+    }
+    server.publish_ns("hb", [1]);
+    assert_eq!(read_ns(&mut sse, 1)[0].0, 1, "and messages still arrive");
+}

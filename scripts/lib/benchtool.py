@@ -8,6 +8,9 @@
       through), takes the bench's own CPU time from wait4's rusage (children included),
       reads the server again and writes one JSON record with the figures that CMD's
       output gives (ringcast bench --json, a WRK_JSON line, or a k6 summary export).
+      --window START,LENGTH reads the server's CPU over that part of the run only
+      (seconds after CMD starts), and --counter URL#NAME makes the increase of that
+      Prometheus counter over the window the run's deliveries (e.g. heartbeats).
 
   benchtool.py publish --target unix:PATH|http://H:P --topic T --rate R --duration S
       A steady publisher (NDJSON over the Unix socket, or keep-alive POST /publish).
@@ -208,8 +211,39 @@ def ms(v, flat, which):
 
 # ---------------------------------------------------------------- commands
 
+def prom_counter(spec):
+    """The value of counter NAME on the Prometheus page URL (spec URL#NAME), summed over
+    its label sets."""
+    url, name = spec.split("#", 1)
+    hostport, path = url.split("//", 1)[1].split("/", 1)
+    c = http.client.HTTPConnection(hostport, timeout=5)
+    c.request("GET", "/" + path)
+    total = 0.0
+    for line in c.getresponse().read().decode().splitlines():
+        if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def windowed(a, window):
+    """Fills window with the server's CPU seconds and the counter at the start and the
+    end of --window."""
+    start, length = (float(x) for x in a.window.split(","))
+    time.sleep(start)
+    window["cpu0"] = server_snapshot(a.group)["cpu_s"]
+    window["n0"] = prom_counter(a.counter) if a.counter else None
+    window["t0"] = time.monotonic()
+    time.sleep(length)
+    window["cpu1"] = server_snapshot(a.group)["cpu_s"]
+    window["n1"] = prom_counter(a.counter) if a.counter else None
+    window["t1"] = time.monotonic()
+
+
 def cmd_measure(a):
     before = server_snapshot(a.group)
+    window = {}
+    if a.window:
+        threading.Thread(target=windowed, args=(a, window), daemon=True).start()
     peak = [before["rss"]]
     stop = threading.Event()
 
@@ -270,6 +304,17 @@ def cmd_measure(a):
         "conns": a.conns,
         **fig,
     }
+    if a.window:
+        if "cpu1" not in window:
+            print(f"benchtool: {a.scenario}/{a.server} run {a.run}: the run ended before "
+                  f"its window {a.window}", file=sys.stderr)
+            rec["rc"] = rc = rc or 1
+        else:
+            rec["server_cpu_s"] = window["cpu1"] - window["cpu0"]
+            rec["window_s"] = window["t1"] - window["t0"]
+            if a.counter:
+                rec["delivered"] = window["n1"] - window["n0"]
+                rec["rate"] = rec["delivered"] / rec["window_s"]
     if a.conns:
         # Idle runs: the server's RSS growth at the peak (while the connections are
         # held), over the connections asked for; the bench's own figure is kept apart.
@@ -342,7 +387,8 @@ def med(xs):
 
 
 # What "better" is per scenario: the figure a ratio is taken of, and its direction.
-PRIMARY = {"idle": ("rss_per_conn", "lower")}
+PRIMARY = {"idle": ("rss_per_conn", "lower"), "connect": ("server_us_per_conn", "lower"),
+           "heartbeat": ("server_us_per_msg", "lower")}
 
 
 def cmd_report(a):
@@ -381,15 +427,22 @@ def cmd_report(a):
             per = [(r["server_cpu_s"] / r["delivered"] * 1e6) if r.get("delivered") else None for r in ok]
             bper = [(r["bench_cpu_s"] / r["delivered"] * 1e6) if r.get("delivered") else None for r in ok]
             d["server_us_per_msg"] = med(per)
+            d["server_us_per_conn"] = med([r["server_cpu_s"] / r["connections"] * 1e6
+                                           if r.get("connections") else None for r in ok])
+            d["bench_us_per_conn"] = med([r["bench_cpu_s"] / r["connections"] * 1e6
+                                          if r.get("connections") else None for r in ok])
             d["bench_us_per_msg"] = med(bper)
             d["runs"] = len(rs)
             d["failed"] = sum(1 for r in rs if r["rc"] != 0)
             rows[sv] = d
-        key, better = PRIMARY.get("idle" if sc.startswith("idle") else sc, ("rate", "higher"))
+        key, better = PRIMARY.get(sc.split("-")[0], ("rate", "higher"))
         lines += [f"## {sc}", ""]
         head = ["server", "runs (failed)"]
         if key == "rss_per_conn":
             head += ["connections", "PSS / conn", "server PSS (peak)", "connect rate"]
+        elif key == "server_us_per_conn":
+            head += ["connections", "connect rate", "server CPU µs/conn", "bench CPU µs/conn",
+                     "PSS / conn"]
         else:
             head += ["rate (median)", "p50 ms", "p99 ms", "delivered", "lost/errors",
                      "server CPU µs/msg", "bench CPU µs/msg"]
@@ -403,6 +456,10 @@ def cmd_report(a):
             if key == "rss_per_conn":
                 row += [fmt(d["connections"], "int"), fmt(d["rss_per_conn"], "bytes"),
                         fmt(d["server_rss_peak"], "bytes"), fmt(d["connect_rate"], "rate")]
+            elif key == "server_us_per_conn":
+                row += [fmt(d["connections"], "int"), fmt(d["connect_rate"], "rate"),
+                        fmt(d["server_us_per_conn"], "us"), fmt(d["bench_us_per_conn"], "us"),
+                        fmt(d["rss_per_conn"], "bytes")]
             else:
                 lost = d["lost"] if d["lost"] is not None else d["errors"]
                 row += [fmt(d["rate"], "rate"), fmt(d["p50_ms"], "ms"), fmt(d["p99_ms"], "ms"),
@@ -423,6 +480,10 @@ def cmd_report(a):
         if baselines:
             if better == "higher":
                 lines += ["Ratios: the baseline's rate over the row's; > 1 means the baseline is faster.", ""]
+            elif key == "server_us_per_msg":
+                lines += ["Ratios: the row's server CPU per message over the baseline's; > 1 means the baseline costs less.", ""]
+            elif key == "server_us_per_conn":
+                lines += ["Ratios: the row's server CPU per connection over the baseline's; > 1 means the baseline costs less.", ""]
             else:
                 lines += ["Ratios: the row's PSS per connection over the baseline's; > 1 means the baseline uses less.", ""]
     with open(a.out, "w") as f:
@@ -443,6 +504,9 @@ def main():
     m.add_argument("--timeout", type=float, default=float(os.environ.get("RUN_TIMEOUT", 300)),
                    help="stop the run after this many seconds [RUN_TIMEOUT or 300]")
     m.add_argument("--conns", type=int, default=0, help="connections held (idle runs)")
+    m.add_argument("--window", help="START,LENGTH: the server's CPU over this part of the run")
+    m.add_argument("--counter", help="URL#NAME: a counter whose increase over the window "
+                   "is the run's deliveries")
     m.add_argument("--baseline-rss", type=int, default=0, help="server RSS before connecting")
     m.add_argument("command", nargs=argparse.REMAINDER)
     r = sub.add_parser("rss")

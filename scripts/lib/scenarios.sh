@@ -24,6 +24,10 @@
 : "${SOURCE_IPS:=4}"
 : "${BENCH_DRAIN:=5s}"
 : "${K6_VUS:=200}" "${K6_HOLD:=10}" "${K6_RATE:=100}"
+: "${CONNECT_CONNS:=10000}"               # connect-*: subscribers, each on its own topic
+: "${CONNECT_HOLD:=1s}"                   #   held once all are open, then closed
+: "${HEARTBEAT_CONNS:=15000}"             # heartbeat-sse: idle SSE streams (ringcast only)
+: "${HEARTBEAT_SECONDS:=10}"              #   held this long at --heartbeat 1s
 : "${SEQ_SUBS:=1000}"                     # one publish in flight: subscribers on 1 topic
 : "${SEQ_MESSAGES:=3000}"                 #   messages, each sent once the last is answered
 : "${PACED_SUBS:=1000}"                   # paced publishers (--rate): subscribers on 1 topic
@@ -95,6 +99,34 @@ sc_sse_fanout() {
         --url "http://$hp/sse?topic={topic}" --connections "$SSE_SUBS" --topics 1 \
         --publish "$pub" --messages "$SSE_MESSAGES" --rate 0 \
         --payload "$payload" --drain "$BENCH_DRAIN" --server-pid "$pg" "${BENCH_FLAGS[@]}"
+}
+
+# What a connection costs the server: CONNECT_CONNS subscribers, each on its own topic
+# (the per-user pattern), opened, held CONNECT_HOLD, closed; the server's CPU over all
+# of it (the report divides by the connections). A second after the bench exits is
+# inside the run, so the server's tear-down counts too.
+# sc_connect NAME SERVER HP PGID RUN TRANSPORT(ws|sse)
+sc_connect() {
+    local sc=$1 sv=$2 hp=$3 pg=$4 run=$5 url="ws://$3/ws?topic={topic}"
+    [[ $6 == sse ]] && url="http://$3/sse?topic={topic}"
+    bench_common
+    measure "$sc" "$sv" "$run" "$pg" --conns "$CONNECT_CONNS" -- bash -c '"$@"; rc=$?; sleep 1; exit $rc' _ \
+        "$BENCH_BIN" bench idle --url "$url" --connections "$CONNECT_CONNS" \
+        --topics "$CONNECT_CONNS" --hold "$CONNECT_HOLD" --server-pid "$pg" "${BENCH_FLAGS[@]}"
+}
+
+# What a heartbeat costs: HEARTBEAT_CONNS idle SSE streams on one topic against a server
+# started with --heartbeat 1s (ringcast only). The server's CPU is read over
+# HEARTBEAT_SECONDS once they are all open (from the 3rd second on), and divided by the
+# heartbeats its /metrics counted over the same window.
+# sc_heartbeat SERVER HP PGID RUN
+sc_heartbeat() {
+    local sv=$1 hp=$2 pg=$3 run=$4
+    bench_common
+    measure heartbeat-sse "$sv" "$run" "$pg" --window "3,$HEARTBEAT_SECONDS" \
+        --counter "http://$hp/metrics#ringcast_heartbeats_total" -- \
+        "$BENCH_BIN" bench idle --url "http://$hp/sse?topic=idle" --connections "$HEARTBEAT_CONNS" \
+        --hold "$((HEARTBEAT_SECONDS + 5))s" --server-pid "$pg" "${BENCH_FLAGS[@]}"
 }
 
 # Publish throughput through the bench's own publisher (1 subscriber checks delivery).

@@ -9,7 +9,10 @@
 // Messages reach subscribers as the raw published text (bench: --payload raw).
 //
 // Environment: PORT [8090], HOST [127.0.0.1], REUSE_PORT [0] (1: SO_REUSEPORT, for
-// running several processes; each process has its own topics, see README.md).
+// running several processes; each process has its own topics, see README.md),
+// DEFLATE [0] (1: `perMessageDeflate: true`, and every publish asks for compression,
+// which reaches the subscribers that negotiated permessage-deflate; for
+// scripts/deflate-bench.sh).
 // TLS_CERT and TLS_KEY (PEM files): PORT serves https/wss only (`tls: {cert, key}`),
 // and PUBLISH_PORT (if set) serves plain POST /publish into the same topics, for a
 // load generator whose publisher speaks plain HTTP (scripts/tls-bench.sh).
@@ -20,6 +23,7 @@
 const port = Number(process.env.PORT || 8090);
 const hostname = process.env.HOST || "127.0.0.1";
 const reusePort = process.env.REUSE_PORT === "1";
+const deflate = process.env.DEFLATE === "1";
 const tls = process.env.TLS_CERT && process.env.TLS_KEY
   ? { cert: Bun.file(process.env.TLS_CERT), key: Bun.file(process.env.TLS_KEY) }
   : undefined;
@@ -33,7 +37,7 @@ function publishMessage(server, text) {
   }
   if (!msg || typeof msg.topic !== "string" || msg.data === undefined) return false;
   const data = typeof msg.data === "string" ? msg.data : JSON.stringify(msg.data);
-  server.publish(msg.topic, data);
+  server.publish(msg.topic, data, deflate);
   return true;
 }
 
@@ -54,7 +58,7 @@ const server = Bun.serve({
     if (url.pathname === "/publish" && req.method === "POST") {
       if (!topic) return new Response("topic required\n", { status: 400 });
       const body = await req.text();
-      server.publish(topic, body);
+      server.publish(topic, body, deflate);
       return new Response("{}\n", {
         status: 202,
         headers: { "content-type": "application/json" },
@@ -64,9 +68,9 @@ const server = Bun.serve({
     return new Response("not found\n", { status: 404 });
   },
   websocket: {
-    // Defaults otherwise (no compression, 120 s idle timeout with automatic pings,
-    // 16 MiB backpressure limit), as a user of Bun would have them.
-    perMessageDeflate: false,
+    // Defaults otherwise (no compression unless DEFLATE=1, 120 s idle timeout with
+    // automatic pings, 16 MiB backpressure limit), as a user of Bun would have them.
+    perMessageDeflate: deflate,
     open(ws) {
       if (ws.data.topic) ws.subscribe(ws.data.topic);
     },
@@ -86,7 +90,7 @@ if (process.env.PUBLISH_PORT) {
       const url = new URL(req.url);
       const topic = url.searchParams.get("topic");
       if (url.pathname === "/publish" && req.method === "POST" && topic) {
-        server.publish(topic, await req.text());
+        server.publish(topic, await req.text(), deflate);
         return new Response("{}\n", { status: 202, headers: { "content-type": "application/json" } });
       }
       if (url.pathname === "/healthz") return new Response("ok\n");
@@ -95,7 +99,7 @@ if (process.env.PUBLISH_PORT) {
   });
 }
 
-console.error(`bun-pubsub: pid ${process.pid} on ${server.hostname}:${server.port}`);
+console.error(`bun-pubsub: pid ${process.pid} on ${server.hostname}:${server.port}, perMessageDeflate ${deflate}`);
 
 for (const sig of ["SIGTERM", "SIGINT"]) {
   process.on(sig, () => {

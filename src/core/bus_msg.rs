@@ -24,17 +24,35 @@ pub enum Since {
 impl Since {
     /// Where each of a stream's `topics` topics starts, given the id or cursor the
     /// client sent back (`Last-Event-ID`, `lastEventId`), if any.
-    pub fn from_cursor(text: Option<&[u8]>, ids: IdScheme, topics: usize) -> Vec<Since> {
-        let one = |since: Since| vec![since; topics];
+    pub fn from_cursor(text: Option<&[u8]>, ids: IdScheme, topics: usize) -> Sinces {
         let Some(text) = text.filter(|t| !t.is_empty()) else {
-            return one(Since::Live);
+            return Sinces::All(Since::Live);
         };
         match ids.parse(text) {
-            Err(reason) => one(Since::Unknown(reason)),
+            Err(reason) => Sinces::All(Since::Unknown(reason)),
             Ok(keys) if keys.len() != topics => {
-                one(Since::Unknown("cursor does not match the stream's topics"))
+                Sinces::All(Since::Unknown("cursor does not match the stream's topics"))
             }
-            Ok(keys) => keys.into_iter().map(Since::After).collect(),
+            Ok(keys) => Sinces::Each(keys.into_iter().map(Since::After).collect()),
+        }
+    }
+}
+
+/// Where each topic of a stream starts: the same for all of them (a live
+/// stream, or a cursor that cannot be placed: nothing to allocate), or one
+/// position each (a resume).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sinces {
+    All(Since),
+    Each(Vec<Since>),
+}
+
+impl Sinces {
+    /// Where topic `i` starts (live past the end of a list).
+    pub fn get(&self, i: usize) -> Since {
+        match self {
+            Sinces::All(since) => since.clone(),
+            Sinces::Each(each) => each.get(i).cloned().unwrap_or(Since::Live),
         }
     }
 }
@@ -154,15 +172,12 @@ mod tests {
         epoch.write_cursor(&mut c, [4, 9]);
         assert_eq!(
             Since::from_cursor(Some(&c), epoch, 2),
-            vec![Since::After(4), Since::After(9)]
+            Sinces::Each(vec![Since::After(4), Since::After(9)])
         );
-        assert_eq!(
-            Since::from_cursor(None, epoch, 2),
-            vec![Since::Live, Since::Live]
-        );
-        assert_eq!(Since::from_cursor(Some(b""), epoch, 1), vec![Since::Live]);
+        assert_eq!(Since::from_cursor(None, epoch, 2).get(1), Since::Live);
+        assert_eq!(Since::from_cursor(Some(b""), epoch, 1).get(0), Since::Live);
         assert!(matches!(
-            Since::from_cursor(Some(&c), epoch, 3)[0],
+            Since::from_cursor(Some(&c), epoch, 3).get(0),
             Since::Unknown(_)
         ));
         assert!(matches!(
@@ -170,11 +185,12 @@ mod tests {
                 Some(&c),
                 IdScheme::Local(crate::proto::cursor::Epoch::new(1)),
                 2
-            )[0],
+            )
+            .get(0),
             Since::Unknown(_)
         ));
         assert!(matches!(
-            Since::from_cursor(Some(b"garbage"), epoch, 1)[0],
+            Since::from_cursor(Some(b"garbage"), epoch, 1).get(0),
             Since::Unknown(_)
         ));
     }

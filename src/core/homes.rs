@@ -248,13 +248,22 @@ impl HomeTopics {
     pub fn get_or_create(&mut self, name: &str) -> &mut HomeTopic {
         let key = match self.by_name.get(name) {
             Some(&key) => key,
-            None => self.create(name),
+            None => self.create(Arc::from(name)),
         };
         &mut self.topics[key as usize]
     }
 
-    fn create(&mut self, name: &str) -> u32 {
-        let name: Arc<str> = Arc::from(name);
+    /// As [`HomeTopics::get_or_create`], for a name the core already holds (a
+    /// subscription's): a new topic shares it instead of copying it.
+    pub fn get_or_create_shared(&mut self, name: &Arc<str>) -> &mut HomeTopic {
+        let key = match self.by_name.get(&**name) {
+            Some(&key) => key,
+            None => self.create(name.clone()),
+        };
+        &mut self.topics[key as usize]
+    }
+
+    fn create(&mut self, name: Arc<str>) -> u32 {
         let mut history = History::new(self.limits.len, self.limits.bytes);
         // Nothing is kept from before the floor; from a topic remembered, its
         // last position on is complete (no position of it lies in between).

@@ -40,6 +40,7 @@ pub mod publish_wait;
 pub mod request;
 pub mod respond;
 pub mod routes;
+pub mod send_batch;
 pub mod server;
 pub mod session;
 pub mod settings;

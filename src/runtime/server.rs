@@ -8,6 +8,7 @@
 //! SIGTERM/SIGINT, starts the drain, and waits (bounded) for the cores to stop.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -302,6 +303,13 @@ async fn core_main(
             return;
         }
     };
+    let inherited = os::set_inherited_options(listener.as_raw_fd(), w.cfg.idle_timeout);
+    if let Err(e) = inherited {
+        warn!(
+            "core={} msg=\"cannot set the listener's TCP options\" error=\"{e}\"",
+            w.core
+        );
+    }
     let publish = match unix.map(UnixListener::from_std).transpose() {
         Ok(l) => l,
         Err(e) => {

@@ -77,14 +77,16 @@ impl Session {
     }
 
     /// Removes the client now; `shutdown` also ends the connection at once
-    /// (a readiness wait in flight would otherwise keep the socket open).
+    /// (a readiness wait in flight would otherwise keep the socket open). A
+    /// peer that is gone needs no shutdown: every wait on its socket completes
+    /// at once, and the close that follows sends the FIN.
     fn remove(&self, shutdown: bool) {
         let reason = self.reason.get();
         let w = self.w();
         let transport = {
             let mut st = w.state.borrow_mut();
             let transport = st.client(self.id).map(|c| c.transport.label());
-            if shutdown {
+            if shutdown && reason != CloseReason::PeerGone {
                 if let Some(fd) = st.fd(self.id) {
                     conn_io::close_notify(w, fd);
                     let _ = netio::shutdown_both(fd);
@@ -177,14 +179,6 @@ pub async fn await_writable(
         }
         Err(reason) => Some(reason),
     }
-}
-
-/// Bounds how long written data may stay unacknowledged (`TCP_USER_TIMEOUT`, the
-/// idle timeout): a peer that vanished without FIN or RST is found by the next
-/// heartbeat's write failing, not by the next broadcast hours later.
-pub fn bound_unacked_writes(w: &Worker, fd: RawFd) {
-    let ms = w.cfg.idle_timeout.as_millis().min(i32::MAX as u128) as i32;
-    let _ = netio::set_sockopt(fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms);
 }
 
 /// What monoio adds to a spawned future in its task allocation (header, stage

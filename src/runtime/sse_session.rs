@@ -19,9 +19,7 @@ use monoio::net::TcpStream;
 use super::conn_io;
 use super::request::Request;
 use super::respond::finish;
-use super::session::{
-    await_writable, bound_unacked_writes, linger, Session, StreamRefused, LINGER,
-};
+use super::session::{await_writable, linger, Session, StreamRefused, LINGER};
 use super::timer::{expiry_tick, unix_now};
 use super::worker::{OpenConn, Worker};
 use crate::core::bus_msg::Since;
@@ -72,8 +70,8 @@ pub fn admit(w: &Rc<Worker>, fd: RawFd, req: &Request<'_>) -> Result<AdmittedSse
     let last_id = req.head.last_event_id.or(query_id.as_deref());
     let sinces = Since::from_cursor(last_id, w.state.borrow().ids(), topics.len());
     let cors = req.cors(w);
-    bound_unacked_writes(w, fd);
-    let mut head = Vec::with_capacity(256);
+    let mut head = w.head_scratch.borrow_mut();
+    head.clear();
     let headers: Vec<(&str, &str)> = cors.iter().map(|(k, v)| (*k, v.as_str())).collect();
     sse::write_stream_head(&mut head, w.cfg.sse_retry_ms, &headers);
     let mut st = w.state.borrow_mut();

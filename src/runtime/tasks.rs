@@ -55,7 +55,6 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
                 w.metrics().accepted.inc();
-                let _ = stream.set_nodelay(true);
                 let slot = match &w.peers {
                     None => None,
                     Some(peers) => match peers.admit(peer.ip()) {

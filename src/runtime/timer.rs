@@ -128,7 +128,12 @@ pub async fn run_ticks(w: Rc<Worker>) {
             None => kicked.await,
         }
         let now = w.now_tick();
-        w.state.borrow_mut().advance_timers(now);
+        {
+            let mut st = w.state.borrow_mut();
+            st.advance_timers(now);
+            let writes = w.write_heartbeats(&mut st);
+            st.metrics().stream_writes.add(writes as u64);
+        }
         if now >= next_report {
             // Once a second: the largest outbox of the second that ended.
             next_report = now + Tick::span(Duration::from_secs(1));

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use super::broker::BrokerStatus;
 use super::bus::Bus;
+use super::send_batch::SendBatch;
 use super::settings::Settings;
 use super::shutdown::{DrainSignal, Lifecycle};
 use super::tls::conns::TlsConns;
@@ -46,6 +47,11 @@ pub struct Worker {
     pub json: RefCell<JsonScratch>,
     /// Read scratch for sockets whose input is discarded or parsed at once.
     pub scratch: RefCell<Vec<u8>>,
+    /// Where a stream's response head (`101`, `200`) is written before the
+    /// core copies it into the client's outbox.
+    pub head_scratch: RefCell<Vec<u8>>,
+    /// Writes each timer pass's heartbeats as one batch.
+    pub heartbeat_writes: RefCell<SendBatch>,
     pub driver: &'static str,
     pub epoch_text: String,
     pub started: std::time::Instant,
@@ -175,6 +181,8 @@ impl Worker {
             all_metrics,
             json: RefCell::new(JsonScratch::new()),
             scratch: RefCell::new(vec![0; 16 * 1024]),
+            head_scratch: RefCell::new(Vec::with_capacity(512)),
+            heartbeat_writes: RefCell::new(SendBatch::new(driver == "uring")),
             driver,
             epoch_text,
             started,
@@ -282,6 +290,28 @@ impl Worker {
             Some(tls) => st.flush_client(id, |fd, iov| tls.writev(fd, iov)),
         }
         self.tls_backlog(&mut st);
+    }
+
+    /// Writes the heartbeats the timer pass found due to idle streams (see
+    /// [`CoreState::write_heartbeats`]): as one batch of raw sends on a plain
+    /// listener; on https each is sealed into a record of its connection
+    /// like any other write (raw bytes would break the stream). Returns the
+    /// writes made.
+    pub fn write_heartbeats(&self, st: &mut CoreState) -> usize {
+        let Some(tls) = &self.tls else {
+            let mut batch = self.heartbeat_writes.borrow_mut();
+            return st.write_heartbeats(|sends, results| batch.send(sends, results));
+        };
+        let writes = st.write_heartbeats(|sends, results| {
+            for (&(fd, bytes), result) in sends.iter().zip(results.iter_mut()) {
+                *result = match tls.writev(fd, &[std::io::IoSlice::new(bytes)]) {
+                    Ok(n) => i32::try_from(n).unwrap_or(i32::MAX),
+                    Err(e) => -e.raw_os_error().unwrap_or(libc::EAGAIN),
+                };
+            }
+        });
+        self.tls_backlog(st);
+        writes
     }
 
     /// Tells the core which TLS clients took a whole write that their socket

@@ -20,9 +20,7 @@ use super::conn_io;
 use super::publish_wait::publish_and_wait;
 use super::request::{Request, Route};
 use super::respond::finish;
-use super::session::{
-    await_writable, bound_unacked_writes, linger, Session, StreamRefused, LINGER,
-};
+use super::session::{await_writable, linger, Session, StreamRefused, LINGER};
 use super::timer::{self, expiry_tick, unix_now};
 use super::worker::{OpenConn, Worker};
 use crate::admission::inbound::Charge;
@@ -113,11 +111,12 @@ pub fn admit(w: &Rc<Worker>, fd: RawFd, req: &Request<'_>) -> Result<AdmittedWs,
         Some(offers) if w.cfg.ws_deflate => deflate::negotiate(offers).unwrap_or(Agreed::NONE),
         _ => Agreed::NONE,
     };
-    let mut hello = Vec::with_capacity(256);
+    let mut hello = w.head_scratch.borrow_mut();
+    hello.clear();
     write_101(&mut hello, &accept, agreed);
     if req.route == Route::Echo {
         w.metrics().http_response(101);
-        return Ok(AdmittedWs::Echo(hello, agreed));
+        return Ok(AdmittedWs::Echo(hello.to_vec(), agreed));
     }
     let topics = match topics_from_query(head.query, w.cfg.limits.max_topics_per_client) {
         Ok(t) => t,
@@ -129,7 +128,6 @@ pub fn admit(w: &Rc<Worker>, fd: RawFd, req: &Request<'_>) -> Result<AdmittedWs,
         .access
         .subscriber(&req.presented(query_token.as_deref()), &topics, unix_now())
         .map_err(|r| UpgradeRefused::Stream(R::Access(r)))?;
-    bound_unacked_writes(w, fd);
     let last_id = req.param("lastEventId");
     let sinces = Since::from_cursor(last_id.as_deref(), w.state.borrow().ids(), topics.len());
     let mut st = w.state.borrow_mut();

@@ -36,7 +36,7 @@ impl CoreState {
     ) -> Option<CoreMsg> {
         let broker = self.broker;
         let bridge = self.bridge();
-        let home = self.homes.get_or_create(topic);
+        let home = self.homes.get_or_create_shared(topic);
         let core = client.core() as u16;
         if !home.cores.contains(&core) {
             home.cores.push(core);

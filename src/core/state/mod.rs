@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use slab::Slab;
 
-use super::bus_msg::{Backlog, CoreMsg, Gap, ReplyTo, Since};
+use super::bus_msg::{Backlog, CoreMsg, Gap, ReplyTo, Since, Sinces};
 use super::client::{Client, CloseReason, PendingAck, Subscription, Transition, Transport};
 use super::effects::Effects;
 use super::encodings::{FrameKind, LazyFrames};
@@ -89,7 +89,7 @@ pub struct Admission<'a> {
     /// The stream's topics, validated and within `--max-topics-per-client`.
     pub topics: &'a [String],
     /// Where each topic starts (a resume, or live).
-    pub sinces: Vec<Since>,
+    pub sinces: Sinces,
     /// WebSocket permessage-deflate as agreed (`Agreed::to_byte`; 0: off).
     pub ws_deflate: u8,
 }
@@ -263,7 +263,8 @@ impl CoreState {
             self.set_expiry(id, at);
         }
         self.hold(id);
-        for (topic, since) in a.topics.iter().zip(a.sinces) {
+        for (i, topic) in a.topics.iter().enumerate() {
+            let since = a.sinces.get(i);
             // The caller validated and bounded the list: a refusal here would be
             // a bug, and the stream then simply lacks that topic.
             let _ = self.subscribe(id, topic, since);
@@ -488,7 +489,7 @@ impl CoreState {
         &mut self,
         id: ClientId,
         topics: &[String],
-        sinces: Vec<Since>,
+        sinces: Sinces,
         ack: Bytes,
     ) -> Result<(), SubscribeError> {
         self.check_subscribe(id, topics)?;
@@ -503,8 +504,8 @@ impl CoreState {
         }
         let last = topics.len().saturating_sub(1);
         let mut released = false;
-        for (i, (topic, since)) in topics.iter().zip(sinces).enumerate() {
-            released |= self.subscribe_as(id, topic, since, token, i == last)?;
+        for (i, topic) in topics.iter().enumerate() {
+            released |= self.subscribe_as(id, topic, sinces.get(i), token, i == last)?;
         }
         if !released {
             if let Some(c) = self.clients.get_mut(id) {
@@ -985,9 +986,22 @@ impl CoreState {
         }
     }
 
-    /// Writes every client touched since it was last written, one vectored
-    /// write each. `write(fd, iov)` must not block.
-    pub fn flush_dirty(&mut self, write: impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>) {
+    /// Writes the heartbeats due (one write each), then every client touched
+    /// since it was last written, one vectored write each. `write(fd, iov)`
+    /// must not block. (The runtime writes in slices, and the heartbeats as a
+    /// batch of its own.)
+    pub fn flush_dirty(
+        &mut self,
+        mut write: impl FnMut(RawFd, &[IoSlice<'_>]) -> io::Result<usize>,
+    ) {
+        self.write_heartbeats(|sends, results| {
+            for (&(fd, bytes), result) in sends.iter().zip(results) {
+                *result = match write(fd, &[IoSlice::new(bytes)]) {
+                    Ok(n) => n as i32,
+                    Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+                };
+            }
+        });
         self.queue_deliveries();
         self.flush_dirty_upto(usize::MAX, write);
     }

@@ -362,6 +362,44 @@ fn heartbeats_fill_silences_and_silent_websockets_are_closed() {
 }
 
 #[test]
+fn heartbeats_go_out_as_one_batch_and_one_not_written_whole_goes_through_the_outbox() {
+    let mut cs = cores(1);
+    cs[0].register(Transport::Sse, 10);
+    cs[0].register(Transport::Ws, 11);
+    cs[0].register(Transport::Sse, 12);
+    cs[0].advance_timers(Tick::new(1500));
+    let mut batch = Vec::new();
+    let writes = cs[0].write_heartbeats(|sends, results| {
+        for (&(fd, bytes), r) in sends.iter().zip(results) {
+            batch.push((fd, bytes.to_vec()));
+            // A full socket, a short write, a whole one.
+            *r = match fd {
+                10 => -libc::EAGAIN,
+                11 => 1,
+                _ => bytes.len() as i32,
+            };
+        }
+    });
+    assert_eq!(writes, 3);
+    batch.sort();
+    assert_eq!(
+        batch,
+        vec![
+            (10, b":\n\n".to_vec()),
+            (11, vec![0x89, 0x00]),
+            (12, b":\n\n".to_vec())
+        ]
+    );
+    // What did not go whole is queued to its client, and the flush writes it.
+    let mut socks = Sockets::default();
+    socks.flush_all(&mut cs);
+    assert_eq!(socks.text(10), ":\n\n");
+    assert_eq!(socks.0.get(&11).map(Vec::as_slice), Some(&[0x00u8][..]));
+    assert!(!socks.0.contains_key(&12), "written once, by the batch");
+    assert_eq!(cs[0].write_heartbeats(|_, _| panic!("nothing is due")), 0);
+}
+
+#[test]
 fn a_websocket_that_only_listens_on_a_busy_topic_is_pinged_and_stays_while_it_answers() {
     let mut cs = cores(1);
     let answers = cs[0].register(Transport::Ws, 10);
@@ -425,7 +463,12 @@ fn a_subscribe_ack_waits_until_every_home_confirmed_and_precedes_the_last_backlo
     let topics = vec![here.clone(), there.clone()];
     let ack = Bytes::from_static(b"ACK\n");
     cs[0]
-        .subscribe_acked(c, &topics, vec![Since::Live, Since::After(0)], ack)
+        .subscribe_acked(
+            c,
+            &topics,
+            Sinces::Each(vec![Since::Live, Since::After(0)]),
+            ack,
+        )
         .unwrap();
     let mut socks = Sockets::default();
     socks.flush_all(&mut cs);
@@ -680,7 +723,7 @@ fn a_resume_longer_than_the_outbox_bound_is_paced_by_the_socket_not_cut() {
         head: b"HEAD\n",
         expires_at: None,
         topics: &["t".to_string()],
-        sinces: vec![Since::After(0)],
+        sinces: Sinces::All(Since::After(0)),
         ws_deflate: 0,
     });
     // 400 KiB of backlog, 25 times the bound: the socket takes 8 KiB a turn.

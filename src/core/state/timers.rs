@@ -11,6 +11,7 @@
 //! pongs the pings ask for, and without this probe the idle timeout, which
 //! counts inbound frames, would close every such client on a busy topic.
 
+use std::os::fd::RawFd;
 use std::task::{Context, Poll, Waker};
 
 use super::CoreState;
@@ -35,10 +36,19 @@ pub enum TimerTarget {
 /// A WebSocket ping with an empty payload (RFC 6455 §5.5.2), unmasked.
 const WS_PING: &[u8] = &[0x89, 0x00];
 
-/// The heartbeat frames, made once per core and shared by all its clients.
+/// The heartbeat frames, made once per core and shared by all its clients,
+/// and the heartbeats of the last timer pass still to write.
 pub(super) struct Heartbeats {
     sse: Frame,
     ws: Frame,
+    /// Idle streams owed a heartbeat: nothing queued, nothing held. They are
+    /// written as one batch ([`CoreState::write_heartbeats`]), straight from
+    /// the static bytes, without touching their outboxes.
+    due: Vec<ClientId>,
+    /// The batch handed to the writer: `(socket, bytes)`, then what each
+    /// write returned.
+    sends: Vec<(RawFd, &'static [u8])>,
+    results: Vec<i32>,
 }
 
 impl Heartbeats {
@@ -46,6 +56,16 @@ impl Heartbeats {
         Heartbeats {
             sse: Frame::new(sse::HEARTBEAT),
             ws: Frame::new(WS_PING),
+            due: Vec::new(),
+            sends: Vec::new(),
+            results: Vec::new(),
+        }
+    }
+
+    fn bytes(transport: Transport) -> &'static [u8] {
+        match transport {
+            Transport::Sse => sse::HEARTBEAT,
+            Transport::Ws => WS_PING,
         }
     }
 }
@@ -223,17 +243,66 @@ impl CoreState {
         // once, even while messages flow to it (see the module doc).
         let probe = c.transport == Transport::Ws && !c.probed && now >= c.last_read + hb;
         if (now >= c.last_write + hb || probe) && c.takes_messages() {
-            let beat = match c.transport {
-                Transport::Sse => &self.heartbeats.sse,
-                Transport::Ws => &self.heartbeats.ws,
-            };
-            c.outbox.push_frame_alone(beat);
             c.last_write = now;
             c.probed |= probe;
             self.metrics.heartbeats.inc();
-            self.mark_dirty(id);
+            if c.outbox.is_empty() && !c.dirty && c.replay.is_none() && c.lifecycle().may_write() {
+                self.heartbeats.due.push(id);
+            } else {
+                // Behind other output: it goes with it, in order.
+                let beat = match c.transport {
+                    Transport::Sse => &self.heartbeats.sse,
+                    Transport::Ws => &self.heartbeats.ws,
+                };
+                c.outbox.push_frame_alone(beat);
+                self.mark_dirty(id);
+            }
         }
         self.arm_client(id);
+    }
+
+    /// Writes the heartbeats the timer passes found due to idle streams, all
+    /// at once: `send` makes the writes (one io_uring submission, in the
+    /// runtime) and fills in what each returned, a byte count or `-errno`.
+    /// A heartbeat that did not go whole (a full socket, a peer gone) is
+    /// queued to its client instead, and the flush deals with it as with any
+    /// write. Returns the writes made.
+    pub fn write_heartbeats(
+        &mut self,
+        send: impl FnOnce(&[(RawFd, &'static [u8])], &mut [i32]),
+    ) -> usize {
+        let hb = &mut self.heartbeats;
+        hb.sends.clear();
+        hb.due.retain(|&id| match self.clients.get(id) {
+            // Still as it was found: a later timer of the same pass may have
+            // started closing it.
+            Some(c) if c.outbox.is_empty() && !c.dirty && c.lifecycle().may_write() => {
+                hb.sends.push((c.fd, Heartbeats::bytes(c.transport)));
+                true
+            }
+            _ => false,
+        });
+        if hb.sends.is_empty() {
+            hb.due.clear();
+            return 0;
+        }
+        hb.results.clear();
+        hb.results.resize(hb.sends.len(), 0);
+        send(&hb.sends, &mut hb.results);
+        let mut due = std::mem::take(&mut self.heartbeats.due);
+        for (i, id) in due.drain(..).enumerate() {
+            let (_, bytes) = self.heartbeats.sends[i];
+            let written = usize::try_from(self.heartbeats.results[i]).unwrap_or(0);
+            if written >= bytes.len() {
+                continue;
+            }
+            if let Some(c) = self.clients.get_mut(id) {
+                c.outbox.push(&bytes[written..]);
+                self.mark_dirty(id);
+            }
+        }
+        self.heartbeats.due = due;
+        self.heartbeats.sends.len()
     }
 
     /// Entries in the wheel (the `ringcast_timer_entries` gauge).
