@@ -293,7 +293,10 @@ async fn core_main(
         .reuse_port(true)
         .reuse_addr(true)
         .backlog(4096);
-    let listener = match TcpListener::bind_with_config(w.cfg.listen, &opts) {
+    // Non-blocking: the accept loop takes connections with accept4 on readiness.
+    let bound = TcpListener::bind_with_config(w.cfg.listen, &opts)
+        .and_then(|l| crate::netio::set_nonblocking(l.as_raw_fd()).map(|()| l));
+    let listener = match bound {
         Ok(l) => l,
         Err(source) => {
             let _ = ready.send(Err(StartError::Listen {

@@ -14,6 +14,7 @@ use super::http_conn::{self, Busy};
 use super::worker::{OpenConn, Worker};
 use super::{bus, ingress, shutdown, timer};
 use crate::metrics::InboundRefusal;
+use crate::netio;
 use crate::{debug, info, warn};
 
 /// Bus messages handled per batch before other tasks get a turn.
@@ -42,15 +43,42 @@ pub async fn serve(w: Rc<Worker>, listener: TcpListener) {
     drain(w).await;
 }
 
+/// Connections taken in a row before the core's other tasks get a turn.
+const ACCEPT_BATCH: usize = 64;
+
+/// Takes connections with `accept4` once the listener is readable, as many as
+/// are waiting (in batches of [`ACCEPT_BATCH`]), rather than with one io_uring
+/// accept op each: that op costs an allocation for the address and a trip
+/// through the ring per connection, and measured about 4 % more server CPU
+/// per connection opened and closed (medians of 7 interleaved pairs, 10,000
+/// WS connections, 48 against 46 µs).
 async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
     let limit = w.cfg.max_connections;
     let mut backoff = Duration::from_millis(5);
-    let mut accept = std::pin::pin!(listener.accept());
+    // Non-blocking since the core bound it (`server::core_main`).
+    let lfd = listener.as_raw_fd();
+    let mut in_row = 0;
     loop {
-        let Some(accepted) = w.drain.unless_draining(accept.as_mut()).await else {
-            return;
+        let accepted = match netio::accept(lfd) {
+            Ok((fd, peer)) => TcpStream::from_std(std::net::TcpStream::from(fd)).map(|s| (s, peer)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                in_row = 0;
+                let readable = std::pin::pin!(listener.readable(false));
+                if w.drain.unless_draining(readable).await.is_none() {
+                    return;
+                }
+                continue;
+            }
+            Err(e) => Err(e),
         };
-        accept.set(listener.accept());
+        in_row += 1;
+        if in_row == ACCEPT_BATCH {
+            in_row = 0;
+            w.yield_to_io().await;
+            if w.drain.started() {
+                return;
+            }
+        }
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
