@@ -147,6 +147,29 @@ pub async fn read_some<S: Readiness>(
     }
 }
 
+/// A socket as `std::io::Read` and `Write` (what rustls reads from and writes
+/// to), through the non-blocking calls above: `WouldBlock` when it has nothing,
+/// or no room.
+pub struct FdIo(pub RawFd);
+
+impl std::io::Read for FdIo {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        recv(self.0, buf)
+    }
+}
+
+impl std::io::Write for FdIo {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        writev(self.0, &[IoSlice::new(buf)])
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        writev(self.0, bufs)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Makes `fd` non-blocking (`O_NONBLOCK`).
 pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl with integer arguments on a descriptor the caller owns.

@@ -3,7 +3,7 @@
 //! The server's certificate is checked against `--tls-ca FILE`, or not at all
 //! with `--tls-insecure` (for 127.0.0.1 runs with a throwaway pair).
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::Arc;
@@ -104,27 +104,6 @@ impl ServerCertVerifier for AnyCert {
     }
 }
 
-/// A socket as rustls's `Read` and `Write`.
-struct Fd(RawFd);
-
-impl Read for Fd {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        netio::recv(self.0, buf)
-    }
-}
-
-impl Write for Fd {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        netio::writev(self.0, &[IoSlice::new(buf)])
-    }
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        netio::writev(self.0, bufs)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A subscriber's connection: plain, or TLS over the same descriptor.
 pub struct Conn {
     pub fd: RawFd,
@@ -154,7 +133,7 @@ impl Conn {
         let mut tls = ClientConnection::new(cfg.clone(), name).map_err(io::Error::other)?;
         while tls.is_handshaking() {
             while tls.wants_write() {
-                match tls.write_tls(&mut Fd(fd)) {
+                match tls.write_tls(&mut netio::FdIo(fd)) {
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => sock.writable(false).await?,
                     Err(e) => return Err(e),
@@ -163,7 +142,7 @@ impl Conn {
             if !tls.is_handshaking() {
                 break;
             }
-            match tls.read_tls(&mut Fd(fd)) {
+            match tls.read_tls(&mut netio::FdIo(fd)) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(_) => {
                     tls.process_new_packets()
@@ -174,7 +153,7 @@ impl Conn {
             }
         }
         while tls.wants_write() {
-            match tls.write_tls(&mut Fd(fd)) {
+            match tls.write_tls(&mut netio::FdIo(fd)) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => sock.writable(false).await?,
                 Err(e) => return Err(e),
@@ -200,7 +179,7 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
                 Err(e) => return Err(e),
             }
-            if tls.read_tls(&mut Fd(self.fd))? == 0 {
+            if tls.read_tls(&mut netio::FdIo(self.fd))? == 0 {
                 return Ok(0);
             }
         }
@@ -222,7 +201,7 @@ impl Conn {
         };
         tls.writer().write_all(bytes)?;
         while tls.wants_write() {
-            match tls.write_tls(&mut Fd(self.fd)) {
+            match tls.write_tls(&mut netio::FdIo(self.fd)) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => sock.writable(false).await?,
                 Err(e) => return Err(e),

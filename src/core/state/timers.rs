@@ -283,7 +283,6 @@ impl CoreState {
             _ => false,
         });
         if hb.sends.is_empty() {
-            hb.due.clear();
             return 0;
         }
         hb.results.clear();

@@ -34,27 +34,6 @@ use super::Tls;
 use crate::core::registry::ClientId;
 use crate::netio;
 
-/// A socket as rustls's `Read` and `Write`: the non-blocking `netio` calls.
-struct Fd(RawFd);
-
-impl Read for Fd {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        netio::recv(self.0, buf)
-    }
-}
-
-impl Write for Fd {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        netio::writev(self.0, &[IoSlice::new(buf)])
-    }
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        netio::writev(self.0, bufs)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A source with nothing to read yet (see [`TlsConns::has_input`]).
 struct NothingYet;
 
@@ -178,7 +157,7 @@ impl TlsConns {
                 if !tls.is_handshaking() {
                     return Ok(Ok(Handshake::Done));
                 }
-                match tls.read_tls(&mut Fd(fd)) {
+                match tls.read_tls(&mut netio::FdIo(fd)) {
                     Ok(0) => return Ok(Err(HandshakeError::Closed)),
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -193,7 +172,7 @@ impl TlsConns {
                 }
                 if tls.process_new_packets().is_err() {
                     // The alert rustls queued, if the socket takes it.
-                    let _ = tls.write_tls(&mut Fd(fd));
+                    let _ = tls.write_tls(&mut netio::FdIo(fd));
                     return Ok(Err(HandshakeError::Refused));
                 }
             }
@@ -232,7 +211,7 @@ impl TlsConns {
                 // A connection rustls failed stays failed: an error every
                 // time, never WouldBlock (the reader would wait forever).
                 if let Err(e) = tls.process_new_packets() {
-                    let _ = tls.write_tls(&mut Fd(fd));
+                    let _ = tls.write_tls(&mut netio::FdIo(fd));
                     return Err(io::Error::new(io::ErrorKind::InvalidData, e));
                 }
                 if tls.wants_write() {
@@ -247,7 +226,7 @@ impl TlsConns {
                     Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
                     Err(e) => return Err(e),
                 }
-                match tls.read_tls(&mut Fd(fd)) {
+                match tls.read_tls(&mut netio::FdIo(fd)) {
                     Ok(0) => return Ok(0),
                     Ok(_) => {}
                     Err(e) => return Err(e),
@@ -324,7 +303,7 @@ impl TlsConns {
 /// full (`Ok(false)`).
 fn write_out(tls: &mut ServerConnection, fd: RawFd) -> io::Result<bool> {
     while tls.wants_write() {
-        match tls.write_tls(&mut Fd(fd)) {
+        match tls.write_tls(&mut netio::FdIo(fd)) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
