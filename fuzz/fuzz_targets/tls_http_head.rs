@@ -15,13 +15,13 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, OnceLock};
 
+use ringcast::bench::tls::client_config;
 use ringcast::proto::http::{Config, Connection};
 use ringcast::runtime::tls::conns::{Handshake, TlsConns};
 use ringcast::runtime::tls::{Tls, TlsSettings};
 use ringcast::time::Tick;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection};
 
 const CERT: &str = r"-----BEGIN CERTIFICATE-----
 MIIBfjCCASWgAwIBAgIURZOtq1k2wxXX5LFNoQ5WqNVSH58wCgYIKoZIzj0EAwIw
@@ -42,42 +42,6 @@ mDbohJMjvZ9vufVQkVPOLhNuJ0F67HL3fIBHWDujdfbqXBwtDY1UJrvA
 -----END PRIVATE KEY-----
 ";
 
-/// Trusts any certificate: the fuzzer's client talks to the fuzzed server only.
-#[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 struct Fixture {
     server: Arc<Tls>,
     client: Arc<ClientConfig>,
@@ -92,14 +56,10 @@ fn fixture() -> &'static Fixture {
         std::fs::write(&cert, CERT).unwrap();
         std::fs::write(&key, KEY).unwrap();
         let server = Tls::load(&TlsSettings { cert, key }).unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let client = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
-            .with_no_client_auth();
-        Fixture { server, client: Arc::new(client) }
+        // The bench's client, trusting any certificate: it talks to the
+        // fuzzed server only.
+        let client = client_config(None, true).unwrap();
+        Fixture { server, client }
     })
 }
 
