@@ -4,116 +4,24 @@
 // in RINGCAST_BIN (default target/release/ringcast, else target/debug/ringcast).
 // Needs Debian's `chromium` and `npm install --prefix tests/browser` (puppeteer-core).
 //
-// Every wait is bounded (waitForFunction with a timeout, polling with a deadline).
+// Every wait is bounded (waitForFunction with a timeout, polling with a deadline). The
+// server, publishing and the panel waits are in harness.mjs, shared with tls.test.mjs.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFile } from 'node:child_process';
 import { createHmac } from 'node:crypto';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import puppeteer from 'puppeteer-core';
+import {
+  CHROMIUM, ROOT, WAIT, kill, publish, startServer, waitLog, waitState, warmUp,
+} from './harness.mjs';
 
-const execFileP = promisify(execFile);
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const SHOTS = path.join(ROOT, 'target', 'browser');
 const SECRET = 'browser-test-secret-0123456789-abcdef'; // 37 bytes: HS256 needs >= 32
-const WAIT = 15_000;
-
-function serverBinary() {
-  if (process.env.RINGCAST_BIN) return process.env.RINGCAST_BIN;
-  for (const p of ['target/release/ringcast', 'target/debug/ringcast']) {
-    const abs = path.join(ROOT, p);
-    if (fs.existsSync(abs)) return abs;
-  }
-  throw new Error('no ringcast binary: build it (cargo build) or set RINGCAST_BIN');
-}
-const BIN = serverBinary();
 
 // ---- helpers ----------------------------------------------------------------------
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function until(what, cond, timeout = WAIT) {
-  const deadline = Date.now() + timeout;
-  for (;;) {
-    if (await cond()) return;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-async function httpStatus(port, p) {
-  try {
-    const r = await fetch(`http://127.0.0.1:${port}${p}`);
-    await r.arrayBuffer();
-    return r.status;
-  } catch {
-    return 0;
-  }
-}
-
-/** `ringcast serve` on 127.0.0.1:port with its own publish socket; ready when /healthz is 200. */
-async function startServer({ port, dir, args = [] }) {
-  port ??= await freePort();
-  dir ??= fs.mkdtempSync(path.join(os.tmpdir(), 'rc-browser-'));
-  const socket = path.join(dir, 'rc.sock');
-  fs.rmSync(socket, { force: true });
-  const stderr = [];
-  const child = spawn(
-    BIN,
-    ['serve', '--listen', `127.0.0.1:${port}`, '--publish-socket', socket, '--cores', '2', ...args],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
-  );
-  child.stderr.on('data', (d) => stderr.push(d));
-  let exited = null;
-  child.on('exit', (code, sig) => { exited = { code, sig }; });
-  const server = {
-    port, dir, socket, child,
-    url: `http://127.0.0.1:${port}/`,
-    stderr: () => Buffer.concat(stderr).toString(),
-    exited: () => exited,
-  };
-  try {
-    await until('/healthz 200', async () => {
-      if (exited) throw new Error(`server exited ${JSON.stringify(exited)}:\n${server.stderr()}`);
-      return (await httpStatus(port, '/healthz')) === 200 && fs.existsSync(socket);
-    });
-  } catch (e) {
-    child.kill('SIGKILL');
-    throw e;
-  }
-  return server;
-}
-
-async function kill(server) {
-  if (server.exited()) return;
-  const gone = new Promise((r) => server.child.once('exit', r));
-  server.child.kill('SIGKILL');
-  await gone;
-}
-
-/** `ringcast publish --socket S topic data`: the id it printed. */
-async function publish(server, topic, data) {
-  const { stdout } = await execFileP(BIN, ['publish', '--socket', server.socket, topic, data]);
-  const id = stdout.trim().replace(/^"|"$/g, '');
-  assert.ok(id.length > 0, 'ringcast publish printed no id');
-  return id;
-}
 
 const b64url = (buf) => Buffer.from(buf).toString('base64url');
 /** An HS256 JWT over `claims`, as an issuer would make it. */
@@ -125,41 +33,6 @@ function sign(claims, secret = SECRET) {
 }
 const inMinutes = (m) => Math.floor(Date.now() / 1000) + m * 60;
 
-/** The log lines of a panel ('sse' | 'ws'): {kind, id, topic, text}. */
-function logOf(page, panel) {
-  return page.$$eval(`#${panel}-log li`, (lis) =>
-    lis.map((li) => ({ kind: li.dataset.kind, id: li.dataset.id, topic: li.dataset.topic, text: li.textContent })));
-}
-
-/** Waits until a panel's log has a line of `kind` whose text contains `needle`. */
-async function waitLog(page, panel, kind, needle, timeout = WAIT) {
-  try {
-    await page.waitForFunction(
-      (panel, kind, needle) => [...document.querySelectorAll(`#${panel}-log li`)]
-        .some((li) => li.dataset.kind === kind && li.textContent.includes(needle)),
-      { timeout, polling: 50 }, panel, kind, needle,
-    );
-  } catch (e) {
-    const lines = (await logOf(page, panel)).map((l) => `  [${l.kind}] ${l.text}`).join('\n');
-    throw new Error(`${panel} panel: no ${kind} line containing ${JSON.stringify(needle)} within ${timeout} ms; log:\n${lines}`);
-  }
-  const lines = await logOf(page, panel);
-  return lines.find((l) => l.kind === kind && l.text.includes(needle));
-}
-
-async function waitState(page, panel, state, timeout = WAIT) {
-  try {
-    await page.waitForFunction(
-      (panel, state) => document.getElementById(`${panel}-state`).dataset.state === state,
-      { timeout, polling: 50 }, panel, state,
-    );
-  } catch (e) {
-    const now = await page.$eval(`#${panel}-state`, (el) => el.textContent);
-    const lines = (await logOf(page, panel)).map((l) => `  [${l.kind}] ${l.text}`).join('\n');
-    throw new Error(`${panel} panel never reached state ${state} (is: ${now}); log:\n${lines}`);
-  }
-}
-
 async function fill(page, selector, value) {
   await page.$eval(selector, (el, v) => { el.value = v; }, value);
 }
@@ -169,31 +42,6 @@ async function subscribeBoth(page, topics) {
   await fill(page, '#ws-topics', topics);
   await page.click('#sse-connect');
   await page.click('#ws-connect');
-}
-
-/**
- * Waits until both panels are live on `topic`: publishes warm-up messages until one
- * shows on both. (An EventSource's `open` and a WebSocket's 101 come before the
- * topic's home core has recorded the subscription; a message published in between
- * is lost, see tests/subscribe_race.rs.) Then clears both logs.
- */
-async function warmUp(page, server, topic) {
-  const deadline = Date.now() + WAIT;
-  for (let k = 0; ; k++) {
-    if (Date.now() > deadline) throw new Error(`panels never live on ${topic}`);
-    const marker = `warmup-${topic}-${k}`;
-    await publish(server, topic, JSON.stringify({ warmup: marker }));
-    try {
-      await page.waitForFunction((marker) => ['sse', 'ws'].every((p) =>
-        [...document.querySelectorAll(`#${p}-log li`)].some((li) => li.textContent.includes(marker))),
-      { timeout: 500, polling: 50 }, marker);
-      break;
-    } catch {
-      // Not live on both yet: publish the next one.
-    }
-  }
-  await page.click('#sse-clear');
-  await page.click('#ws-clear');
 }
 
 async function screenshot(page, name) {
