@@ -126,13 +126,24 @@ pub struct TlsConns {
 }
 
 /// What [`drive`] stopped at.
-enum Stop<R> {
+enum Stop {
     /// Application data may flow (what the write step returned, if any).
-    Traffic(Option<R>),
+    Traffic(Option<Result<(), EncryptError>>),
     /// The handshake waits for the peer.
     Handshaking,
     /// Both sides sent `close_notify`.
     Closed,
+}
+
+/// What one read of ciphertext came to.
+enum Read {
+    /// End of stream.
+    End,
+    /// rustls refused what came (the connection failed).
+    Refused,
+    /// This many bytes of plaintext went to the reader's buffer (the rest,
+    /// if any, waits in the connection).
+    Opened(usize),
 }
 
 /// The outgoing scratch and how much of it holds records sealed in this call.
@@ -183,8 +194,10 @@ fn encrypt_room(e: &EncryptError) -> Option<usize> {
 }
 
 /// A write step for [`drive`]: seals into the room it is given.
-type WriteStep<'a> =
-    &'a mut dyn FnMut(&mut WriteTraffic<'_, ServerConnectionData>, &mut [u8]) -> Result<usize, EncryptError>;
+type WriteStep<'a> = &'a mut dyn FnMut(
+    &mut WriteTraffic<'_, ServerConnectionData>,
+    &mut [u8],
+) -> Result<usize, EncryptError>;
 
 /// Runs rustls over `input` (what the connection kept, then any new bytes)
 /// until it needs more from the peer: opened plaintext goes to `opened`,
@@ -202,7 +215,7 @@ fn drive(
     opened: &mut dyn FnMut(&[u8]),
     peer_closed: &mut bool,
     mut write: Option<WriteStep<'_>>,
-) -> (usize, Result<Stop<Result<(), EncryptError>>, rustls::Error>) {
+) -> (usize, Result<Stop, rustls::Error>) {
     let mut done = 0;
     loop {
         let status = tls.process_tls_records(&mut input[done..]);
@@ -363,14 +376,7 @@ impl Conn {
 
     /// One `recv` behind what the connection kept, opened by rustls (see
     /// [`drive`]); `out` takes the plaintext first, `opened` the rest.
-    /// Returns the plaintext bytes put in `out` and where rustls stopped;
-    /// `Ok(None)` is end of stream.
-    fn read_and_open(
-        &mut self,
-        s: &mut Scratch,
-        fd: RawFd,
-        out: &mut [u8],
-    ) -> io::Result<Option<(usize, Result<Stop<Result<(), EncryptError>>, rustls::Error>)>> {
+    fn read_and_open(&mut self, s: &mut Scratch, fd: RawFd, out: &mut [u8]) -> io::Result<Read> {
         let held = self.incoming.len();
         let room = out.len().clamp(MAX_RECORD, SEAL_MAX);
         if s.rx.len() < held + room {
@@ -380,7 +386,7 @@ impl Conn {
         s.rx[..held].copy_from_slice(&self.incoming);
         let got = netio::recv(fd, &mut s.rx[held..held + room])?;
         if got == 0 {
-            return Ok(None);
+            return Ok(Read::End);
         }
         let filled = held + got;
         let mut n = 0;
@@ -409,14 +415,14 @@ impl Conn {
         let sent = send_sealed(&mut self.sealed, fd, sealed.bytes());
         if stop.is_err() || self.incoming.len() > MAX_HELD {
             self.fail();
-            return Ok(Some((0, Err(rustls::Error::General("refused".into())))));
+            return Ok(Read::Refused);
         }
         sent?;
         if self.peer_closed {
             // rustls reads nothing after the peer's close_notify.
             self.incoming = Vec::new();
         }
-        Ok(Some((n, stop)))
+        Ok(Read::Opened(n))
     }
 
     /// Seals as much of `iov` as one write takes (up to [`SEAL_MAX`]) and
@@ -573,7 +579,9 @@ impl TlsConns {
                 len: 0,
             };
             let mut step = |traffic: &mut WriteTraffic<'_, ServerConnectionData>,
-                            out: &mut [u8]| traffic.queue_close_notify(out);
+                            out: &mut [u8]| {
+                traffic.queue_close_notify(out)
+            };
             let (done, _) = drive(
                 &mut c.tls,
                 &mut c.incoming,
@@ -615,9 +623,9 @@ impl TlsConns {
                 return Ok(Err(HandshakeError::Closed));
             }
             match c.read_and_open(s, fd, &mut []) {
-                Ok(None) => return Ok(Err(HandshakeError::Closed)),
-                Ok(Some((_, Ok(_)))) => {}
-                Ok(Some((_, Err(_)))) => return Ok(Err(HandshakeError::Refused)),
+                Ok(Read::End) => return Ok(Err(HandshakeError::Closed)),
+                Ok(Read::Opened(_)) => {}
+                Ok(Read::Refused) => return Ok(Err(HandshakeError::Refused)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Ok(Ok(Handshake::WantRead))
                 }
@@ -633,8 +641,10 @@ impl TlsConns {
     /// the connection only: no syscall, nothing to give back (a connection
     /// keeps no read buffer).
     pub fn has_input(&self, fd: RawFd) -> bool {
-        self.with(fd, |c, _| Ok(!c.opened.is_empty() || c.peer_closed || c.failed))
-            .unwrap_or(false)
+        self.with(fd, |c, _| {
+            Ok(!c.opened.is_empty() || c.peer_closed || c.failed)
+        })
+        .unwrap_or(false)
     }
 
     /// Reads plaintext into `buf` without waiting: what was opened already,
@@ -662,13 +672,13 @@ impl TlsConns {
             loop {
                 match c.read_and_open(s, fd, buf)? {
                     // End of stream without close_notify: an end all the same.
-                    None => return Ok(0),
-                    Some((_, Err(_))) => return Err(failed_error()),
-                    Some((n, Ok(_))) if n > 0 => return Ok(n),
-                    Some(_) if c.peer_closed => return Ok(0),
+                    Read::End => return Ok(0),
+                    Read::Refused => return Err(failed_error()),
+                    Read::Opened(n) if n > 0 => return Ok(n),
+                    Read::Opened(_) if c.peer_closed => return Ok(0),
                     // Nothing opened (a partial record, a key update): the
                     // next recv says whether more is there.
-                    Some(_) => {}
+                    Read::Opened(_) => {}
                 }
             }
         })
@@ -717,10 +727,12 @@ impl TlsConns {
     /// what the socket takes. Returns the plaintext bytes taken; 0 means:
     /// wait for writability, then again.
     pub fn seal_some(&self, fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
-        self.with(fd, |c, s| match c.seal_and_send(s, fd, &[IoSlice::new(bytes)]) {
-            Ok((taken, _)) => Ok(taken),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
-            Err(e) => Err(e),
+        self.with(fd, |c, s| {
+            match c.seal_and_send(s, fd, &[IoSlice::new(bytes)]) {
+                Ok((taken, _)) => Ok(taken),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+                Err(e) => Err(e),
+            }
         })
     }
 
@@ -981,7 +993,8 @@ mod tests {
         let fd = server_end.as_raw_fd();
         // The client updates its keys and asks the server to update its own.
         client.refresh_traffic_keys().unwrap();
-        wire.write_all(&sealed_by(&mut client, b"after the update")).unwrap();
+        wire.write_all(&sealed_by(&mut client, b"after the update"))
+            .unwrap();
         assert_eq!(read_all(&conns, fd, 16, 64), b"after the update");
         // The server's next write goes out under its new keys, behind the
         // key update it owes.
@@ -1025,7 +1038,10 @@ mod tests {
             conns.recv(fd, &mut buf).unwrap_err().kind(),
             io::ErrorKind::InvalidData
         );
-        assert!(conns.has_input(fd), "a failed connection is read, not waited on");
+        assert!(
+            conns.has_input(fd),
+            "a failed connection is read, not waited on"
+        );
         assert_eq!(
             conns.recv(fd, &mut buf).unwrap_err().kind(),
             io::ErrorKind::InvalidData
