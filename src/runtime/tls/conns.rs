@@ -796,15 +796,13 @@ mod tests {
         v.capacity() as isize
     }
 
-    /// A server table with one connection on a socket pair, handshaken with a
-    /// rustls client trusting a CA made now.
-    fn connected() -> (
-        TlsConns,
-        UnixStream,
-        UnixStream,
-        rustls::ClientConnection,
-        isize,
-    ) {
+    /// A server table, a socket pair and a rustls client (of `versions`,
+    /// sealing records of at most `fragment` bytes) trusting a CA made now;
+    /// nothing sent yet.
+    fn unconnected(
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        fragment: Option<usize>,
+    ) -> (TlsConns, UnixStream, UnixStream, rustls::ClientConnection) {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -834,14 +832,28 @@ mod tests {
 
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca_cert.der().clone()).unwrap();
-        let cfg = rustls::ClientConfig::builder()
+        let mut cfg = rustls::ClientConfig::builder_with_protocol_versions(versions)
             .with_root_certificates(roots)
             .with_no_client_auth();
+        cfg.max_fragment_size = fragment;
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut client = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
-        let (mut wire, server_end) = UnixStream::pair().unwrap();
+        let client = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+        let (wire, server_end) = UnixStream::pair().unwrap();
         wire.set_nonblocking(true).unwrap();
         server_end.set_nonblocking(true).unwrap();
+        (conns, wire, server_end, client)
+    }
+
+    /// A server table with one connection on a socket pair, handshaken with a
+    /// rustls client trusting a CA made now.
+    fn connected() -> (
+        TlsConns,
+        UnixStream,
+        UnixStream,
+        rustls::ClientConnection,
+        isize,
+    ) {
+        let (conns, mut wire, server_end, mut client) = unconnected(rustls::DEFAULT_VERSIONS, None);
         let fd = server_end.as_raw_fd();
         let before = live();
         conns.begin(fd).unwrap();
@@ -1058,6 +1070,135 @@ mod tests {
         // The server told the peer why: a bad_record_mac alert.
         let n = wire.read(&mut buf).unwrap();
         assert!(n > 0 && buf[0] == 23, "an alert record ({n} bytes)");
+        conns.end(fd);
+    }
+
+    /// Handshakes a client sending records of 64 bytes at most, fed to the
+    /// server 29 bytes at a time: partial records, and handshake messages
+    /// spread over records that arrive in different reads (rustls keeps their
+    /// positions in the bytes it is handed back). Then data both ways.
+    fn handshake_in_pieces(versions: &[&'static rustls::SupportedProtocolVersion]) {
+        let (conns, mut wire, server_end, mut client) = unconnected(versions, Some(64));
+        let fd = server_end.as_raw_fd();
+        conns.begin(fd).unwrap();
+        let mut queued = Vec::new();
+        let mut done = false;
+        for _ in 0..2_000 {
+            while client.wants_write() {
+                client.write_tls(&mut queued).unwrap();
+            }
+            let k = queued.len().min(29);
+            wire.write_all(&queued[..k]).unwrap();
+            queued.drain(..k);
+            let step = conns.handshake(fd).unwrap();
+            if let Ok(n) = client.read_tls(&mut wire) {
+                assert!(n > 0);
+                client.process_new_packets().unwrap();
+            }
+            if step == Handshake::Done && !client.is_handshaking() && queued.is_empty() {
+                done = true;
+                break;
+            }
+        }
+        assert!(done, "the handshake completes");
+        // The request in 64-byte records, 29 bytes at a time too.
+        let request = b"GET /ws?topic=pieces HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(4);
+        let mut records = sealed_by(&mut client, &request);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while got.len() < request.len() {
+            if !records.is_empty() {
+                let k = records.len().min(29);
+                wire.write_all(&records[..k]).unwrap();
+                records.drain(..k);
+            }
+            match conns.recv(fd, &mut buf) {
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, request);
+        assert_eq!(conns.writev(fd, &[IoSlice::new(b"answer")]).unwrap(), 6);
+        client.read_tls(&mut wire).unwrap();
+        client.process_new_packets().unwrap();
+        let mut answer = [0u8; 16];
+        let n = client.reader().read(&mut answer).unwrap();
+        assert_eq!(&answer[..n], b"answer");
+        conns.end(fd);
+    }
+
+    #[test]
+    fn a_tls_1_3_handshake_in_small_records_and_pieces_completes() {
+        handshake_in_pieces(&[&rustls::version::TLS13]);
+    }
+
+    #[test]
+    fn a_tls_1_2_handshake_in_small_records_and_pieces_completes() {
+        handshake_in_pieces(&[&rustls::version::TLS12]);
+    }
+
+    struct Dummy;
+
+    impl crate::core::registry::Classify for Dummy {
+        fn class(&self) -> usize {
+            0
+        }
+    }
+
+    #[test]
+    fn a_write_taken_whole_that_the_socket_does_not_take_puts_the_client_on_the_backlog() {
+        let (conns, mut wire, server_end, mut client, _) = connected();
+        let fd = server_end.as_raw_fd();
+        let id = crate::core::registry::Registry::new(0).insert(Dummy);
+        conns.bind(fd, id);
+        netio::set_sockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, 4096).unwrap();
+        let frame: Vec<u8> = (0..6_000u32).map(|i| (i % 253) as u8).collect();
+        let mut sent = 0;
+        // Whole writes until one leaves sealed records behind.
+        while !conns.pending(fd) {
+            let taken = conns.writev(fd, &[IoSlice::new(&frame), IoSlice::new(b"|")]);
+            assert_eq!(
+                taken.unwrap(),
+                frame.len() + 1,
+                "every write is taken whole"
+            );
+            sent += 1;
+            assert!(sent < 1_000, "the socket never filled");
+        }
+        assert_eq!(conns.take_backlog(), vec![id]);
+        assert!(conns.take_backlog().is_empty());
+        // The core writes no more until the sealed rest is out.
+        let e = conns.writev(fd, &[IoSlice::new(b"x")]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(conns.seal_some(fd, b"x").unwrap(), 0);
+        // The peer reads; the rest goes out; every byte arrives, in order.
+        let want = sent * (frame.len() + 1);
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        while got.len() < want {
+            let _ = conns.flush(fd).unwrap();
+            match client.read_tls(&mut wire) {
+                Ok(_) => {
+                    client.process_new_packets().unwrap();
+                    while let Ok(n) = client.reader().read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(conns.flush(fd).unwrap());
+        assert!(!conns.pending(fd));
+        assert_eq!(got.len(), want);
+        for chunk in got.chunks(frame.len() + 1) {
+            assert_eq!(&chunk[..frame.len()], &frame[..]);
+            assert_eq!(chunk[frame.len()], b'|');
+        }
         conns.end(fd);
     }
 
