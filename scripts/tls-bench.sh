@@ -19,7 +19,9 @@
 # Environment: RUNS [3], HS [2000] (handshake connections), IDLE [5000] (idle
 # connections), SUBS [500], MSGS [2000], RATE [1000] (paced: 3 s of it),
 # SERVER_CPU [0], BENCH_CPU [1], BUILD [1], PLAIN [0] (1: ringcast without TLS too,
-# as `ringcast-plain`, for the TLS overhead).
+# as `ringcast-plain`, for the TLS overhead), PARTS [handshakes idle fanout paced]
+# (the figures to take: `PARTS=idle` measures memory only, which CPU noise does
+# not move), RINGCAST_BIN [$CARGO_TARGET_DIR/release/ringcast].
 # ringcast's bench publishes through the unix socket; Bun's through a plain HTTP
 # port of the same process (scripts/peers/bun-pubsub.js, PUBLISH_PORT).
 set -euo pipefail
@@ -27,7 +29,8 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 
 : "${RUNS:=3}" "${HS:=2000}" "${IDLE:=5000}" "${SUBS:=500}" "${MSGS:=2000}" "${RATE:=1000}"
-: "${SERVER_CPU:=0}" "${BENCH_CPU:=1}" "${SERVERS:=ringcast bun}"
+: "${SERVER_CPU:=0}" "${BENCH_CPU:=1}" "${SERVERS:=ringcast bun}" "${PARTS:=handshakes idle fanout paced}"
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 bun="$root/scripts/peers/node_modules/@oven/bun-linux-x64/bin/bun"
 
 [ "${BUILD:-1}" = 1 ] && cargo build --release --quiet
@@ -91,35 +94,43 @@ for sv in $SERVERS; do
   fi
   ws=wss; http=https
   [ "$sv" = ringcast-plain ] && { ws=ws; http=http; }
+  payload=envelope; [ "$sv" = bun ] && payload=raw
   for run in $(seq "$RUNS"); do
-    up "$sv"
-    j=$(bench idle --url "$ws://127.0.0.1:$PORT/ws?topic=hs" -c "$HS" --hold 0s --connect-concurrency 64)
-    echo -e "$sv\thandshake\t$j" >>"$results"
-    stop
-
-    up "$sv"
-    j=$(bench idle --url "$ws://127.0.0.1:$PORT/ws?topic=idle" -c "$IDLE" --hold 2s)
-    echo -e "$sv\tidle-wss\t$j" >>"$results"
-    stop
-    if [ "$sv" != bun ]; then
+    if part handshakes; then
       up "$sv"
-      j=$(bench idle --url "$http://127.0.0.1:$PORT/sse?topic=idle" -c "$IDLE" --hold 2s)
-      echo -e "$sv\tidle-$http-sse\t$j" >>"$results"
+      j=$(bench idle --url "$ws://127.0.0.1:$PORT/ws?topic=hs" -c "$HS" --hold 0s --connect-concurrency 64)
+      echo -e "$sv\thandshake\t$j" >>"$results"
       stop
     fi
 
-    up "$sv"
-    payload=envelope; [ "$sv" = bun ] && payload=raw
-    j=$(bench --url "$ws://127.0.0.1:$PORT/ws?topic={topic}" -c "$SUBS" -m "$MSGS" \
-      --publish "$PUB" --payload "$payload" --drain 10s)
-    echo -e "$sv\tfanout-$ws\t$j" >>"$results"
-    stop
+    if part idle; then
+      up "$sv"
+      j=$(bench idle --url "$ws://127.0.0.1:$PORT/ws?topic=idle" -c "$IDLE" --hold 2s)
+      echo -e "$sv\tidle-wss\t$j" >>"$results"
+      stop
+      if [ "$sv" != bun ]; then
+        up "$sv"
+        j=$(bench idle --url "$http://127.0.0.1:$PORT/sse?topic=idle" -c "$IDLE" --hold 2s)
+        echo -e "$sv\tidle-$http-sse\t$j" >>"$results"
+        stop
+      fi
+    fi
 
-    up "$sv"
-    j=$(bench --url "$ws://127.0.0.1:$PORT/ws?topic={topic}" -c "$SUBS" -m $((RATE * 3)) \
-      --rate "$RATE" --publish "$PUB" --payload "$payload" --drain 10s)
-    echo -e "$sv\tpaced-$ws\t$j" >>"$results"
-    stop
+    if part fanout; then
+      up "$sv"
+      j=$(bench --url "$ws://127.0.0.1:$PORT/ws?topic={topic}" -c "$SUBS" -m "$MSGS" \
+        --publish "$PUB" --payload "$payload" --drain 10s)
+      echo -e "$sv\tfanout-$ws\t$j" >>"$results"
+      stop
+    fi
+
+    if part paced; then
+      up "$sv"
+      j=$(bench --url "$ws://127.0.0.1:$PORT/ws?topic={topic}" -c "$SUBS" -m $((RATE * 3)) \
+        --rate "$RATE" --publish "$PUB" --payload "$payload" --drain 10s)
+      echo -e "$sv\tpaced-$ws\t$j" >>"$results"
+      stop
+    fi
   done
 done
 
@@ -148,7 +159,8 @@ for (sv, kind), rs in rows.items():
         per = med([r["rss_per_conn_bytes"] for r in rs])
         marg = med([r["rss_marginal_per_conn_bytes"] for r in rs])
         n = med([r["connected"] for r in rs])
-        print(f"| {sv} | {kind}: RSS per connection ({n:.0f} conns), marginal | {per/1024:.1f} KiB, {marg/1024:.1f} KiB | {len(rs)} |")
+        each = ", ".join(f"{r['rss_marginal_per_conn_bytes']/1024:.1f}" for r in rs)
+        print(f"| {sv} | {kind}: RSS per connection ({n:.0f} conns), marginal | {per/1024:.1f} KiB, {marg/1024:.1f} KiB | {len(rs)} (marginal: {each}) |")
     else:
         rate = med([r["delivered_per_sec"] for r in rs])
         cpu = med([r["server_cpu_seconds"] * 1e6 / r["delivered"] for r in rs if r["delivered"]])

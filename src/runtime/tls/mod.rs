@@ -10,10 +10,10 @@
 //! certificate's public key); a broken one at start stops the server, at a
 //! reload it is logged and the previous pair keeps serving.
 //!
-//! The records themselves are sealed and opened by rustls's sans-IO
-//! `ServerConnection`, driven from the connection's own read path and from the
-//! core's flush ([`conns`]); kernel TLS is probed at start ([`probe_ktls`]) and
-//! not used (see the README's plan).
+//! The records themselves are sealed and opened by rustls's unbuffered
+//! `UnbufferedServerConnection`, in the core's scratch buffers, driven from the
+//! connection's own read path and from the core's flush ([`conns`]); kernel TLS
+//! is probed at start ([`probe_ktls`]) and not used (see the README's plan).
 
 pub mod conns;
 
