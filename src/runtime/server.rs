@@ -247,8 +247,9 @@ fn use_uring(driver: Driver) -> Result<bool, StartError> {
 /// in user space, so that the kernel can post the completion at once. With
 /// it, that work waits for the thread's next entry into the kernel. A busy
 /// core enters the kernel with every send and every wait, so little waits
-/// long. Each WS upgrade costs 44 → 35 µs of server CPU with the flag, below
-/// Bun (README, "Connection cost"), and publishing loses nothing. Kernels
+/// long. The flag took a WS connection from 47 to 37 µs of server CPU (8
+/// interleaved pairs), level with Bun, and publishing lost nothing
+/// measurable (README, "What a connection and a heartbeat cost"). Kernels
 /// before 5.19 refuse the flag; the ring is then set up without it.
 fn uring_runtime() -> io::Result<UringRuntime> {
     uring_runtime_with(true).or_else(|e| {

@@ -19,10 +19,11 @@
 //! * **Writes** ([`TlsConns::writev`], the core's flush): what was sealed
 //!   before goes first; the frames given are gathered into the core's
 //!   plaintext scratch and sealed together into its outgoing scratch (one
-//!   record for everything that fits in 16 KiB; at most 64 KiB of plaintext a
-//!   call, the core calls again for the rest) and written. The plaintext count returned is what was sealed. When
-//!   that is everything but the socket did not take all the records, the
-//!   connection is put on the *backlog*: the runtime then tells the core its
+//!   record for everything that fits in 16 KiB; at most 64 KiB of plaintext
+//!   a call, the core calls again for the rest) and written. The plaintext
+//!   count returned is what was sealed. When that is everything but the
+//!   socket did not take all the records, the connection is put on the
+//!   *backlog*: the runtime then tells the core its
 //!   socket is full, and the connection's task waits for writability and
 //!   writes the rest ([`TlsConns::flush`]) before the core writes to it again.
 //!   A key update the peer asked for goes out in front of the next write.
