@@ -887,6 +887,15 @@ mod tests {
         records
     }
 
+    /// What the client opens of the records the server wrote to the wire.
+    fn opened_by(client: &mut rustls::ClientConnection, wire: &mut UnixStream) -> Vec<u8> {
+        client.read_tls(wire).unwrap();
+        client.process_new_packets().unwrap();
+        let mut got = [0u8; 64];
+        let n = client.reader().read(&mut got).unwrap();
+        got[..n].to_vec()
+    }
+
     /// Reads from the server until `want` plaintext bytes came, `chunk` at a time.
     fn read_all(conns: &TlsConns, fd: RawFd, want: usize, chunk: usize) -> Vec<u8> {
         let mut got = Vec::new();
@@ -1022,11 +1031,7 @@ mod tests {
         let frames = [IoSlice::new(b"one "), IoSlice::new(b"two")];
         assert_eq!(conns.writev(fd, &frames).unwrap(), 7);
         assert!(!conns.pending(fd));
-        client.read_tls(&mut wire).unwrap();
-        client.process_new_packets().unwrap();
-        let mut got = [0u8; 16];
-        let n = client.reader().read(&mut got).unwrap();
-        assert_eq!(&got[..n], b"one two");
+        assert_eq!(opened_by(&mut client, &mut wire), b"one two");
         conns.end(fd);
     }
 
@@ -1121,11 +1126,7 @@ mod tests {
         }
         assert_eq!(got, request);
         assert_eq!(conns.writev(fd, &[IoSlice::new(b"answer")]).unwrap(), 6);
-        client.read_tls(&mut wire).unwrap();
-        client.process_new_packets().unwrap();
-        let mut answer = [0u8; 16];
-        let n = client.reader().read(&mut answer).unwrap();
-        assert_eq!(&answer[..n], b"answer");
+        assert_eq!(opened_by(&mut client, &mut wire), b"answer");
         conns.end(fd);
     }
 
