@@ -260,6 +260,7 @@ fn uring_runtime() -> io::Result<UringRuntime> {
 
 type UringRuntime = monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>;
 
+/// The core runtime of [`uring_runtime`], with or without `COOP_TASKRUN`.
 fn uring_runtime_with(coop_taskrun: bool) -> io::Result<UringRuntime> {
     let mut ring = io_uring::IoUring::builder();
     if coop_taskrun {
