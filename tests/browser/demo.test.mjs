@@ -11,11 +11,9 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import puppeteer from 'puppeteer-core';
 import {
-  CHROMIUM, ROOT, WAIT, kill, publish, startServer, waitLog, waitState, warmUp,
+  ROOT, WAIT, kill, launchChromium, publish, startServer, waitLog, waitState, warmUp,
 } from './harness.mjs';
 
 const SHOTS = path.join(ROOT, 'target', 'browser');
@@ -54,23 +52,12 @@ async function screenshot(page, name) {
 // ---- the browser --------------------------------------------------------------------
 
 let browser;
-let profile;
+let closeBrowser;
 before(async () => {
-  profile = fs.mkdtempSync(path.join(os.tmpdir(), 'rc-chromium-'));
-  browser = await puppeteer.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    defaultViewport: { width: 1280, height: 900 },
-    args: [
-      '--headless=new', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      `--user-data-dir=${profile}`,
-    ],
-  });
+  ({ browser, close: closeBrowser } = await launchChromium());
 });
 after(async () => {
-  await browser?.close();
-  if (profile) fs.rmSync(profile, { recursive: true, force: true });
+  await closeBrowser?.();
 });
 
 async function openPage(server) {

@@ -1,6 +1,6 @@
 // What the browser tests share: the ringcast binary, a server started on a free
-// port (plain or https) and stopped, publishing through its socket, and waits on the
-// demo page's panels. Not a test file itself (`node --test` runs `*.test.mjs`).
+// port (plain or https) and stopped, headless Chromium, publishing through its socket,
+// and waits on the demo page's panels. Not a test file itself (`node --test` runs `*.test.mjs`).
 //
 // Every wait is bounded (waitForFunction with a timeout, polling with a deadline).
 
@@ -13,6 +13,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import assert from 'node:assert/strict';
+import puppeteer from 'puppeteer-core';
 
 const execFileP = promisify(execFile);
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -107,6 +108,30 @@ export async function startServer({ port, dir, args = [], tlsCa }) {
     throw e;
   }
   return server;
+}
+
+/**
+ * Headless Chromium with a profile of its own; `extraArgs` go after the common flags.
+ * Returns the browser and `close`, which shuts it and removes the profile.
+ */
+export async function launchChromium(extraArgs = []) {
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'rc-chromium-'));
+  const browser = await puppeteer.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    defaultViewport: { width: 1280, height: 900 },
+    args: [
+      '--headless=new', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      ...extraArgs,
+      `--user-data-dir=${profile}`,
+    ],
+  });
+  const close = async () => {
+    await browser.close();
+    fs.rmSync(profile, { recursive: true, force: true });
+  };
+  return { browser, close };
 }
 
 export async function kill(server) {

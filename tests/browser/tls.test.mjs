@@ -10,12 +10,8 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import puppeteer from 'puppeteer-core';
 import {
-  CHROMIUM, WAIT, kill, publish, startServer as startPlainOrTls, waitLog, waitState, warmUp,
+  WAIT, kill, launchChromium, publish, startServer as startPlainOrTls, waitLog, waitState, warmUp,
 } from './harness.mjs';
 
 const { RINGCAST_TEST_TLS_CERT: CERT, RINGCAST_TEST_TLS_KEY: KEY, RINGCAST_TEST_TLS_CA: CA, RINGCAST_TEST_TLS_SPKI: SPKI } = process.env;
@@ -27,25 +23,15 @@ function startServer({ port, dir }) {
 }
 
 let browser;
-let profile;
+let closeBrowser;
 before(async () => {
   if (!READY) return;
-  profile = fs.mkdtempSync(path.join(os.tmpdir(), 'rc-chromium-tls-'));
-  browser = await puppeteer.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    defaultViewport: { width: 1280, height: 900 },
-    args: [
-      '--headless=new', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      `--ignore-certificate-errors-spki-list=${SPKI}`,
-      `--user-data-dir=${profile}`,
-    ],
-  });
+  ({ browser, close: closeBrowser } = await launchChromium([
+    `--ignore-certificate-errors-spki-list=${SPKI}`,
+  ]));
 });
 after(async () => {
-  await browser?.close();
-  if (profile) fs.rmSync(profile, { recursive: true, force: true });
+  await closeBrowser?.();
 });
 
 test('over https: the demo page EventSource and wss WebSocket receive, and the EventSource reconnects by itself', { skip: READY ? false : 'RINGCAST_TEST_TLS_* not set (run through cargo test --test browser)' }, async () => {
