@@ -62,10 +62,7 @@ fn wss_with_tungstenite_over_rustls_receives_and_gets_acks() {
     let ca = TestCa::new();
     let leaf = ca.leaf(KeyKind::EcdsaP256, "wss");
     let server = Server::start_tls(&ca, &leaf, &[]);
-    let stream = tls_connect(server.addr, &ca.client()).expect("TLS connect");
-    let url = format!("wss://127.0.0.1:{}/ws?topic=w", server.addr.port());
-    let (mut ws, resp) = tungstenite::client::client(url.as_str(), stream)
-        .unwrap_or_else(|e| panic!("wss handshake: {e}"));
+    let (mut ws, resp) = server.ws_tls(&ca.client(), "topic=w");
     assert_eq!(resp.status().as_u16(), 101);
 
     let next_text = |ws: &mut tungstenite::WebSocket<TlsStream>| loop {
@@ -110,9 +107,7 @@ fn a_burst_larger_than_the_socket_arrives_whole_and_in_order_over_tls() {
     let client = ca.client();
     let mut sse = server.sse_tls(&client, "topic=b", None);
     sse.wait_cursor();
-    let stream = tls_connect(server.addr, &client).unwrap();
-    let url = format!("wss://127.0.0.1:{}/ws?topic=b", server.addr.port());
-    let (mut ws, _) = tungstenite::client::client(url.as_str(), stream).unwrap();
+    let (mut ws, _) = server.ws_tls(&client, "topic=b");
     // The WS subscription is live once a probe published after it arrives.
     let probe = format!("{{\"topic\":\"b\",\"data\":\"{}\"}}", "p");
     server.publish_ids(&[probe]);
@@ -535,9 +530,7 @@ fn sigterm_drains_tls_clients_with_their_goodbyes() {
     let client = ca.client();
     let mut sse = server.sse_tls(&client, "topic=d", None);
     sse.wait_cursor();
-    let stream = tls_connect(server.addr, &client).unwrap();
-    let url = format!("wss://127.0.0.1:{}/ws?topic=d", server.addr.port());
-    let (mut ws, _) = tungstenite::client::client(url.as_str(), stream).unwrap();
+    let (mut ws, _) = server.ws_tls(&client, "topic=d");
     ws.send(tungstenite::Message::text(
         r#"{"op":"subscribe","topics":["d2"],"ref":1}"#,
     ))
@@ -579,9 +572,7 @@ fn heartbeats_of_idle_tls_streams_are_sealed_like_any_write() {
     let client = ca.client();
     let mut sse = server.sse_tls(&client, "topic=hb", None);
     sse.wait_cursor();
-    let stream = tls_connect(server.addr, &client).unwrap();
-    let url = format!("wss://127.0.0.1:{}/ws?topic=hb", server.addr.port());
-    let (mut ws, _) = tungstenite::client::client(url.as_str(), stream).unwrap();
+    let (mut ws, _) = server.ws_tls(&client, "topic=hb");
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut beats = 0;
     while beats < 2 {

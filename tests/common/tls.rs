@@ -224,6 +224,22 @@ impl Server {
         let extra = last_event_id.map_or(String::new(), |id| format!("Last-Event-ID: {id}\r\n"));
         SseClient::open(stream, query, &extra)
     }
+
+    /// A WebSocket over wss (tungstenite over rustls) at `/ws?{query}`, and
+    /// the server's answer to the upgrade.
+    pub fn ws_tls(
+        &self,
+        cfg: &Arc<ClientConfig>,
+        query: &str,
+    ) -> (
+        tungstenite::WebSocket<TlsStream>,
+        tungstenite::handshake::client::Response,
+    ) {
+        let stream = tls_connect(self.addr, cfg).expect("TLS connect for wss");
+        let url = format!("wss://127.0.0.1:{}/ws?{query}", self.addr.port());
+        tungstenite::client::client(url.as_str(), stream)
+            .unwrap_or_else(|e| panic!("wss handshake: {e}"))
+    }
 }
 
 /// The value of a metric line `name` (first series matching `name` exactly,
