@@ -184,16 +184,22 @@ impl Drop for Drained<'_> {
     }
 }
 
-/// The signals that stop the server.
-fn stop_signals() -> libc::sigset_t {
+/// The set of `signals`.
+fn signal_set(signals: &[i32]) -> libc::sigset_t {
     // SAFETY: sigemptyset/sigaddset initialise and fill a local, owned sigset_t.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
+        for &signal in signals {
+            libc::sigaddset(&mut set, signal);
+        }
         set
     }
+}
+
+/// The signals that stop the server.
+fn stop_signals() -> libc::sigset_t {
+    signal_set(&[libc::SIGTERM, libc::SIGINT])
 }
 
 /// Blocks SIGTERM and SIGINT in the calling thread and the threads it spawns
@@ -208,25 +214,20 @@ pub fn block_stop_signals() {
 
 /// Blocks `signal` in the calling thread and the threads it spawns afterwards.
 pub fn block_signal(signal: i32) {
-    // SAFETY: sigemptyset/sigaddset fill a local sigset_t; a null old-set
-    // pointer is allowed.
+    let set = signal_set(&[signal]);
+    // SAFETY: `set` is a valid sigset_t; a null old-set pointer is allowed.
     unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, signal);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
 
 /// Waits for `signal`, which must be blocked (see [`block_signal`]).
 pub fn wait_signal(signal: i32) {
-    // SAFETY: `set` and `sig` are valid for the calls; the signal is blocked,
+    let set = signal_set(&[signal]);
+    let mut sig: libc::c_int = 0;
+    // SAFETY: `set` and `sig` are valid for the call; the signal is blocked,
     // as sigwait requires.
     unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, signal);
-        let mut sig: libc::c_int = 0;
         libc::sigwait(&set, &mut sig);
     }
 }
