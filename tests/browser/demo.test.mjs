@@ -13,7 +13,8 @@ import { createHmac } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import {
-  ROOT, WAIT, kill, launchChromium, publish, startServer, waitLog, waitState, warmUp,
+  ROOT, WAIT, fill, kill, launchChromium, publish, startServer, subscribeBoth, waitLog, waitState,
+  warmUp,
 } from './harness.mjs';
 
 const SHOTS = path.join(ROOT, 'target', 'browser');
@@ -30,17 +31,6 @@ function sign(claims, secret = SECRET) {
   return `${head}.${body}.${b64url(mac)}`;
 }
 const inMinutes = (m) => Math.floor(Date.now() / 1000) + m * 60;
-
-async function fill(page, selector, value) {
-  await page.$eval(selector, (el, v) => { el.value = v; }, value);
-}
-
-async function subscribeBoth(page, topics) {
-  await fill(page, '#sse-topics', topics);
-  await fill(page, '#ws-topics', topics);
-  await page.click('#sse-connect');
-  await page.click('#ws-connect');
-}
 
 async function screenshot(page, name) {
   fs.mkdirSync(SHOTS, { recursive: true });

@@ -110,6 +110,19 @@ export async function startServer({ port, dir, args = [], tlsCa }) {
   return server;
 }
 
+/** Sets the value of the page's input `selector`. */
+export async function fill(page, selector, value) {
+  await page.$eval(selector, (el, v) => { el.value = v; }, value);
+}
+
+/** Subscribes the demo page's SSE and WebSocket panels to `topics`. */
+export async function subscribeBoth(page, topics) {
+  await fill(page, '#sse-topics', topics);
+  await fill(page, '#ws-topics', topics);
+  await page.click('#sse-connect');
+  await page.click('#ws-connect');
+}
+
 /**
  * Headless Chromium with a profile of its own; `extraArgs` go after the common flags.
  * Returns the browser and `close`, which shuts it and removes the profile.

@@ -11,7 +11,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  WAIT, kill, launchChromium, publish, startServer as startPlainOrTls, waitLog, waitState, warmUp,
+  WAIT, kill, launchChromium, publish, startServer as startPlainOrTls, subscribeBoth, waitLog,
+  waitState, warmUp,
 } from './harness.mjs';
 
 const { RINGCAST_TEST_TLS_CERT: CERT, RINGCAST_TEST_TLS_KEY: KEY, RINGCAST_TEST_TLS_CA: CA, RINGCAST_TEST_TLS_SPKI: SPKI } = process.env;
@@ -42,10 +43,7 @@ test('over https: the demo page EventSource and wss WebSocket receive, and the E
   try {
     await page.goto(server.url, { waitUntil: 'load' });
     assert.equal(await page.evaluate(() => location.protocol), 'https:');
-    await page.$eval('#sse-topics', (el) => { el.value = 'secure'; });
-    await page.$eval('#ws-topics', (el) => { el.value = 'secure'; });
-    await page.click('#sse-connect');
-    await page.click('#ws-connect');
+    await subscribeBoth(page, 'secure');
     await waitState(page, 'sse', 'open');
     await waitState(page, 'ws', 'open');
     await warmUp(page, server, 'secure');
