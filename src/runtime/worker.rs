@@ -14,6 +14,8 @@
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::future::Future;
+use std::io::{self, IoSlice};
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
@@ -258,10 +260,7 @@ impl Worker {
                         },
                         |fd, iov| {
                             writes += 1;
-                            match &self.tls {
-                                None => netio::writev(fd, iov),
-                                Some(tls) => tls.writev(fd, iov),
-                            }
+                            self.writev(fd, iov)
                         },
                     );
                     self.tls_backlog(&mut st);
@@ -285,11 +284,17 @@ impl Worker {
     /// [`CoreState::flush_client`]), through TLS when the listener serves it.
     pub fn flush_client(&self, id: ClientId) {
         let mut st = self.state.borrow_mut();
-        match &self.tls {
-            None => st.flush_client(id, netio::writev),
-            Some(tls) => st.flush_client(id, |fd, iov| tls.writev(fd, iov)),
-        }
+        st.flush_client(id, |fd, iov| self.writev(fd, iov));
         self.tls_backlog(&mut st);
+    }
+
+    /// The core's write to a client socket: plain, or sealed by the TLS
+    /// table when the listener serves https (see [`TlsConns::writev`]).
+    fn writev(&self, fd: RawFd, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+        match &self.tls {
+            None => netio::writev(fd, iov),
+            Some(tls) => tls.writev(fd, iov),
+        }
     }
 
     /// Writes the heartbeats the timer pass found due to idle streams (see
@@ -304,7 +309,7 @@ impl Worker {
         };
         let writes = st.write_heartbeats(|sends, results| {
             for (&(fd, bytes), result) in sends.iter().zip(results.iter_mut()) {
-                *result = match tls.writev(fd, &[std::io::IoSlice::new(bytes)]) {
+                *result = match tls.writev(fd, &[IoSlice::new(bytes)]) {
                     Ok(n) => i32::try_from(n).unwrap_or(i32::MAX),
                     Err(e) => -e.raw_os_error().unwrap_or(libc::EAGAIN),
                 };
@@ -411,7 +416,7 @@ impl Worker {
 ///
 /// On an https listener it also owns the connection's place in the core's TLS
 /// table ([`OpenConn::with_tls`]), freed when it drops, before the socket closes.
-pub struct OpenConn(Rc<Worker>, Option<PeerSlot>, Option<std::os::fd::RawFd>);
+pub struct OpenConn(Rc<Worker>, Option<PeerSlot>, Option<RawFd>);
 
 impl OpenConn {
     pub fn new(w: &Rc<Worker>) -> Self {
@@ -422,7 +427,7 @@ impl OpenConn {
 
     /// The connection on `fd` has an entry in the core's TLS table, removed
     /// with this.
-    pub fn with_tls(mut self, fd: std::os::fd::RawFd) -> Self {
+    pub fn with_tls(mut self, fd: RawFd) -> Self {
         self.2 = Some(fd);
         self
     }
